@@ -1,0 +1,8 @@
+//! aws_cluster's core: everything the NIF does, as plain Rust that `cargo test` can run.
+//!
+//! One module per domain; the NIF crate is a thin boundary over these.
+
+pub mod error;
+pub mod interface;
+
+pub use error::{Error, Reason, Result};
