@@ -99,7 +99,7 @@ defmodule AWSCluster.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger, :crypto]]
+    [extra_applications: [:logger, :crypto], mod: {AWSCluster.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -1,0 +1,64 @@
+defmodule AWSCluster.Strategy do
+  @moduledoc """
+  The behaviour of a polling discovery strategy.
+
+  A strategy only answers "which peers exist right now?"; `AWSCluster.Poller` owns the
+  loop (interval, backoff, last good set, pruning, connects). A strategy module:
+
+    * `schema/0` - its own options as an `AWSCluster.Config` schema. The poller's common
+      options (`AWSCluster.Poller.schema/0`) are added, and the whole list is validated
+      before anything starts.
+    * `init/2` - turns the validated options (a map) into the strategy state, once, inside
+      the poller process: build the AWS client, read IMDS... An error stops the start.
+    * `discover/1` - one round. It runs in its own process, so it may block; the poller
+      kills it after `:discovery_timeout`. `{:ok, peers}` must be a complete answer (every
+      page read): peers missing from it count towards pruning. `{:ok, peers, gone}`
+      also names peers the source reports as going away (instance ids or nodes); they
+      are pruned at once.
+
+  `use AWSCluster.Strategy` adds `start_link/1` and `child_spec/1`, which accept
+  libcluster's `[%Cluster.Strategy.State{}]` as well as a keyword list, so the module can
+  be listed in libcluster's `topologies` or in `AWSCluster.Supervisor`'s.
+  """
+
+  alias AWSCluster.{Config, Error}
+  alias AWSCluster.Strategy.State
+
+  @typedoc """
+  One discovered peer: its node name, the instance it runs on (the map from
+  `AWSCluster.AWS`, or any map), and the address used in the node name.
+  """
+  @type peer :: %{
+          required(:node) => node(),
+          required(:instance) => map(),
+          optional(:address) => String.t()
+        }
+
+  @typedoc "A peer reported as terminating: its instance id or its node."
+  @type gone :: String.t() | node()
+
+  @callback schema() :: Config.schema()
+  @callback init(config :: map(), State.t()) :: {:ok, term()} | {:error, Error.t()}
+  @callback discover(strategy_state :: term()) ::
+              {:ok, [peer()]} | {:ok, [peer()], [gone()]} | {:error, Error.t()}
+
+  defmacro __using__(_opts) do
+    quote do
+      @behaviour AWSCluster.Strategy
+
+      @doc """
+      Starts the strategy's poller. Takes libcluster's `[state]` or a keyword list with
+      `:topology`, `:config` and optional `:connect`, `:disconnect`, `:list_nodes` MFAs.
+      Invalid options return `{:error, %AWSCluster.Error{reason: :invalid_config}}`.
+      """
+      @spec start_link(term()) :: GenServer.on_start()
+      def start_link(arg), do: AWSCluster.Poller.start_link(__MODULE__, arg)
+
+      @doc "A child spec whose id includes the topology, so one module can serve several."
+      @spec child_spec(term()) :: Supervisor.child_spec()
+      def child_spec(arg), do: AWSCluster.Poller.child_spec(__MODULE__, arg)
+
+      defoverridable start_link: 1, child_spec: 1
+    end
+  end
+end

@@ -1,0 +1,312 @@
+defmodule AWSCluster.PollerTest do
+  # Strategy logic without network: the test answers every discovery round
+  # (AWSCluster.Test.Discovery) and observes connects through injected MFAs.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureLog
+  import AWSCluster.Test.Discovery, only: [answer: 1, await_request: 0, peer: 1, peer: 2, peer: 3]
+
+  alias AWSCluster.{Error, Poller}
+  alias AWSCluster.Test.{Discovery, Nodes}
+
+  @a :"a@127.0.0.1"
+  @b :"b@127.0.0.1"
+  @c :"c@127.0.0.1"
+
+  defp start(config \\ []) do
+    table = Nodes.table()
+    topology = :"poller_#{System.unique_integer([:positive])}"
+
+    config =
+      Keyword.merge(
+        [
+          test_pid: self(),
+          polling_interval: 10,
+          connect_timeout: 1_000,
+          discovery_timeout: 5_000
+        ],
+        config
+      )
+
+    arg = [topology: topology, config: config] ++ Nodes.mfas(self(), table)
+    pid = start_supervised!({Discovery, arg})
+    %{pid: pid, table: table, topology: topology}
+  end
+
+  defp members(pid), do: Poller.status(pid).members
+
+  # Answers the pending round with `result` and waits for the next request, which
+  # proves the round was fully handled. Returns the next request.
+  defp step(req, result) do
+    reply(req, result)
+    await_request()
+  end
+
+  defp reply({pid, ref}, result), do: send(pid, {:answer, ref, result})
+
+  defp error(reason), do: {:error, Error.new(reason, "injected #{reason}")}
+
+  test "connects every discovered peer through the connect MFA, once" do
+    %{pid: pid} = start()
+    req = step(await_request(), {:ok, [peer(:a), peer(:b), peer(:c)]})
+    for n <- [@a, @b, @c], do: assert_receive({:connect, ^n})
+    assert Map.keys(members(pid)) |> Enum.sort() == [@a, @b, @c]
+    # Listed by list_nodes now: not connected again.
+    _ = step(req, {:ok, [peer(:a), peer(:b), peer(:c)]})
+    refute_received {:connect, _}
+  end
+
+  test "a libcluster-shaped state (a struct-like map without list_nodes) uses its connect MFA" do
+    state = %{
+      __struct__: Cluster.Strategy.State,
+      topology: :libcluster_shape,
+      connect: {Nodes, :connect, [self()]},
+      disconnect: {:erlang, :disconnect_node, []},
+      meta: nil,
+      config: [test_pid: self(), polling_interval: 10]
+    }
+
+    start_supervised!({Discovery, [state]})
+    assert_receive {:discovery_init, _, normalized}
+    assert normalized.connect == {Nodes, :connect, [self()]}
+    assert normalized.list_nodes == {:erlang, :nodes, [:connected]}
+    answer({:ok, [peer(:a)]})
+    assert_receive {:connect, @a}
+  end
+
+  test "prunes after exactly prune_after complete answers without the peer; errors do not count" do
+    %{pid: pid} = start(prune_after: 3)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+    assert_receive {:connect, @b}
+
+    req = step(req, {:ok, [peer(:a)]})
+    assert members(pid)[@b] == 1
+
+    req = step(req, error(:unreachable))
+    assert members(pid)[@b] == 1
+
+    req = step(req, {:ok, [peer(:a)]})
+    assert members(pid)[@b] == 2
+    refute_received {:disconnect, @b}
+
+    _ = step(req, {:ok, [peer(:a)]})
+    assert_receive {:disconnect, @b}
+    assert Map.keys(members(pid)) == [@a]
+    refute_received {:disconnect, @a}
+  end
+
+  test "a peer seen again starts counting misses from zero" do
+    %{pid: pid} = start(prune_after: 2)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+    req = step(req, {:ok, [peer(:a)]})
+    assert members(pid)[@b] == 1
+    req = step(req, {:ok, [peer(:a), peer(:b)]})
+    assert members(pid)[@b] == 0
+    _ = step(req, {:ok, [peer(:a)]})
+    assert members(pid)[@b] == 1
+    refute_received {:disconnect, _}
+  end
+
+  test "prune_after: false never prunes" do
+    %{pid: pid} = start(prune_after: false)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+    assert_receive {:connect, @b}
+    req = Enum.reduce(1..6, req, fn _, req -> step(req, {:ok, [peer(:a)]}) end)
+    assert members(pid)[@b] == 6
+    _ = step(req, {:ok, [peer(:a)], ["i-b"]})
+    assert members(pid)[@b] == 7
+    refute_received {:disconnect, _}
+  end
+
+  test "a peer reported terminating is pruned at once, by instance id or by node" do
+    %{pid: pid} = start(prune_after: 5)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b), peer(:c)]})
+    assert_receive {:connect, @b}
+    assert_receive {:connect, @c}
+
+    req = step(req, {:ok, [peer(:a), peer(:b)], ["i-b"]})
+    assert_receive {:disconnect, @b}
+    _ = step(req, {:ok, [peer(:a)], [@c]})
+    assert_receive {:disconnect, @c}
+    assert Map.keys(members(pid)) == [@a]
+  end
+
+  test "the last good set is kept on every kind of error" do
+    %{pid: pid} = start(prune_after: 1, discovery_timeout: 300)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+    assert_receive {:connect, @b}
+
+    failures = [
+      error(:throttled),
+      error(:unreachable),
+      error(:timeout),
+      error(:bad_response),
+      error(:unauthorized),
+      error(:not_found),
+      error(:internal),
+      {:raise, "boom"},
+      {:exit, :kaboom},
+      :hang,
+      {:ok, [%{no_node: true}]},
+      {:ok, [peer(:a)], :not_a_list},
+      :nonsense
+    ]
+
+    Enum.reduce(failures, req, fn failure, req ->
+      req = step(req, failure)
+      status = Poller.status(pid)
+      assert status.health == :failing, "after #{inspect(failure)}"
+      assert %Error{} = status.last_error
+      assert Map.keys(status.members) |> Enum.sort() == [@a, @b], "after #{inspect(failure)}"
+      req
+    end)
+
+    refute_received {:disconnect, _}
+    assert Poller.status(pid).failures == length(failures)
+  end
+
+  test "throttling backs off exponentially up to max_backoff; other errors do not" do
+    %{pid: pid} = start(polling_interval: 10, max_backoff: 50)
+    req = step(await_request(), {:ok, [peer(:a)]})
+
+    {delays, req} =
+      Enum.map_reduce(1..4, req, fn _, req ->
+        req = step(req, error(:throttled))
+        status = Poller.status(pid)
+        {{status.throttles, status.next_delay}, req}
+      end)
+
+    assert [{1, d1}, {2, d2}, {3, d3}, {4, d4}] = delays
+    assert d1 in 18..22
+    assert d2 in 36..44
+    assert d3 in 45..50
+    assert d4 in 45..50
+
+    req = step(req, error(:unreachable))
+    status = Poller.status(pid)
+    # Not throttled: the normal interval, but the throttle count is kept.
+    assert status.throttles == 4 and status.next_delay in 9..11
+
+    req = step(req, {:ok, [peer(:a)]})
+    status = Poller.status(pid)
+    assert status.throttles == 0 and status.next_delay in 9..11
+
+    _ = step(req, error(:bad_response))
+    assert Poller.status(pid).next_delay in 9..11
+  end
+
+  test "the interval is jittered by at most 10%" do
+    %{pid: pid} = start(polling_interval: 300)
+
+    delays =
+      Enum.map_reduce(1..5, await_request(), fn _, req ->
+        req = step(req, {:ok, []})
+        {Poller.status(pid).next_delay, req}
+      end)
+      |> elem(0)
+
+    assert Enum.all?(delays, &(&1 in 270..330))
+  end
+
+  test "one hanging connect does not stall the others and is killed after connect_timeout" do
+    table = Nodes.table()
+    Nodes.hang(table, @b)
+
+    start_supervised!(
+      {Discovery,
+       [
+         topology: :hang,
+         config: [test_pid: self(), polling_interval: 10_000, connect_timeout: 300]
+       ] ++ Nodes.mfas(self(), table)}
+    )
+
+    answer({:ok, [peer(:a), peer(:b), peer(:c)]})
+    assert_receive {:connect_hang, @b, hung}
+    ref = Process.monitor(hung)
+    assert_receive {:connect, @a}
+    assert_receive {:connect, @c}
+    assert_receive {:DOWN, ^ref, :process, ^hung, :killed}, 5_000
+  end
+
+  test "the loop answers while discovery hangs, and a late answer is ignored" do
+    %{pid: pid} = start(discovery_timeout: 200)
+    {task, ref} = await_request()
+    assert Poller.status(pid).health == :starting
+    # The hung round is killed and counted as a timeout.
+    _ = await_request()
+    status = Poller.status(pid)
+    assert status.health == :failing
+    assert status.last_error.reason == :timeout
+    refute Process.alive?(task)
+    send(pid, {:discovered, ref, {:ok, [peer(:a)]}})
+    assert Poller.status(pid).members == %{}
+  end
+
+  test "logs once when discovery fails and once when it recovers" do
+    log =
+      capture_log(fn ->
+        %{topology: topology} = start()
+        req = step(await_request(), {:ok, [peer(:a)]})
+        req = Enum.reduce(1..4, req, fn _, req -> step(req, error(:unreachable)) end)
+        req = step(req, {:ok, [peer(:a)]})
+        _ = step(req, {:ok, [peer(:a)]})
+        send(self(), {:topology, topology})
+      end)
+
+    assert_received {:topology, topology}
+    prefix = "[aws_cluster:#{topology}]"
+    assert count(log, "#{prefix} discovery failing (unreachable)") == 1
+    assert count(log, "#{prefix} discovery recovered after 4 failed polls") == 1
+    assert count(log, "#{prefix} discovery is up: 1 peers") == 1
+    assert count(log, "#{prefix} new peer #{@a}") == 1
+  end
+
+  defp count(text, part), do: length(String.split(text, part)) - 1
+
+  test "a strategy whose init fails does not start and says why" do
+    Process.flag(:trap_exit, true)
+    error = Error.new(:not_found, "no region; set region:")
+
+    assert {:error, ^error} =
+             Discovery.start_link(
+               topology: :bad_init,
+               config: [test_pid: self(), init_error: error]
+             )
+  end
+
+  test "node_info/1 and nodes_by_az/0 describe the current peers" do
+    %{topology: topology} = start(prune_after: 1)
+    n1 = :"info_one_#{topology}@127.0.0.1"
+    n2 = :"info_two_#{topology}@127.0.0.1"
+    p1 = %{peer(:x, "eu-west-1a", %{"role" => "web"}) | node: n1}
+    p2 = %{peer(:y, "eu-west-1b") | node: n2}
+
+    req = step(await_request(), {:ok, [p1, p2]})
+
+    assert {:ok, info} = AWSCluster.node_info(n1)
+    assert info.instance_id == "i-x"
+    assert info.availability_zone == "eu-west-1a"
+    assert info.address == "127.0.0.1"
+    assert info.tags == %{"role" => "web"}
+    assert info.topology == topology
+
+    by_az = AWSCluster.nodes_by_az()
+    assert n1 in by_az["eu-west-1a"]
+    assert n2 in by_az["eu-west-1b"]
+
+    _ = step(req, {:ok, [p1]})
+    assert {:error, %Error{reason: :not_found}} = AWSCluster.node_info(n2)
+
+    stop_supervised!({Discovery, topology})
+    # The registry drops a dead poller's rows.
+    assert wait_until(fn -> AWSCluster.node_info(n1) |> elem(0) == :error end)
+  end
+
+  defp wait_until(fun, tries \\ 100) do
+    cond do
+      fun.() -> true
+      tries == 0 -> false
+      true -> Process.sleep(20) && wait_until(fun, tries - 1)
+    end
+  end
+end
