@@ -150,7 +150,12 @@ defmodule AWSCluster.Config do
       :error ->
         cond do
           spec[:required] ->
-            {:error, error(key, "is required: expected #{describe(spec[:type])}")}
+            {:error,
+             Error.new(
+               :invalid_config,
+               "missing required option #{inspect(key)}: expected #{describe(spec[:type])}",
+               %{key: key}
+             )}
 
           true ->
             {:ok, Keyword.get(spec, :default)}

@@ -235,16 +235,16 @@ defmodule AWSCluster.Poller do
     ref = make_ref()
     %{strategy: strategy, strategy_state: strategy_state} = s
 
-    {pid, monitor} =
-      spawn_monitor(fn -> send(parent, {:discovered, ref, run(strategy, strategy_state)}) end)
-
-    timer = Process.send_after(self(), {:discovery_timeout, ref}, s.config.discovery_timeout)
-
     AWSCluster.Telemetry.execute(
       [:aws_cluster, :discovery, :start],
       %{system_time: System.system_time()},
       meta(s)
     )
+
+    {pid, monitor} =
+      spawn_monitor(fn -> send(parent, {:discovered, ref, run(strategy, strategy_state)}) end)
+
+    timer = Process.send_after(self(), {:discovery_timeout, ref}, s.config.discovery_timeout)
 
     d = %{ref: ref, pid: pid, monitor: monitor, timer: timer, started: System.monotonic_time()}
     %{s | discovery: d}

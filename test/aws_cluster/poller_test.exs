@@ -263,6 +263,39 @@ defmodule AWSCluster.PollerTest do
 
   defp count(text, part), do: length(String.split(text, part)) - 1
 
+  test "every common option has a bad-value case that fails start naming the key" do
+    bad = [
+      polling_interval: 0,
+      polling_interval: "10",
+      prune_after: 0,
+      prune_after: true,
+      connect_timeout: -1,
+      max_concurrency: :many,
+      discovery_timeout: 1.5,
+      max_backoff: 0,
+      max_peers: nil,
+      no_such_option: 1
+    ]
+
+    for {key, value} <- bad do
+      config = [test_pid: self()] ++ [{key, value}]
+
+      assert {:error, %Error{reason: :invalid_config} = e} =
+               Discovery.start_link(topology: :bad, config: config)
+
+      assert e.details.key == key
+      assert e.message =~ "topology :bad: "
+      assert e.message =~ inspect(key)
+    end
+
+    for {key, value} <- [topology: "x", connect: {:m, :f}, disconnect: "x", list_nodes: :x] do
+      arg = Keyword.put([topology: :bad, config: [test_pid: self()]], key, value)
+      assert {:error, %Error{details: %{key: ^key}}} = Discovery.start_link(arg)
+    end
+
+    refute_received {:discovery_init, _, _}
+  end
+
   test "a strategy whose init fails does not start and says why" do
     Process.flag(:trap_exit, true)
     error = Error.new(:not_found, "no region; set region:")
