@@ -21,12 +21,14 @@ defmodule AWSCluster.Config do
   @typedoc """
   Types a value is checked against. `{:custom, description, fun}` takes a one-arity
   function returning `:ok`, `{:ok, normalized}` or `:error`; `description` completes
-  the sentence "expected ...".
+  the sentence "expected ...". Use remote captures (`&Mod.fun/1`) so a schema can live
+  in a module attribute.
   """
   @type type ::
           :any
           | :pos_integer
           | :non_neg_integer
+          | {:integer, Range.t()}
           | :string
           | :non_empty_string
           | :boolean
@@ -166,6 +168,10 @@ defmodule AWSCluster.Config do
   defp conform(v, :any), do: {:ok, v}
   defp conform(v, :pos_integer) when is_integer(v) and v > 0, do: {:ok, v}
   defp conform(v, :non_neg_integer) when is_integer(v) and v >= 0, do: {:ok, v}
+
+  defp conform(v, {:integer, first..last}) when is_integer(v) and v >= first and v <= last,
+    do: {:ok, v}
+
   defp conform(v, :string) when is_binary(v), do: {:ok, v}
   defp conform(v, :non_empty_string) when is_binary(v) and v != "", do: {:ok, v}
   defp conform(v, :boolean) when is_boolean(v), do: {:ok, v}
@@ -244,6 +250,7 @@ defmodule AWSCluster.Config do
   def describe(:any), do: "any term"
   def describe(:pos_integer), do: "a positive integer"
   def describe(:non_neg_integer), do: "a non-negative integer"
+  def describe({:integer, first..last}), do: "an integer in #{first}..#{last}"
   def describe(:string), do: "a string"
   def describe(:non_empty_string), do: "a non-empty string"
   def describe(:boolean), do: "true or false"

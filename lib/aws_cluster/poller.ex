@@ -126,15 +126,19 @@ defmodule AWSCluster.Poller do
   """
   @spec validate(module(), State.t()) :: {:ok, map()} | {:error, Error.t()}
   def validate(strategy, state) do
-    case Config.validate(state.config, @schema ++ strategy.schema()) do
-      {:ok, config} ->
-        {:ok, config}
-
+    with {:ok, config} <- Config.validate(state.config, @schema ++ strategy.schema()),
+         :ok <- strategy_validate(strategy, config) do
+      {:ok, config}
+    else
       {:error, error} ->
         {:error,
          %{error | message: "topology #{inspect(state.topology)}: #{error.message}"}
          |> Map.update!(:details, &Map.put(&1, :topology, state.topology))}
     end
+  end
+
+  defp strategy_validate(strategy, config) do
+    if function_exported?(strategy, :validate, 1), do: strategy.validate(config), else: :ok
   end
 
   @impl true

@@ -8,6 +8,8 @@ defmodule AWSCluster.Strategy do
     * `schema/0` - its own options as an `AWSCluster.Config` schema. The poller's common
       options (`AWSCluster.Poller.schema/0`) are added, and the whole list is validated
       before anything starts.
+    * `validate/1` (optional) - checks across options the schema cannot express, before
+      anything starts; return `{:error, AWSCluster.Config.error(key, text)}`.
     * `init/2` - turns the validated options (a map) into the strategy state, once, inside
       the poller process: build the AWS client, read IMDS... An error stops the start.
     * `discover/1` - one round. It runs in its own process, so it may block; the poller
@@ -38,9 +40,12 @@ defmodule AWSCluster.Strategy do
   @type gone :: String.t() | node()
 
   @callback schema() :: Config.schema()
+  @callback validate(config :: map()) :: :ok | {:error, Error.t()}
   @callback init(config :: map(), State.t()) :: {:ok, term()} | {:error, Error.t()}
   @callback discover(strategy_state :: term()) ::
               {:ok, [peer()]} | {:ok, [peer()], [gone()]} | {:error, Error.t()}
+
+  @optional_callbacks validate: 1
 
   defmacro __using__(_opts) do
     quote do

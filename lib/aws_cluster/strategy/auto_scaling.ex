@@ -1,0 +1,126 @@
+defmodule AWSCluster.Strategy.AutoScaling do
+  @schema [
+            groups: [
+              type: {:list, :non_empty_string},
+              doc:
+                "AutoScaling group names. Default: this instance's own group, found through " <>
+                  "IMDS (instance id) and its `aws:autoscaling:groupName` tag."
+            ],
+            instance_id: [
+              type: :non_empty_string,
+              doc: "This instance's id, to find its own group without asking IMDS for it."
+            ]
+          ] ++ AWSCluster.Strategy.Naming.schema() ++ AWSCluster.Strategy.Client.schema()
+
+  @moduledoc """
+  Finds peers among the instances of AutoScaling groups: only `InService` and `Healthy`
+  instances are peers; their addresses come from one DescribeInstances by instance id.
+  Instances the group reports as `Terminating` (or `Terminated`) are pruned at once;
+  instances that are merely absent (Standby, Pending, unhealthy) are pruned after
+  `:prune_after` polls.
+
+      config :libcluster,
+        topologies: [
+          app: [
+            strategy: #{inspect(__MODULE__)},
+            config: [node_basename: "chat"]   # own group via IMDS
+          ]
+        ]
+
+  A configured group missing from the answer is an error, not an empty group: a typo or
+  a transient inconsistency must not disconnect the cluster.
+
+  IAM: `autoscaling:DescribeAutoScalingGroups`, `ec2:DescribeInstances`.
+
+  ## Options
+
+  #{AWSCluster.Config.docs(@schema)}
+
+  and the poller's options (`AWSCluster.Poller`).
+  """
+
+  use AWSCluster.Strategy
+
+  alias AWSCluster.{AWS, Error, IMDS}
+  alias AWSCluster.Strategy.{Client, Naming}
+
+  # Keeps each DescribeInstances request well under AWS's request size limits.
+  @ids_per_call 200
+
+  @impl true
+  def schema, do: @schema
+
+  @impl true
+  def validate(%{groups: []}),
+    do: {:error, AWSCluster.Config.error(:groups, "expected at least one group name, got []")}
+
+  def validate(_config), do: :ok
+
+  @impl true
+  def init(config, _state) do
+    with {:ok, client, config} <- Client.build(config),
+         {:ok, groups} <- groups(config, client) do
+      {:ok, %{client: client, groups: groups, config: config}}
+    end
+  end
+
+  @impl true
+  def discover(%{client: client, groups: names, config: config}) do
+    with {:ok, groups} <- AWS.describe_auto_scaling_groups(client, names),
+         :ok <- all_found(names, groups),
+         members = Enum.flat_map(groups, & &1.instances),
+         ids = for(i <- members, in_service?(i), do: i.id) |> Enum.uniq(),
+         {:ok, instances} <- describe(client, ids) do
+      gone = for i <- members, terminating?(i), do: i.id
+      {:ok, Naming.peers(instances, config), gone}
+    end
+  end
+
+  defp in_service?(i), do: i.lifecycle_state == "InService" and i.health_status == "Healthy"
+
+  defp terminating?(i) do
+    state = i.lifecycle_state || ""
+    String.starts_with?(state, "Terminat")
+  end
+
+  defp describe(_client, []), do: {:ok, []}
+
+  defp describe(client, ids) do
+    ids
+    |> Enum.chunk_every(@ids_per_call)
+    |> Enum.reduce_while({:ok, []}, fn chunk, {:ok, acc} ->
+      case AWS.describe_instances(client, [], instance_ids: chunk, states: ["running"]) do
+        {:ok, instances} -> {:cont, {:ok, acc ++ instances}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+  end
+
+  defp all_found(names, groups) do
+    found = MapSet.new(groups, & &1.name)
+
+    case Enum.reject(names, &MapSet.member?(found, &1)) do
+      [] ->
+        :ok
+
+      missing ->
+        {:error,
+         Error.new(
+           :not_found,
+           "AutoScaling group(s) #{Enum.join(missing, ", ")} not found",
+           %{groups: missing}
+         )}
+    end
+  end
+
+  defp groups(%{groups: groups}, _client) when is_list(groups), do: {:ok, groups}
+
+  defp groups(config, client) do
+    opts =
+      [keys: [:auto_scaling_group], aws_client: client] ++
+        if(config.instance_id, do: [instance_id: config.instance_id], else: []) ++
+        Client.imds_opts(config)
+
+    with {:ok, %{auto_scaling_group: group}} <- IMDS.fetch(opts), do: {:ok, [group]}
+  end
+end

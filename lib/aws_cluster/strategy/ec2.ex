@@ -1,0 +1,155 @@
+defmodule AWSCluster.Strategy.EC2 do
+  @schema [
+            tags: [
+              type: {:map, :non_empty_string, {:or, [:string, {:list, :string}]}},
+              default: %{},
+              doc:
+                "Tag filters: `%{\"app\" => \"chat\"}`; a list value matches any of its values."
+            ],
+            filters: [
+              type:
+                {:or,
+                 [
+                   {:map, :non_empty_string, {:or, [:string, {:list, :string}]}},
+                   {:list, {:tuple, [:non_empty_string, {:or, [:string, {:list, :string}]}]}}
+                 ]},
+              default: [],
+              doc:
+                "Any other DescribeInstances filters, e.g. `%{\"instance-type\" => \"m6i.large\"}`."
+            ],
+            vpc_id: [
+              type: {:or, [:non_empty_string, {:list, :non_empty_string}]},
+              doc: "Shortcut for the `vpc-id` filter."
+            ],
+            subnet_id: [
+              type: {:or, [:non_empty_string, {:list, :non_empty_string}]},
+              doc: "Shortcut for the `subnet-id` filter."
+            ],
+            availability_zone: [
+              type: {:or, [:non_empty_string, {:list, :non_empty_string}]},
+              doc: "Shortcut for the `availability-zone` filter."
+            ],
+            security_group: [
+              type: {:or, [:non_empty_string, {:list, :non_empty_string}]},
+              doc:
+                "Security group ids (`sg-...`, filter `instance.group-id`) or names " <>
+                  "(`instance.group-name`), not both."
+            ]
+          ] ++ AWSCluster.Strategy.Naming.schema() ++ AWSCluster.Strategy.Client.schema()
+
+  @moduledoc """
+  Finds peers with EC2 DescribeInstances: a tag map plus any filters. Only running
+  instances are asked for (`instance-state-name=running` is always applied by AWS), and
+  every page is read before an answer counts.
+
+      config :libcluster,
+        topologies: [
+          app: [
+            strategy: #{inspect(__MODULE__)},
+            config: [tags: %{"app" => "chat"}, node_basename: "chat"]
+          ]
+        ]
+
+  Each instance becomes `node_basename@address`. An instance without the chosen address,
+  or whose name would be invalid, is skipped. Terminated instances simply stop being
+  listed and are pruned after `:prune_after` polls (see `AWSCluster.Poller`).
+
+  IAM: `ec2:DescribeInstances`.
+
+  ## Options
+
+  #{AWSCluster.Config.docs(@schema)}
+
+  and the poller's options (`AWSCluster.Poller`).
+  """
+
+  use AWSCluster.Strategy
+
+  alias AWSCluster.{AWS, Config, Error}
+  alias AWSCluster.Strategy.{Client, Naming}
+
+  @shortcuts [
+    vpc_id: "vpc-id",
+    subnet_id: "subnet-id",
+    availability_zone: "availability-zone"
+  ]
+
+  @impl true
+  def schema, do: @schema
+
+  @impl true
+  def validate(config) do
+    with {:ok, _filters} <- filters(config), do: :ok
+  end
+
+  @impl true
+  def init(config, _state) do
+    with {:ok, filters} <- filters(config),
+         {:ok, client, config} <- Client.build(config) do
+      {:ok, %{client: client, filters: filters, config: config}}
+    end
+  end
+
+  @impl true
+  def discover(%{client: client, filters: filters, config: config}) do
+    with {:ok, instances} <- AWS.describe_instances(client, filters, states: ["running"]) do
+      {:ok, Naming.peers(instances, config)}
+    end
+  end
+
+  @doc """
+  The DescribeInstances filters a validated config stands for, without the state filter
+  (which is always `running`).
+  """
+  @spec filters(map()) :: {:ok, [{String.t(), [String.t()]}]} | {:error, Error.t()}
+  def filters(config) do
+    tags = for {key, values} <- config.tags, do: {"tag:" <> key, List.wrap(values)}
+    given = for {name, values} <- config.filters, do: {name, List.wrap(values)}
+    shortcuts = for {key, name} <- @shortcuts, config[key], do: {name, List.wrap(config[key])}
+
+    with {:ok, groups} <- security_groups(config.security_group) do
+      all = tags ++ given ++ shortcuts ++ groups
+
+      cond do
+        Enum.any?(given, fn {name, _} -> name == "instance-state-name" end) ->
+          {:error,
+           Config.error(:filters, "instance-state-name cannot be set: it is always running")}
+
+        Enum.any?(all, fn {_name, values} -> values == [] end) ->
+          {:error, Config.error(:filters, "every filter needs at least one value")}
+
+        all == [] ->
+          {:error,
+           Config.error(
+             :tags,
+             "give at least one of :tags, :filters, :vpc_id, :subnet_id, " <>
+               ":availability_zone or :security_group, or every running instance would be a peer"
+           )}
+
+        true ->
+          {:ok, all}
+      end
+    end
+  end
+
+  defp security_groups(nil), do: {:ok, []}
+
+  defp security_groups(groups) do
+    {ids, names} = groups |> List.wrap() |> Enum.split_with(&String.starts_with?(&1, "sg-"))
+
+    case {ids, names} do
+      {ids, []} ->
+        {:ok, [{"instance.group-id", ids}]}
+
+      {[], names} ->
+        {:ok, [{"instance.group-name", names}]}
+
+      _ ->
+        {:error,
+         Config.error(
+           :security_group,
+           "give either group ids (sg-...) or group names, not both (filters are ANDed)"
+         )}
+    end
+  end
+end

@@ -1,0 +1,69 @@
+defmodule AWSCluster.Strategy.NamingTest do
+  use ExUnit.Case, async: true
+
+  alias AWSCluster.Strategy.Naming
+
+  @instance %{
+    id: "i-1",
+    private_ip: "127.0.1.10",
+    public_ip: "127.0.9.9",
+    private_dns: "ip-127-0-1-10.ec2.internal",
+    ipv6: ["fd00::10"],
+    availability_zone: "us-east-1a",
+    tags: %{"name" => "web-1", "addr" => "127.0.1.77", "bad" => "no spaces!"},
+    network_interfaces: [
+      %{device_index: 0, subnet_id: "subnet-a", private_ips: ["127.0.1.10"]},
+      %{device_index: 1, subnet_id: "subnet-c", private_ips: ["127.0.3.10", "127.0.3.11"]}
+    ]
+  }
+
+  defp name(address, basename \\ "app"),
+    do: Naming.peer(@instance, %{address: address, node_basename: basename})
+
+  test "every address kind" do
+    assert {:ok, %{node: :"app@127.0.1.10", address: "127.0.1.10"}} = name(:private_ip)
+    assert {:ok, %{node: :"app@127.0.9.9"}} = name(:public_ip)
+    assert {:ok, %{node: :"app@ip-127-0-1-10.ec2.internal"}} = name(:private_dns)
+    assert {:ok, %{node: :"app@fd00::10"}} = name(:ipv6)
+    assert {:ok, %{node: :"app@127.0.3.10"}} = name({:interface, 1})
+    assert {:ok, %{node: :"app@127.0.1.10"}} = name({:interface, 0})
+    assert {:ok, %{node: :"app@127.0.3.10"}} = name({:subnet, "subnet-c"})
+    assert {:ok, %{node: :"app@127.0.1.77"}} = name({:tag, "addr"})
+  end
+
+  test "a missing or invalid address skips the instance" do
+    assert {:skip, _} = name({:interface, 2})
+    assert {:skip, _} = name({:subnet, "subnet-x"})
+    assert {:skip, _} = name({:tag, "missing"})
+    assert {:skip, _} = name({:tag, "bad"})
+
+    assert {:skip, _} =
+             Naming.peer(%{@instance | public_ip: nil}, %{address: :public_ip, node_basename: "a"})
+
+    assert {:skip, _} =
+             Naming.peer(%{@instance | private_ip: "ip-1"}, %{
+               address: :private_ip,
+               node_basename: "a"
+             })
+  end
+
+  test "basename from a string, a tag or a function, validated before any atom is made" do
+    assert {:ok, %{node: :"web-1@127.0.1.10"}} = name(:private_ip, {:tag, "name"})
+    assert {:ok, %{node: :"i-1@127.0.1.10"}} = name(:private_ip, & &1.id)
+    assert {:skip, _} = name(:private_ip, {:tag, "bad"})
+    assert {:skip, _} = name(:private_ip, {:tag, "missing"})
+    assert {:skip, _} = name(:private_ip, fn _ -> "a@b" end)
+    assert {:skip, _} = name(:private_ip, fn _ -> raise "boom" end)
+    assert {:skip, _} = name(:private_ip, fn _ -> :atom end)
+  end
+
+  test "peers/2 skips unnamable instances and keeps the first of duplicate names" do
+    other = %{@instance | id: "i-2"}
+    nameless = %{@instance | id: "i-3", private_ip: nil}
+
+    peers =
+      Naming.peers([@instance, other, nameless], %{address: :private_ip, node_basename: "a"})
+
+    assert [%{node: :"a@127.0.1.10", instance: %{id: "i-1"}}] = peers
+  end
+end
