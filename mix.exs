@@ -41,7 +41,11 @@ defmodule Mix.Tasks.Compile.AwsClusterNif do
     args = ["build", "-p", "aws_cluster_nif", "--target-dir", target_dir]
     args = if profile == "release", do: args ++ ["--release"], else: args
 
-    case System.cmd("cargo", args, cd: root, into: IO.stream(:stdio, :line), stderr_to_stdout: true) do
+    case System.cmd("cargo", args,
+           cd: root,
+           into: IO.stream(:stdio, :line),
+           stderr_to_stdout: true
+         ) do
       {_, 0} -> install(Path.join([target_dir, dir(profile), @lib <> ".so"]), root)
       {_, code} -> Mix.raise("cargo build of the aws_cluster NIF failed (exit #{code})")
     end
@@ -94,7 +98,10 @@ defmodule AWSCluster.MixProject do
       compilers: [:aws_cluster_nif] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: [],
-      package: [files: ~w(lib native/aws_cluster_core native/aws_cluster_nif Cargo.toml Cargo.lock mix.exs README.md)]
+      package: [
+        files:
+          ~w(lib native/aws_cluster_core native/aws_cluster_nif Cargo.toml Cargo.lock mix.exs README.md)
+      ]
     ]
   end
 

@@ -112,7 +112,9 @@ defmodule AWSCluster.Distribution do
   defp epmd_up?, do: match?({:ok, _}, :erl_epmd.names({127, 0, 0, 1}))
 
   defp epmd_executable do
-    bundled = Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "bin", "epmd"])
+    bundled =
+      Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "bin", "epmd"])
+
     if File.exists?(bundled), do: bundled, else: System.find_executable("epmd")
   end
 
@@ -163,7 +165,8 @@ defmodule AWSCluster.Distribution do
       :inet6 ->
         if :init.get_argument(:proto_dist) == {:ok, [[~c"inet6_tcp"]]},
           do: {:ok, :inet6},
-          else: invalid(:family, "is :inet6 but the VM was not started with -proto_dist inet6_tcp")
+          else:
+            invalid(:family, "is :inet6 but the VM was not started with -proto_dist inet6_tcp")
 
       other ->
         invalid(:family, "must be :inet or :inet6, got #{inspect(other)}")

@@ -68,10 +68,12 @@ defmodule AWSCluster.Interface do
 
     cond do
       not is_binary(name) ->
-        {:error, Error.new(:invalid_argument, "interface name must be a string, got #{inspect(name)}")}
+        {:error,
+         Error.new(:invalid_argument, "interface name must be a string, got #{inspect(name)}")}
 
       family not in [:inet, :inet6] ->
-        {:error, Error.new(:invalid_argument, "family must be :inet or :inet6, got #{inspect(family)}")}
+        {:error,
+         Error.new(:invalid_argument, "family must be :inet or :inet6, got #{inspect(family)}")}
 
       true ->
         Error.wrap(Native.interface_address(name, Atom.to_string(family)))

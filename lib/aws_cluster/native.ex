@@ -63,6 +63,12 @@ defmodule AWSCluster.Native do
   def interface_addresses, do: err()
   def interface_address(_name, _family), do: err()
 
+  def aws_client_new(_ref, _opts), do: err()
+  def aws_describe_instances(_client, _ref, _filters, _instance_ids, _page_size), do: err()
+  def aws_describe_auto_scaling_groups(_client, _ref, _names), do: err()
+
+  def imds_fetch(_ref, _opts), do: err()
+
   def runtime_probe(_ref, _delay_ms, _panic), do: err()
   def runtime_workers, do: err()
 end

@@ -4,16 +4,17 @@ defmodule AWSCluster.Test.Cluster do
   namespace. Every peer gets this VM's code path, so it runs the code under test.
   """
 
-  @test_node :"aws_cluster_test@127.0.0.1"
-
-  @doc "Makes the test VM a distributed node (starting epmd if needed)."
+  @doc """
+  Makes the test VM a distributed node `aws_cluster_test_<os pid>@127.0.0.1` (starting
+  epmd if needed); the OS pid keeps concurrent test runs on one machine apart.
+  """
   def start_test_node! do
     unless Node.alive?() do
-      {:ok, _} =
-        AWSCluster.Distribution.start(basename: "aws_cluster_test", ip: {127, 0, 0, 1})
+      basename = "aws_cluster_test_#{System.pid()}"
+      {:ok, _} = AWSCluster.Distribution.start(basename: basename, ip: {127, 0, 0, 1})
     end
 
-    @test_node
+    node()
   end
 
   @doc "Code path arguments so a peer loads the same modules as this VM."
@@ -31,7 +32,8 @@ defmodule AWSCluster.Test.Cluster do
         name: String.to_atom(basename),
         host: String.to_charlist(ip),
         longnames: true,
-        args: code_path_args() ++ [~c"-setcookie", Atom.to_charlist(Node.get_cookie())] ++ extra_args,
+        args:
+          code_path_args() ++ [~c"-setcookie", Atom.to_charlist(Node.get_cookie())] ++ extra_args,
         wait_boot: 30_000
       })
 
@@ -48,11 +50,15 @@ defmodule AWSCluster.Test.Cluster do
 
     exec =
       case Keyword.get(opts, :wrap) do
-        nil -> erl
-        {wrapper, args} -> {String.to_charlist(wrapper), Enum.map(args ++ [erl], &String.to_charlist/1)}
+        nil ->
+          String.to_charlist(erl)
+
+        {wrapper, args} ->
+          {String.to_charlist(System.find_executable(wrapper)),
+           Enum.map(args ++ [erl], &String.to_charlist/1)}
       end
 
-    {:ok, pid} =
+    {:ok, pid, _} =
       :peer.start_link(%{
         connection: :standard_io,
         exec: exec,
