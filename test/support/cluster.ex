@@ -23,7 +23,7 @@ defmodule AWSCluster.Test.Cluster do
   end
 
   @doc """
-  Starts a distributed peer `basename@ip` connected to the test node.
+  Starts a distributed peer `basename@ip`, controlled over a loopback TCP socket.
   Returns `{peer_pid, node}`; stop it with `stop/1`.
   """
   def start_peer(basename, ip, extra_args \\ []) do
@@ -34,7 +34,11 @@ defmodule AWSCluster.Test.Cluster do
         longnames: true,
         args:
           code_path_args() ++ [~c"-setcookie", Atom.to_charlist(Node.get_cookie())] ++ extra_args,
-        wait_boot: 30_000
+        wait_boot: 30_000,
+        # :peer.call/4 needs a control connection besides distribution (a loopback TCP
+        # socket here); it also leaves the peer unconnected to this node until asked, so
+        # clustering tests see only the connections the code under test makes.
+        connection: 0
       })
 
     {:ok, _} = :peer.call(pid, :application, :ensure_all_started, [:elixir])

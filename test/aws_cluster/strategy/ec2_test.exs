@@ -1,0 +1,288 @@
+defmodule AWSCluster.Strategy.EC2Test do
+  # Real parts only: moto_server seeded with instances at 127.0.x.y, and real BEAM peer
+  # nodes named <basename>@<that ip>, each running the EC2 strategy against moto.
+  use ExUnit.Case, async: false
+
+  alias AWSCluster.Poller
+  alias AWSCluster.Strategy.EC2
+  alias AWSCluster.Test.{Cluster, FaultProxy, Moto, Nodes, StrategyPeer}
+
+  @moduletag timeout: 600_000
+  @interval 300
+  @prune_after 3
+
+  setup_all do
+    Moto.start!()
+    :ok
+  end
+
+  setup do
+    Moto.fresh!()
+    # Unique per test: epmd keys names per machine, and moto tags scope discovery.
+    %{tag: "c#{System.unique_integer([:positive])}"}
+  end
+
+  defp spec(tag, i, ip),
+    do: %{ip: ip, tags: %{"cluster" => tag, "node_basename" => "#{tag}n#{i}"}}
+
+  defp topology(tag, endpoint, extra) do
+    config =
+      Keyword.merge(
+        [
+          tags: %{"cluster" => tag},
+          node_basename: {:tag, "node_basename"},
+          region: Moto.region(),
+          endpoint: endpoint,
+          access_key_id: "testing",
+          secret_access_key: "testing",
+          max_attempts: 1,
+          operation_timeout: 2_000,
+          polling_interval: @interval,
+          prune_after: @prune_after,
+          connect_timeout: 1_000
+        ],
+        extra
+      )
+
+    [ec2: [strategy: EC2, config: config]]
+  end
+
+  # `-connect_all false`: peers must not learn of each other through the test node
+  # (global's transitive connects); only the strategy may connect them.
+  defp start_node(tag, i, ip, endpoint, extra \\ []) do
+    {pid, node} = Cluster.start_peer("#{tag}n#{i}", ip, [~c"-connect_all", ~c"false"])
+    {:ok, sup} = :peer.call(pid, StrategyPeer, :start_detached, [topology(tag, endpoint, extra)])
+    %{pid: pid, node: node, sup: sup, ip: ip}
+  end
+
+  defp start_bare(tag, i, ip) do
+    {pid, node} = Cluster.start_peer("#{tag}n#{i}", ip, [~c"-connect_all", ~c"false"])
+    %{pid: pid, node: node, ip: ip}
+  end
+
+  defp run_strategy(peer, tag, endpoint, extra \\ []) do
+    {:ok, sup} =
+      :peer.call(peer.pid, StrategyPeer, :start_detached, [topology(tag, endpoint, extra)])
+
+    Map.put(peer, :sup, sup)
+  end
+
+  defp connected(peer), do: :peer.call(peer.pid, Node, :list, [])
+  defp status(peer), do: :peer.call(peer.pid, StrategyPeer, :status, [peer.sup])
+  defp poller(peer), do: :peer.call(peer.pid, StrategyPeer, :poller, [peer.sup])
+  defp downs(peer), do: :peer.call(peer.pid, StrategyPeer, :downs, [])
+
+  defp mesh?(peers) do
+    nodes = Enum.map(peers, & &1.node)
+
+    Enum.all?(peers, fn peer ->
+      connected = connected(peer)
+      Enum.all?(nodes -- [peer.node], &(&1 in connected))
+    end)
+  end
+
+  defp wait_until(fun, timeout_ms \\ 30_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+
+    Stream.repeatedly(fn ->
+      cond do
+        fun.() -> :ok
+        System.monotonic_time(:millisecond) > deadline -> :timeout
+        true -> Process.sleep(50) && nil
+      end
+    end)
+    |> Enum.find(& &1)
+    |> Kernel.==(:ok)
+  end
+
+  @ips ["127.0.1.11", "127.0.1.12", "127.0.2.11", "127.0.2.12", "127.0.3.11", "127.0.3.12"]
+
+  test "6 nodes in 3 AZs reach a full mesh; a terminated one is pruned after prune_after polls, a new one joins",
+       %{tag: tag} do
+    endpoint = Moto.endpoint()
+    ids = Moto.run_instances!(for {ip, i} <- Enum.with_index(@ips, 1), do: spec(tag, i, ip))
+
+    # Not connected to each other before the strategy runs: the mesh below is its work.
+    bare = for {ip, i} <- Enum.with_index(@ips, 1), do: start_bare(tag, i, ip)
+    for p <- bare, do: assert(connected(p) -- [node()] == [])
+
+    peers = Enum.map(bare, &run_strategy(&1, tag, endpoint))
+
+    assert wait_until(fn -> mesh?(peers) end),
+           "no full mesh: #{inspect(Enum.map(peers, &connected/1))}"
+
+    # What discovery knows, for AZ-aware users.
+    [observer | _] = peers
+    by_az = :peer.call(observer.pid, AWSCluster, :nodes_by_az, [])
+    assert Map.keys(by_az) |> Enum.sort() == ["us-east-1a", "us-east-1b", "us-east-1c"]
+    assert length(by_az["us-east-1a"]) == 1 and length(by_az["us-east-1b"]) == 2
+    [_, n2 | _] = Enum.map(peers, & &1.node)
+    assert {:ok, info} = :peer.call(observer.pid, AWSCluster, :node_info, [n2])
+    assert info.instance_id == Enum.at(ids, 1)
+    assert info.address == "127.0.1.12"
+    assert info.availability_zone == "us-east-1a"
+    assert info.tags["cluster"] == tag
+
+    # Churn 1: terminate the 6th instance and stop its node.
+    victim = List.last(peers)
+    survivors = peers -- [victim]
+    for p <- survivors, do: :peer.call(p.pid, StrategyPeer, :reset_downs, [])
+    polls_at_terminate = status(observer).polls
+    Moto.terminate!([List.last(ids)])
+    Cluster.stop(victim.pid)
+
+    # Sample the observer until the victim leaves its peer set.
+    {seen, pruned_at} =
+      Enum.reduce_while(1..600, {[], nil}, fn _, {seen, nil} ->
+        s = status(observer)
+
+        case Map.fetch(s.members, victim.node) do
+          {:ok, misses} ->
+            Process.sleep(25)
+            {:cont, {[misses | seen], nil}}
+
+          :error ->
+            {:halt, {seen, s.polls}}
+        end
+      end)
+
+    assert pruned_at, "never pruned"
+    # Kept after complete answers without it ...
+    assert Enum.any?(seen, &(&1 in 1..(@prune_after - 1)))
+    assert Enum.all?(seen, &(&1 < @prune_after))
+    # ... and pruned only once prune_after answers had been counted.
+    assert pruned_at - polls_at_terminate >= @prune_after
+    assert {:error, _} = :peer.call(observer.pid, AWSCluster, :node_info, [victim.node])
+
+    # The survivors lost only the victim.
+    assert mesh?(survivors)
+    for p <- survivors, do: assert(downs(p) -- [victim.node] == [])
+
+    # Churn 2: a new instance and node join.
+    [_] = Moto.run_instances!([spec(tag, 7, "127.0.3.13")])
+    newcomer = start_node(tag, 7, "127.0.3.13", endpoint)
+    peers = survivors ++ [newcomer]
+    assert wait_until(fn -> mesh?(peers) end)
+    for p <- survivors, do: assert(downs(p) -- [victim.node] == [])
+  end
+
+  @faults [
+    {:refuse, :unreachable},
+    {{:delay, 3_000}, :timeout},
+    {{:status, 500}, :bad_response},
+    {{:status, 503}, :bad_response},
+    {:throttle, :throttled},
+    {:truncate, :bad_response},
+    {:drop, :unreachable}
+  ]
+
+  test "AWS faults never disconnect a healthy peer or crash a strategy; the mesh catches up after",
+       %{tag: tag} do
+    proxy = start_supervised!({FaultProxy, upstream: Moto.port()})
+    endpoint = FaultProxy.endpoint(proxy)
+    ips = Enum.take(@ips, 4)
+    specs = for {ip, i} <- Enum.with_index(ips, 1), do: spec(tag, i, ip)
+    Moto.run_instances!(specs)
+
+    # operation_timeout < the delay fault; backoff capped so recovery is quick.
+    extra = [operation_timeout: 1_000, max_backoff: 1_500]
+    peers = for {ip, i} <- Enum.with_index(ips, 1), do: start_node(tag, i, ip, endpoint, extra)
+    assert wait_until(fn -> mesh?(peers) end)
+    pollers = Enum.map(peers, &poller/1)
+
+    failing = fn min_failures ->
+      Enum.all?(peers, fn p ->
+        s = status(p)
+        s.health == :failing and s.failures >= min_failures
+      end)
+    end
+
+    healthy = fn -> Enum.all?(peers, &(status(&1).health == :healthy)) end
+
+    reasons =
+      for {mode, _expected} <- @faults do
+        FaultProxy.set_mode(proxy, mode)
+        # Failing for more than prune_after polls: errors must not count as misses.
+        assert wait_until(fn -> failing.(@prune_after + 1) end), "#{inspect(mode)} never failed"
+        reason = status(hd(peers)).last_error.reason
+        FaultProxy.set_mode(proxy, :pass)
+        assert wait_until(healthy), "no recovery after #{inspect(mode)}"
+        assert mesh?(peers), "mesh broken by #{inspect(mode)}"
+        for p <- peers, do: assert(downs(p) == [], "#{inspect(mode)}: #{inspect(downs(p))}")
+        {mode, reason}
+      end
+
+    assert reasons == Enum.map(@faults, fn {mode, expected} -> {mode, expected} end)
+
+    # moto killed: refused behind the proxy. It restarts empty, so the proxy answers 503
+    # until the instances exist again; a node launched meanwhile joins after the fault.
+    Moto.kill!()
+    assert wait_until(fn -> failing.(@prune_after + 1) end)
+    FaultProxy.set_mode(proxy, {:status, 503})
+    Moto.restart!()
+    Moto.fresh!()
+    new_spec = spec(tag, 5, "127.0.3.14")
+    Moto.run_instances!(specs ++ [new_spec])
+    newcomer = start_node(tag, 5, "127.0.3.14", endpoint, extra)
+    assert status(newcomer).health in [:starting, :failing]
+    FaultProxy.set_mode(proxy, :pass)
+
+    all = peers ++ [newcomer]
+    assert wait_until(fn -> mesh?(all) end)
+    for p <- peers, do: assert(downs(p) == [])
+    assert Enum.map(peers, &poller/1) == pollers
+  end
+
+  test "shortcut filters and a second ENI's address, with injected connects (no peers)", %{
+    tag: tag
+  } do
+    [_a, b, _c] =
+      Moto.run_instances!([
+        %{ip: "127.0.1.21", tags: %{"cluster" => tag}},
+        %{ip: "127.0.2.21", second_ip: "127.0.3.21", tags: %{"cluster" => tag}},
+        %{ip: "127.0.3.22", tags: %{"cluster" => tag}}
+      ])
+
+    table = Nodes.table()
+
+    config = [
+      tags: %{"cluster" => tag},
+      availability_zone: "us-east-1b",
+      address: {:interface, 1},
+      node_basename: "app",
+      region: Moto.region(),
+      endpoint: Moto.endpoint(),
+      access_key_id: "testing",
+      secret_access_key: "testing",
+      polling_interval: 10_000
+    ]
+
+    pid =
+      start_supervised!(
+        {EC2, [topology: :shortcuts, config: config] ++ Nodes.mfas(self(), table)}
+      )
+
+    assert_receive {:connect, :"app@127.0.3.21"}, 10_000
+    refute_received {:connect, _}
+    assert %{members: %{:"app@127.0.3.21" => 0}} = Poller.status(pid)
+    assert {:ok, %{instance_id: ^b}} = AWSCluster.node_info(:"app@127.0.3.21")
+  end
+
+  test "no region and no IMDS: start fails saying to set region:" do
+    imds = start_supervised!({AWSCluster.Test.FakeIMDS, mode: :down})
+
+    config = [
+      tags: %{"app" => "x"},
+      node_basename: "app",
+      endpoint: Moto.endpoint(),
+      imds_endpoint: AWSCluster.Test.FakeIMDS.endpoint(imds)
+    ]
+
+    Process.flag(:trap_exit, true)
+
+    assert {:error, %AWSCluster.Error{} = e} =
+             EC2.start_link(topology: :no_region, config: config)
+
+    assert e.message =~ "region:"
+  end
+end
