@@ -3,6 +3,7 @@
 //! One module per domain; the NIF crate is a thin boundary over these.
 
 pub mod error;
+pub mod gossip;
 pub mod interface;
 
 pub use error::{Error, Reason, Result};
