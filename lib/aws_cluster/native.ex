@@ -69,6 +69,12 @@ defmodule AWSCluster.Native do
 
   def imds_fetch(_ref, _opts), do: err()
 
+  def gossip_keyring_new(_secrets, _label, _insecure), do: err()
+  def gossip_keyring_ids(_ring), do: err()
+  def gossip_replay_new(_max_senders, _window_ms), do: err()
+  def gossip_seal(_ring, _kind, _name, _boot_id, _seq, _timestamp_ms, _meta), do: err()
+  def gossip_open(_ring, _replay, _packet, _now_ms), do: err()
+
   def runtime_probe(_ref, _delay_ms, _panic), do: err()
   def runtime_workers, do: err()
 end

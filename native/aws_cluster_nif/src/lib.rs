@@ -6,6 +6,7 @@
 
 mod atoms;
 mod error;
+mod gossip;
 mod interface;
 mod runtime;
 
