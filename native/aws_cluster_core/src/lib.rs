@@ -2,8 +2,10 @@
 //!
 //! One module per domain; the NIF crate is a thin boundary over these.
 
+pub mod aws;
 pub mod error;
 pub mod gossip;
+pub mod imds;
 pub mod interface;
 
 pub use error::{Error, Reason, Result};

@@ -1,0 +1,362 @@
+//! DescribeInstances, fully paginated, reduced to the fields discovery needs.
+
+use super::failure::{from_sdk, Operation};
+use super::{AwsClient, Listing};
+use crate::{Error, Reason, Result};
+use aws_sdk_ec2::types::{Filter, Instance as SdkInstance, InstanceNetworkInterface};
+
+/// What to ask DescribeInstances for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    /// `(name, values)` pairs, e.g. `("tag:app", ["chat"])`; AWS ANDs filters, ORs values.
+    pub filters: Vec<(String, Vec<String>)>,
+    pub instance_ids: Vec<String>,
+    /// MaxResults per page (5..=1000); AWS forbids it together with `instance_ids`.
+    pub page_size: Option<i32>,
+}
+
+impl InstanceQuery {
+    /// Adds `instance-state-name=running` unless a state filter is already there.
+    pub fn running(mut self) -> Self {
+        if !self.filters.iter().any(|(n, _)| n == "instance-state-name") {
+            self.filters
+                .push(("instance-state-name".into(), vec!["running".into()]));
+        }
+        self
+    }
+
+    /// Rejects what AWS would reject, with a message naming the part at fault.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |msg: String| Err(Error::new(Reason::InvalidArgument, msg));
+        for (name, values) in &self.filters {
+            if name.is_empty() {
+                return invalid("a DescribeInstances filter has an empty name".into());
+            }
+            if values.is_empty() {
+                return invalid(format!("filter {name:?} has no values"));
+            }
+        }
+        if self.instance_ids.iter().any(String::is_empty) {
+            return invalid("instance_ids contains an empty id".into());
+        }
+        if let Some(n) = self.page_size {
+            if !(5..=1000).contains(&n) {
+                return invalid(format!("page_size must be between 5 and 1000, got {n}"));
+            }
+            if !self.instance_ids.is_empty() {
+                return invalid("page_size cannot be combined with instance_ids".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One EC2 instance. Empty strings from the API are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    /// `pending | running | shutting-down | terminated | stopping | stopped`.
+    pub state: Option<String>,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_dns: Option<String>,
+    /// Every IPv6 address of the instance, primary first, without repeats.
+    pub ipv6: Vec<String>,
+    pub availability_zone: Option<String>,
+    pub subnet_id: Option<String>,
+    pub vpc_id: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// Unix seconds.
+    pub launch_time: Option<i64>,
+    pub network_interfaces: Vec<NetworkInterface>,
+}
+
+/// One elastic network interface attached to an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkInterface {
+    pub id: Option<String>,
+    /// 0 for the primary interface, 1 for the first extra ENI ...
+    pub device_index: Option<i32>,
+    pub subnet_id: Option<String>,
+    /// Primary first.
+    pub private_ips: Vec<String>,
+    pub ipv6: Vec<String>,
+}
+
+impl AwsClient {
+    /// Every instance matching `query`, across all pages. Stops at the first failing page:
+    /// a partial answer would make peers look gone.
+    pub async fn describe_instances(&self, query: &InstanceQuery) -> Result<Listing<Instance>> {
+        query.validate()?;
+        let op = Operation::DescribeInstances;
+        let filters: Vec<Filter> = query
+            .filters
+            .iter()
+            .map(|(name, values)| {
+                Filter::builder()
+                    .name(name)
+                    .set_values(Some(values.clone()))
+                    .build()
+            })
+            .collect();
+        let mut request = self.ec2.describe_instances();
+        if !filters.is_empty() {
+            request = request.set_filters(Some(filters));
+        }
+        if !query.instance_ids.is_empty() {
+            request = request.set_instance_ids(Some(query.instance_ids.clone()));
+        }
+        let mut paginator = request.into_paginator();
+        if let Some(n) = query.page_size {
+            paginator = paginator.page_size(n);
+        }
+        let all_pages = async {
+            let mut stream = paginator.send();
+            let mut listing = Listing {
+                items: Vec::new(),
+                pages: 0,
+            };
+            while let Some(page) = stream.next().await {
+                let page =
+                    page.map_err(|e| from_sdk(op, &self.ec2_endpoint, self.timeout_ms(), e))?;
+                listing.pages += 1;
+                for reservation in page.reservations() {
+                    listing
+                        .items
+                        .extend(reservation.instances().iter().map(convert));
+                }
+            }
+            Ok(listing)
+        };
+        self.within_budget(op, &self.ec2_endpoint, all_pages).await
+    }
+
+    /// Runs a whole paginated call under `operation_timeout`, so a caller waiting
+    /// slightly longer always gets an answer.
+    pub(super) async fn within_budget<T>(
+        &self,
+        op: Operation,
+        endpoint: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.operation_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(super::classify(
+                op,
+                endpoint,
+                self.timeout_ms(),
+                super::Failure::Timeout,
+            )),
+        }
+    }
+}
+
+fn text(s: Option<&str>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn push_unique(list: &mut Vec<String>, value: Option<&str>) {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        if !list.iter().any(|x| x == v) {
+            list.push(v.to_owned());
+        }
+    }
+}
+
+fn convert(i: &SdkInstance) -> Instance {
+    let network_interfaces: Vec<NetworkInterface> =
+        i.network_interfaces().iter().map(interface).collect();
+    let mut ipv6 = Vec::new();
+    push_unique(&mut ipv6, i.ipv6_address());
+    for eni in &network_interfaces {
+        for a in &eni.ipv6 {
+            push_unique(&mut ipv6, Some(a));
+        }
+    }
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_owned(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned()),
+        private_ip: text(i.private_ip_address()),
+        public_ip: text(i.public_ip_address()),
+        private_dns: text(i.private_dns_name()),
+        ipv6,
+        availability_zone: text(i.placement().and_then(|p| p.availability_zone())),
+        subnet_id: text(i.subnet_id()),
+        vpc_id: text(i.vpc_id()),
+        tags: i
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+            .collect(),
+        launch_time: i.launch_time().map(|t| t.secs()),
+        network_interfaces,
+    }
+}
+
+fn interface(n: &InstanceNetworkInterface) -> NetworkInterface {
+    let mut private_ips = Vec::new();
+    // The primary address first: it is what `{:interface, n}` should resolve to.
+    for a in n
+        .private_ip_addresses()
+        .iter()
+        .filter(|a| a.primary() == Some(true))
+    {
+        push_unique(&mut private_ips, a.private_ip_address());
+    }
+    push_unique(&mut private_ips, n.private_ip_address());
+    for a in n.private_ip_addresses() {
+        push_unique(&mut private_ips, a.private_ip_address());
+    }
+    let mut ipv6 = Vec::new();
+    for a in n.ipv6_addresses() {
+        push_unique(&mut ipv6, a.ipv6_address());
+    }
+    NetworkInterface {
+        id: text(n.network_interface_id()),
+        device_index: n.attachment().and_then(|a| a.device_index()),
+        subnet_id: text(n.subnet_id()),
+        private_ips,
+        ipv6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{client_for, Fake, Reply};
+    use super::*;
+
+    fn reservation(items: &str) -> String {
+        format!(
+            "<item><reservationId>r-1</reservationId><instancesSet>{items}</instancesSet></item>"
+        )
+    }
+
+    const FULL: &str = "<item><instanceId>i-1</instanceId>\
+        <instanceState><code>16</code><name>running</name></instanceState>\
+        <privateDnsName>ip-127-0-1-10.ec2.internal</privateDnsName>\
+        <privateIpAddress>127.0.1.10</privateIpAddress><ipAddress></ipAddress>\
+        <placement><availabilityZone>us-east-1a</availabilityZone></placement>\
+        <subnetId>subnet-1</subnetId><vpcId>vpc-1</vpcId>\
+        <launchTime>2024-01-02T03:04:05.000Z</launchTime>\
+        <tagSet><item><key>app</key><value>chat</value></item><item><key>empty</key><value></value></item></tagSet>\
+        <networkInterfaceSet>\
+        <item><networkInterfaceId>eni-2</networkInterfaceId><subnetId>subnet-2</subnetId>\
+        <privateIpAddress>127.0.2.20</privateIpAddress>\
+        <attachment><deviceIndex>1</deviceIndex></attachment>\
+        <privateIpAddressesSet><item><privateIpAddress>127.0.2.21</privateIpAddress><primary>false</primary></item>\
+        <item><privateIpAddress>127.0.2.20</privateIpAddress><primary>true</primary></item></privateIpAddressesSet>\
+        <ipv6AddressesSet><item><ipv6Address>fd00::2</ipv6Address></item></ipv6AddressesSet></item>\
+        </networkInterfaceSet></item>";
+
+    fn page(body: &str, next: Option<&str>) -> Reply {
+        let next = next
+            .map(|t| format!("<nextToken>{t}</nextToken>"))
+            .unwrap_or_default();
+        Reply::ok(format!(
+            "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>req</requestId><reservationSet>{body}</reservationSet>{next}\
+             </DescribeInstancesResponse>"
+        ))
+    }
+
+    #[tokio::test]
+    async fn maps_every_field_and_follows_next_tokens() {
+        let fake = Fake::start(|request: &str| {
+            if request.contains("NextToken=tok2") {
+                page(
+                    &reservation("<item><instanceId>i-2</instanceId></item>"),
+                    None,
+                )
+            } else {
+                page(&reservation(FULL), Some("tok2"))
+            }
+        })
+        .await;
+        let client = client_for(&fake.endpoint(), 2_000).await;
+        let query = InstanceQuery {
+            filters: vec![("tag:app".into(), vec!["chat".into(), "web".into()])],
+            page_size: Some(5),
+            ..Default::default()
+        }
+        .running();
+        let listing = client.describe_instances(&query).await.expect("listing");
+        assert_eq!(listing.pages, 2);
+        let ids: Vec<&str> = listing.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["i-1", "i-2"]);
+        let i = &listing.items[0];
+        assert_eq!(i.state.as_deref(), Some("running"));
+        assert_eq!(i.private_ip.as_deref(), Some("127.0.1.10"));
+        assert_eq!(i.public_ip, None);
+        assert_eq!(i.private_dns.as_deref(), Some("ip-127-0-1-10.ec2.internal"));
+        assert_eq!(i.availability_zone.as_deref(), Some("us-east-1a"));
+        assert_eq!(i.subnet_id.as_deref(), Some("subnet-1"));
+        assert_eq!(i.vpc_id.as_deref(), Some("vpc-1"));
+        assert_eq!(i.launch_time, Some(1_704_164_645));
+        assert_eq!(
+            i.tags,
+            vec![
+                ("app".into(), "chat".into()),
+                ("empty".into(), String::new())
+            ]
+        );
+        assert_eq!(i.ipv6, vec!["fd00::2".to_string()]);
+        let eni = &i.network_interfaces[0];
+        assert_eq!(eni.device_index, Some(1));
+        assert_eq!(eni.subnet_id.as_deref(), Some("subnet-2"));
+        assert_eq!(eni.private_ips, vec!["127.0.2.20", "127.0.2.21"]);
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 2);
+        assert!(
+            requests[0].contains("Filter.1.Name=tag%3Aapp"),
+            "{}",
+            requests[0]
+        );
+        assert!(requests[0].contains("Filter.1.Value.2=web"));
+        assert!(requests[0].contains("Filter.2.Name=instance-state-name"));
+        assert!(requests[0].contains("MaxResults=5"));
+    }
+
+    #[tokio::test]
+    async fn a_failing_page_fails_the_whole_call() {
+        let fake = Fake::start(|request: &str| {
+            if request.contains("NextToken=") {
+                Reply::status(500, "boom")
+            } else {
+                page(&reservation(FULL), Some("tok2"))
+            }
+        })
+        .await;
+        let client = client_for(&fake.endpoint(), 2_000).await;
+        let err = client
+            .describe_instances(&InstanceQuery::default())
+            .await
+            .expect_err("must fail");
+        assert_eq!(err.reason, Reason::BadResponse);
+        assert_eq!(err.detail("status"), Some("500"));
+    }
+
+    #[test]
+    fn running_is_added_once_and_validation_names_the_problem() {
+        let q = InstanceQuery::default().running().running();
+        assert_eq!(q.filters.len(), 1);
+        let bad = InstanceQuery {
+            page_size: Some(2),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().message.contains("page_size"));
+        let bad = InstanceQuery {
+            filters: vec![("tag:a".into(), vec![])],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().message.contains("tag:a"));
+        let bad = InstanceQuery {
+            instance_ids: vec!["i-1".into()],
+            page_size: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().reason, Reason::InvalidArgument);
+    }
+}
