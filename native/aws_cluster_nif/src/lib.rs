@@ -5,8 +5,10 @@
 //! themselves, so this file is only the table of contents.
 
 mod atoms;
+mod aws;
 mod error;
 mod gossip;
+mod imds;
 mod interface;
 mod runtime;
 

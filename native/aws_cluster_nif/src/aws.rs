@@ -1,0 +1,249 @@
+//! `aws_*` NIFs over `aws_cluster_core::aws`.
+//!
+//! All of them are async (see `runtime`): building the SDK client loads TLS roots and
+//! config files, and every call waits on the network, so none of it may run on a
+//! scheduler. Instances and groups cross as maps with atom keys fixed at compile time;
+//! tag keys and values stay binaries.
+
+use crate::{error, runtime};
+use aws_cluster_core::aws::{
+    AwsClient, ClientConfig, Group, GroupInstance, Instance, InstanceQuery, Listing,
+    NetworkInterface,
+};
+use aws_cluster_core::{Error, Reason};
+use rustler::{Atom, Encoder, Env, ResourceArc, Term};
+use std::time::Duration;
+
+mod keys {
+    rustler::atoms! {
+        region, endpoint, access_key_id, secret_access_key, session_token, max_attempts,
+        operation_timeout_ms, attempt_timeout_ms, connect_timeout_ms,
+        id, state, private_ip, public_ip, private_dns, ipv6, availability_zone, subnet_id,
+        vpc_id, tags, launch_time, network_interfaces, device_index, private_ips,
+        instances, groups, pages, name, desired_capacity, lifecycle_state, health_status,
+    }
+}
+
+/// The SDK clients of one topology, shared by every call made with it.
+pub struct ClientResource {
+    client: AwsClient,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for ClientResource {}
+
+/// `aws_client_new(ref, opts)`: replies `{:ok, client}`. `opts` is a map with atom keys
+/// `region` (required), `endpoint`, `access_key_id`, `secret_access_key`,
+/// `session_token` (binaries or nil) and `max_attempts`, `operation_timeout_ms`,
+/// `attempt_timeout_ms`, `connect_timeout_ms` (integers or nil).
+#[rustler::nif]
+fn aws_client_new<'a>(env: Env<'a>, reference: Term<'a>, opts: Term<'a>) -> Term<'a> {
+    let config = match client_config(opts) {
+        Ok(c) => c,
+        Err(e) => return error::error_tuple(env, &e),
+    };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, AwsClient::new(config), |env, client| {
+            ResourceArc::new(ClientResource { client }).encode(env)
+        }),
+    )
+}
+
+/// `aws_describe_instances(client, ref, filters, instance_ids, page_size)`: replies
+/// `{:ok, %{instances: [map], pages: n}}` after reading every page.
+#[rustler::nif]
+fn aws_describe_instances<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientResource>,
+    reference: Term<'a>,
+    filters: Vec<(String, Vec<String>)>,
+    instance_ids: Vec<String>,
+    page_size: Option<i32>,
+) -> Term<'a> {
+    let query = InstanceQuery {
+        filters,
+        instance_ids,
+        page_size,
+    };
+    if let Err(e) = query.validate() {
+        return error::error_tuple(env, &e);
+    }
+    let client = client.client.clone();
+    let work = async move { client.describe_instances(&query).await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, listing: Listing<Instance>| {
+            let items: Vec<Term> = listing.items.iter().map(|i| instance(env, i)).collect();
+            map(
+                env,
+                &[
+                    (keys::instances(), items.encode(env)),
+                    (keys::pages(), listing.pages.encode(env)),
+                ],
+            )
+        }),
+    )
+}
+
+/// `aws_describe_auto_scaling_groups(client, ref, names)`: replies
+/// `{:ok, %{groups: [map], pages: n}}`; no names means every group.
+#[rustler::nif]
+fn aws_describe_auto_scaling_groups<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientResource>,
+    reference: Term<'a>,
+    names: Vec<String>,
+) -> Term<'a> {
+    let client = client.client.clone();
+    let work = async move { client.describe_auto_scaling_groups(&names).await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, listing: Listing<Group>| {
+            let items: Vec<Term> = listing.items.iter().map(|g| group(env, g)).collect();
+            map(
+                env,
+                &[
+                    (keys::groups(), items.encode(env)),
+                    (keys::pages(), listing.pages.encode(env)),
+                ],
+            )
+        }),
+    )
+}
+
+fn client_config(opts: Term<'_>) -> Result<ClientConfig, Error> {
+    if !opts.is_map() {
+        return Err(invalid("the AWS client options must be a map"));
+    }
+    let region: Option<String> = field(opts, keys::region(), "region", "a binary")?;
+    let region = region.ok_or_else(|| invalid("the AWS client options need a region"))?;
+    let mut c = ClientConfig::new(region);
+    c.endpoint = field(opts, keys::endpoint(), "endpoint", "a binary")?;
+    c.access_key_id = field(opts, keys::access_key_id(), "access_key_id", "a binary")?;
+    c.secret_access_key = field(
+        opts,
+        keys::secret_access_key(),
+        "secret_access_key",
+        "a binary",
+    )?;
+    c.session_token = field(opts, keys::session_token(), "session_token", "a binary")?;
+    if let Some(n) = field::<u32>(
+        opts,
+        keys::max_attempts(),
+        "max_attempts",
+        "a positive integer",
+    )? {
+        c.max_attempts = n;
+    }
+    if let Some(ms) = millis(opts, keys::operation_timeout_ms(), "operation_timeout_ms")? {
+        c.operation_timeout = ms;
+    }
+    c.attempt_timeout = millis(opts, keys::attempt_timeout_ms(), "attempt_timeout_ms")?;
+    if let Some(ms) = millis(opts, keys::connect_timeout_ms(), "connect_timeout_ms")? {
+        c.connect_timeout = ms;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn millis(opts: Term<'_>, key: Atom, name: &'static str) -> Result<Option<Duration>, Error> {
+    Ok(field::<u64>(opts, key, name, "a non-negative integer (ms)")?.map(Duration::from_millis))
+}
+
+/// `opts[key]`: absent or nil is `None`; anything else must decode as `T`.
+pub(crate) fn field<'a, T: rustler::Decoder<'a>>(
+    opts: Term<'a>,
+    key: Atom,
+    name: &'static str,
+    expected: &str,
+) -> Result<Option<T>, Error> {
+    match opts.map_get(key) {
+        Err(_) => Ok(None),
+        Ok(v) if crate::atoms::nil() == v => Ok(None),
+        Ok(v) => v.decode::<T>().map(Some).map_err(|_| {
+            invalid(&format!("option {name} must be {expected}")).with_detail("key", name)
+        }),
+    }
+}
+
+pub(crate) fn invalid(message: &str) -> Error {
+    Error::new(Reason::InvalidArgument, message)
+}
+
+/// A map with atom keys; keys are distinct by construction.
+pub(crate) fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
+    let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term> = pairs.iter().map(|(_, v)| *v).collect();
+    match Term::map_from_term_arrays(env, &keys, &values) {
+        Ok(m) => m,
+        Err(_) => pairs.iter().fold(Term::map_new(env), |m, (k, v)| {
+            m.map_put(*k, *v).unwrap_or(m)
+        }),
+    }
+}
+
+fn instance<'a>(env: Env<'a>, i: &Instance) -> Term<'a> {
+    let tags = i.tags.iter().fold(Term::map_new(env), |m, (k, v)| {
+        m.map_put(k.as_str(), v.as_str()).unwrap_or(m)
+    });
+    let enis: Vec<Term> = i
+        .network_interfaces
+        .iter()
+        .map(|n| interface(env, n))
+        .collect();
+    map(
+        env,
+        &[
+            (keys::id(), i.id.encode(env)),
+            (keys::state(), i.state.encode(env)),
+            (keys::private_ip(), i.private_ip.encode(env)),
+            (keys::public_ip(), i.public_ip.encode(env)),
+            (keys::private_dns(), i.private_dns.encode(env)),
+            (keys::ipv6(), i.ipv6.encode(env)),
+            (keys::availability_zone(), i.availability_zone.encode(env)),
+            (keys::subnet_id(), i.subnet_id.encode(env)),
+            (keys::vpc_id(), i.vpc_id.encode(env)),
+            (keys::tags(), tags),
+            (keys::launch_time(), i.launch_time.encode(env)),
+            (keys::network_interfaces(), enis.encode(env)),
+        ],
+    )
+}
+
+fn interface<'a>(env: Env<'a>, n: &NetworkInterface) -> Term<'a> {
+    map(
+        env,
+        &[
+            (keys::id(), n.id.encode(env)),
+            (keys::device_index(), n.device_index.encode(env)),
+            (keys::subnet_id(), n.subnet_id.encode(env)),
+            (keys::private_ips(), n.private_ips.encode(env)),
+            (keys::ipv6(), n.ipv6.encode(env)),
+        ],
+    )
+}
+
+fn group<'a>(env: Env<'a>, g: &Group) -> Term<'a> {
+    let instances: Vec<Term> = g.instances.iter().map(|i| group_instance(env, i)).collect();
+    map(
+        env,
+        &[
+            (keys::name(), g.name.encode(env)),
+            (keys::desired_capacity(), g.desired_capacity.encode(env)),
+            (keys::instances(), instances.encode(env)),
+        ],
+    )
+}
+
+fn group_instance<'a>(env: Env<'a>, i: &GroupInstance) -> Term<'a> {
+    map(
+        env,
+        &[
+            (keys::id(), i.id.encode(env)),
+            (keys::lifecycle_state(), i.lifecycle_state.encode(env)),
+            (keys::health_status(), i.health_status.encode(env)),
+            (keys::availability_zone(), i.availability_zone.encode(env)),
+        ],
+    )
+}
