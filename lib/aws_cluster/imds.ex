@@ -1,0 +1,206 @@
+defmodule AWSCluster.IMDS do
+  @moduledoc """
+  Reads this instance's id, region, availability zone and AutoScaling group from the
+  EC2 instance metadata service, once, when a topology starts.
+
+  IMDSv2 (session token) is tried first, then IMDSv1; each request has a connect and
+  a read timeout and is retried a bounded number of times. A failure is an
+  `%AWSCluster.Error{}` whose message names the topology config keys that replace the
+  missing values (`region:`, `instance_id:`, `availability_zone:`, `groups:`) and whose
+  `details.config_keys` lists them; it never raises.
+
+  Any value given in the options is used as is and not asked from IMDS, so outside
+  EC2 (or with IMDS off) a fully configured topology never touches it.
+
+  ## The node's own AutoScaling group
+
+  IMDS exposes the instance's `aws:autoscaling:groupName` tag only when "instance tags
+  in metadata" is enabled. When it is not, and an `:aws_client` is given, the group is
+  read from the same tag with DescribeInstances (`AWSCluster.AWS.auto_scaling_group_of/3`).
+  Since that client needs the region, a caller without config does two steps:
+
+      {:ok, %{region: region} = md} = AWSCluster.IMDS.fetch(keys: [:instance_id, :region])
+      {:ok, client} = AWSCluster.AWS.client(region: region)
+      {:ok, %{auto_scaling_group: group}} =
+        AWSCluster.IMDS.fetch(keys: [:auto_scaling_group], instance_id: md.instance_id, aws_client: client)
+  """
+
+  alias AWSCluster.{AWS, Async, Error, Native}
+
+  @keys [:instance_id, :region, :availability_zone, :auto_scaling_group]
+  @options @keys ++ [:keys, :endpoint, :connect_timeout, :timeout, :attempts, :aws_client]
+  @config_keys %{
+    instance_id: "instance_id:",
+    region: "region:",
+    availability_zone: "availability_zone:",
+    auto_scaling_group: "groups:"
+  }
+
+  @type key :: :instance_id | :region | :availability_zone | :auto_scaling_group
+  @type metadata :: %{
+          instance_id: String.t() | nil,
+          region: String.t() | nil,
+          availability_zone: String.t() | nil,
+          auto_scaling_group: String.t() | nil
+        }
+
+  @doc """
+  Returns the requested values; those not requested are `nil`.
+
+  Options:
+
+    * `:keys` - values needed, default all of `#{inspect(@keys)}`.
+    * `:instance_id`, `:region`, `:availability_zone`, `:auto_scaling_group` - known
+      values; IMDS is not asked for them.
+    * `:endpoint` - default `"http://169.254.169.254"`.
+    * `:connect_timeout` - ms per connect, default 1_000.
+    * `:timeout` - ms per request after connecting, default 2_000.
+    * `:attempts` - tries per request, 1..10, default 3.
+    * `:aws_client` - an `AWSCluster.AWS` client used to find the AutoScaling group
+      when IMDS does not expose instance tags.
+  """
+  @spec fetch(keyword()) :: {:ok, metadata()} | {:error, Error.t()}
+  def fetch(opts \\ []) do
+    with :ok <- validate(opts),
+         wanted = Keyword.get(opts, :keys, @keys),
+         given = Map.new(@keys, &{&1, Keyword.get(opts, &1)}),
+         ask = ask(wanted, given),
+         {:ok, found} <- read(ask, opts) do
+      merged = Map.merge(given, found, fn _k, given, found -> given || found end)
+      result = Map.new(@keys, &{&1, if(&1 in wanted, do: merged[&1])})
+      own_group(result, wanted, merged, opts)
+    end
+  end
+
+  # The group needs the instance id when IMDS has no tags, so it is read alongside.
+  defp ask(wanted, given) do
+    missing = Enum.filter(wanted, &is_nil(given[&1]))
+
+    if :auto_scaling_group in missing and is_nil(given.instance_id),
+      do: Enum.uniq([:instance_id | missing]),
+      else: missing
+  end
+
+  defp read([], _opts), do: {:ok, %{}}
+
+  defp read(keys, opts) do
+    native = %{
+      endpoint: Keyword.get(opts, :endpoint),
+      connect_timeout_ms: Keyword.get(opts, :connect_timeout, 1_000),
+      timeout_ms: Keyword.get(opts, :timeout, 2_000),
+      attempts: Keyword.get(opts, :attempts, 3),
+      keys: Enum.map(keys, &Atom.to_string/1)
+    }
+
+    # Worst case: a token and a GET per key, each renewed once, every try timing out.
+    per_try = native.connect_timeout_ms + native.timeout_ms + 1_000
+    budget = (2 + 2 * length(keys)) * native.attempts * per_try + 1_000
+
+    case Async.call(&Native.imds_fetch(&1, native), budget) do
+      {:ok, found} -> {:ok, Map.take(found, keys)}
+      {:error, _} = error -> error
+    end
+  end
+
+  defp own_group(%{auto_scaling_group: nil} = result, wanted, merged, opts) do
+    if :auto_scaling_group in wanted do
+      case Keyword.get(opts, :aws_client) do
+        %AWS{} = client -> group_from_ec2(result, client, merged.instance_id)
+        nil -> {:error, no_tags_error(opts)}
+      end
+    else
+      {:ok, result}
+    end
+  end
+
+  defp own_group(result, _wanted, _merged, _opts), do: {:ok, result}
+
+  defp group_from_ec2(result, client, instance_id) do
+    case AWS.auto_scaling_group_of(client, instance_id) do
+      {:ok, group} when is_binary(group) ->
+        {:ok, %{result | auto_scaling_group: group}}
+
+      {:ok, nil} ->
+        {:error,
+         Error.new(
+           :not_found,
+           "instance #{instance_id} is in no AutoScaling group (no aws:autoscaling:groupName tag); " <>
+             "set groups: in the topology config",
+           %{config_keys: "groups", instance_id: instance_id}
+         )}
+
+      {:error, %Error{} = e} ->
+        {:error,
+         %{
+           e
+           | message:
+               "cannot find the AutoScaling group of #{instance_id}: #{e.message}; set groups: in the topology config",
+             details: Map.put(e.details, :config_keys, "groups")
+         }}
+    end
+  end
+
+  defp no_tags_error(opts) do
+    endpoint = Keyword.get(opts, :endpoint) || "http://169.254.169.254"
+
+    Error.new(
+      :not_found,
+      "the instance metadata service at #{endpoint} does not expose the aws:autoscaling:groupName tag " <>
+        "(enable instance tags in metadata, or run outside an AutoScaling group); " <>
+        "set groups: in the topology config",
+      %{config_keys: "groups", endpoint: endpoint}
+    )
+  end
+
+  defp validate(opts) do
+    cond do
+      not Keyword.keyword?(opts) ->
+        invalid(:opts, "IMDS options must be a keyword list, got #{inspect(opts)}")
+
+      key = Enum.find(Keyword.keys(opts), &(&1 not in @options)) ->
+        invalid(key, "unknown option #{inspect(key)}; known: #{inspect(@options)}")
+
+      true ->
+        Enum.find_value(@options, :ok, &check(&1, Keyword.get(opts, &1)))
+    end
+  end
+
+  defp check(_key, nil), do: nil
+
+  defp check(:keys, keys) do
+    unless is_list(keys) and keys != [] and Enum.all?(keys, &(&1 in @keys)),
+      do:
+        invalid(:keys, "keys must be a non-empty list of #{inspect(@keys)}, got #{inspect(keys)}")
+  end
+
+  defp check(:endpoint, ep) do
+    unless is_binary(ep) and String.starts_with?(ep, "http://"),
+      do: invalid(:endpoint, "endpoint must be an http://host[:port] string, got #{inspect(ep)}")
+  end
+
+  defp check(key, ms) when key in [:connect_timeout, :timeout] do
+    unless is_integer(ms) and ms in 1..60_000,
+      do: invalid(key, "#{key} must be an integer in 1..60000 (ms), got #{inspect(ms)}")
+  end
+
+  defp check(:attempts, n) do
+    unless is_integer(n) and n in 1..10,
+      do: invalid(:attempts, "attempts must be an integer in 1..10, got #{inspect(n)}")
+  end
+
+  defp check(:aws_client, %AWS{}), do: nil
+
+  defp check(:aws_client, other),
+    do: invalid(:aws_client, "aws_client must be an AWSCluster.AWS client, got #{inspect(other)}")
+
+  defp check(key, value) when key in @keys do
+    unless is_binary(value) and value != "",
+      do:
+        invalid(
+          key,
+          "#{key} must be a non-empty string (it is what #{@config_keys[key]} configures), got #{inspect(value)}"
+        )
+  end
+
+  defp invalid(key, message), do: {:error, Error.new(:invalid_argument, message, %{key: key})}
+end
