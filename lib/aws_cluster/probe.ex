@@ -1,0 +1,135 @@
+defmodule AWSCluster.Probe do
+  @moduledoc """
+  One discovery round outside the poller, for diagnostics (`mix aws_cluster.peers`,
+  `mix aws_cluster.doctor`).
+
+  It goes through the strategy's own code — `AWSCluster.Poller.validate/2`, then the
+  strategy's `init/2` and `discover/1` — so what it prints is exactly what a running
+  topology would see, not what a second implementation thinks it would.
+
+  Topologies come from application config in the shape libcluster uses, read from
+  `config :libcluster, topologies: [...]` and `config :aws_cluster, topologies: [...]`
+  (the second is what an app passes to `AWSCluster.Supervisor`).
+  """
+
+  alias AWSCluster.{Error, Poller}
+  alias AWSCluster.Strategy.State
+
+  @typedoc "The outcome of one round."
+  @type result :: %{
+          topology: atom(),
+          strategy: module(),
+          config: map(),
+          peers: [AWSCluster.Strategy.peer()],
+          gone: [AWSCluster.Strategy.gone()]
+        }
+
+  @doc """
+  Every topology configured under `:libcluster` and `:aws_cluster` (`topologies:`), in
+  that order; a name present under both is taken from `:libcluster`.
+  """
+  @spec configured() :: keyword()
+  def configured do
+    libcluster = keyword(Application.get_env(:libcluster, :topologies))
+    own = keyword(Application.get_env(:aws_cluster, :topologies))
+    libcluster ++ Enum.reject(own, fn {name, _} -> Keyword.has_key?(libcluster, name) end)
+  end
+
+  defp keyword(list) when is_list(list) do
+    if Keyword.keyword?(list), do: list, else: []
+  end
+
+  defp keyword(_), do: []
+
+  @doc "Whether `module` is an aws_cluster polling strategy (`AWSCluster.Strategy`)."
+  @spec polling_strategy?(module()) :: boolean()
+  def polling_strategy?(module) do
+    Code.ensure_loaded?(module) and function_exported?(module, :discover, 1) and
+      AWSCluster.Strategy in behaviours(module)
+  end
+
+  defp behaviours(module) do
+    module.module_info(:attributes)
+    |> Keyword.get_values(:behaviour)
+    |> List.flatten()
+  end
+
+  @doc """
+  Validates the topology's config with the strategy's schema. Returns the strategy, the
+  normalized state and the validated config.
+  """
+  @spec validate(atom(), keyword()) ::
+          {:ok, module(), State.t(), map()} | {:error, Error.t()}
+  def validate(topology, spec) do
+    strategy = if Keyword.keyword?(spec), do: spec[:strategy]
+
+    cond do
+      not is_atom(strategy) or strategy == nil ->
+        {:error,
+         Error.new(:invalid_config, "topology #{inspect(topology)} has no :strategy", %{
+           topology: topology
+         })}
+
+      not polling_strategy?(strategy) ->
+        {:error,
+         Error.new(
+           :not_supported,
+           "topology #{inspect(topology)} uses #{inspect(strategy)}, which is not an " <>
+             "aws_cluster polling strategy (EC2 or AutoScaling); nothing to query",
+           %{topology: topology, strategy: strategy}
+         )}
+
+      true ->
+        with {:ok, state} <-
+               State.new(topology: topology, config: Keyword.get(spec, :config, [])),
+             {:ok, config} <- Poller.validate(strategy, state) do
+          {:ok, strategy, state, config}
+        end
+    end
+  end
+
+  @doc """
+  Runs one round of the topology: validate, `init/2`, `discover/1`. The round is
+  bounded by the topology's `:discovery_timeout`.
+  """
+  @spec discover(atom(), keyword()) :: {:ok, result()} | {:error, Error.t()}
+  def discover(topology, spec) do
+    with {:ok, strategy, state, config} <- validate(topology, spec),
+         {:ok, strategy_state} <- init(strategy, config, state),
+         {:ok, peers, gone} <- run(strategy, strategy_state, config.discovery_timeout) do
+      {:ok, %{topology: topology, strategy: strategy, config: config, peers: peers, gone: gone}}
+    end
+  end
+
+  defp init(strategy, config, state) do
+    case strategy.init(config, state) do
+      {:ok, strategy_state} -> {:ok, strategy_state}
+      {:error, %Error{}} = error -> error
+    end
+  end
+
+  # The strategy's discover/1 may block (AWS calls); a task keeps the caller's mailbox
+  # clean of the async NIF replies and bounds the wait.
+  defp run(strategy, strategy_state, timeout) do
+    task = Task.async(fn -> safely(fn -> strategy.discover(strategy_state) end) end)
+
+    case Task.yield(task, timeout) || Task.shutdown(task, :brutal_kill) do
+      {:ok, {:ok, peers}} -> {:ok, peers, []}
+      {:ok, {:ok, peers, gone}} -> {:ok, peers, gone}
+      {:ok, {:error, %Error{}} = error} -> error
+      {:ok, other} -> {:error, Error.new(:bad_response, "discover/1 returned #{inspect(other)}")}
+      {:exit, reason} -> {:error, Error.new(:internal, "discovery exited: #{inspect(reason)}")}
+      nil -> {:error, Error.new(:timeout, "discovery gave no answer within #{timeout} ms")}
+    end
+  end
+
+  # The task is linked to the caller: a raise inside discover/1 must come back as an
+  # error, not take the mix task down with a crash report.
+  defp safely(fun) do
+    fun.()
+  rescue
+    e -> {:error, Error.new(:internal, "discovery raised: " <> Exception.message(e))}
+  catch
+    kind, reason -> {:error, Error.new(:internal, "discovery failed: #{inspect({kind, reason})}")}
+  end
+end

@@ -1,0 +1,203 @@
+defmodule Mix.Tasks.AwsCluster.Peers do
+  @shortdoc "Runs one discovery round and prints the peers it finds"
+  @moduledoc """
+  Runs one discovery round of a topology — through the strategy's own code, exactly as
+  a running node would — and prints what it found:
+
+      $ mix aws_cluster.peers --topology app
+      topology app (AWSCluster.Strategy.EC2): 3 peers in 2 AZs
+      INSTANCE             AZ          ADDRESS     NODE               STATE    CONNECTED
+      i-0a1b2c3d4e5f60718  us-east-1a  10.0.1.17   chat@10.0.1.17     running  yes
+      ...
+
+  The topology comes from app config (`config :libcluster, topologies: [...]` or
+  `config :aws_cluster, topologies: [...]`; all aws_cluster polling topologies unless
+  `--topology NAME` picks some), or from flags when `--strategy` is given:
+
+      mix aws_cluster.peers --strategy ec2 --tags app=chat --basename chat --region eu-west-1
+      mix aws_cluster.peers --strategy autoscaling --group chat-asg --basename chat
+
+  Flags (with `--topology` they override that topology's config):
+
+    * `--strategy ec2|autoscaling` - build the topology from flags.
+    * `--tags key=value` (repeatable), `--filter name=value` (repeatable, any
+      DescribeInstances filter), `--group NAME` (repeatable, AutoScaling).
+    * `--region`, `--endpoint URL` (moto, LocalStack, VPC endpoint),
+      `--imds-endpoint URL`, `--operation-timeout MS`.
+    * `--address private_ip|public_ip|private_dns|ipv6|interface:N|subnet:ID|tag:KEY`.
+    * `--basename NAME` or `--basename tag:KEY`; default: this VM's basename when it is
+      distributed.
+    * `--no-connect` - do not try to connect.
+
+  CONNECTED says whether this VM is connected to the peer. When the VM is distributed
+  (`elixir --name diag@10.0.1.5 --cookie "$COOKIE" -S mix aws_cluster.peers`), peers
+  not yet connected are tried first with a hidden connection, which does not make this
+  VM a member of the cluster; those connections are closed again at the end. In a VM
+  without distribution the column shows `-`.
+
+  Credentials come from the AWS SDK's default chain (environment, profile, instance or
+  task role). On failure the task prints the error and exits with status 1; an
+  AccessDenied/UnauthorizedOperation names the IAM action the credentials lack.
+  """
+
+  use Mix.Task
+
+  alias AWSCluster.{Connector, Error, Probe}
+  alias AWSCluster.Strategy.State
+
+  @connect_timeout 5_000
+
+  @impl true
+  def run(args) do
+    {opts, rest, invalid} =
+      OptionParser.parse(args,
+        strict: Mix.AWSCluster.switches() ++ [connect: :boolean, compile: :boolean]
+      )
+
+    cond do
+      invalid != [] ->
+        Mix.AWSCluster.fail("unknown or invalid option #{elem(hd(invalid), 0)}")
+
+      rest != [] ->
+        Mix.AWSCluster.fail("unexpected argument #{hd(rest)}")
+
+      true ->
+        :ok
+    end
+
+    Mix.AWSCluster.start(args)
+
+    topologies =
+      case Mix.AWSCluster.topologies(opts) do
+        {:ok, topologies} -> topologies
+        {:error, text} -> Mix.AWSCluster.fail(text)
+      end
+
+    results = Enum.map(topologies, fn {name, spec} -> probe(name, spec, opts) end)
+
+    if Enum.any?(results, &(&1 == :error)), do: exit({:shutdown, 1})
+    :ok
+  end
+
+  defp probe(name, spec, opts) do
+    case Probe.discover(name, spec) do
+      {:ok, result} ->
+        connected = connect(result, Keyword.get(opts, :connect, true))
+        Mix.shell().info(render(result, connected))
+        :ok
+
+      {:error, %Error{reason: :not_supported} = e} ->
+        Mix.shell().info("topology #{name}: skipped: #{e.message}")
+        :ok
+
+      {:error, %Error{} = e} ->
+        Mix.shell().error(
+          "topology #{name}: discovery failed (#{e.reason}): #{e.message}#{hint(e)}"
+        )
+
+        :error
+    end
+  end
+
+  defp hint(%Error{reason: :invalid_config, details: %{key: :node_basename, topology: :cli}}),
+    do: "; give --basename NAME"
+
+  # An endpoint can refuse with a bare 403 whose body carries no AWS error code (moto's
+  # AutoScaling does; so can a proxy or a VPC endpoint policy): still name the action.
+  defp hint(%Error{reason: reason, details: %{status: "403", action: action}})
+       when reason != :unauthorized,
+       do:
+         "; HTTP 403 means the request was refused: the credentials may lack IAM permission #{action}"
+
+  defp hint(_), do: ""
+
+  # Returns the set of connected peers, or nil when this VM cannot connect at all.
+  defp connect(result, try?) do
+    if Node.alive?() do
+      nodes = Enum.map(result.peers, & &1.node)
+      before = MapSet.new(Node.list([:visible, :hidden]))
+
+      if try? do
+        state = %State{
+          topology: result.topology,
+          connect: {:net_kernel, :hidden_connect_node, []},
+          list_nodes: {Node, :list, [[:visible, :hidden]]}
+        }
+
+        Connector.connect(state, nodes, timeout: @connect_timeout)
+      end
+
+      connected = MapSet.new(Node.list([:visible, :hidden]))
+
+      # Leave the VM as it was: only links this task opened are closed.
+      for node <- MapSet.difference(connected, before), node in nodes, do: Node.disconnect(node)
+
+      connected
+    end
+  end
+
+  @doc false
+  @spec render(Probe.result(), MapSet.t() | nil) :: String.t()
+  def render(result, connected) do
+    peers = Enum.sort_by(result.peers, &{az(&1), to_string(&1.node)})
+    azs = peers |> Enum.map(&az/1) |> Enum.uniq() |> length()
+
+    header =
+      "topology #{result.topology} (#{inspect(result.strategy)}): " <>
+        "#{length(peers)} #{plural(length(peers), "peer")} in #{azs} #{plural(azs, "AZ")}"
+
+    rows =
+      for peer <- peers do
+        instance = peer.instance
+
+        [
+          Map.get(instance, :id) || "-",
+          az(peer) || "-",
+          Map.get(peer, :address) || "-",
+          to_string(peer.node),
+          Map.get(instance, :state) || "-",
+          connected_text(connected, peer.node)
+        ]
+      end
+
+    table = table(["INSTANCE", "AZ", "ADDRESS", "NODE", "STATE", "CONNECTED"], rows)
+
+    gone =
+      case result.gone do
+        [] -> []
+        gone -> ["terminating (pruned at once): " <> Enum.map_join(gone, ", ", &to_string/1)]
+      end
+
+    note =
+      if connected == nil and peers != [],
+        do: [
+          "CONNECTED is - because this VM is not distributed; run it as " <>
+            "`elixir --name diag@<this host's address> --cookie \"$COOKIE\" -S mix aws_cluster.peers`"
+        ],
+        else: []
+
+    Enum.join([header | table] ++ gone ++ note, "\n")
+  end
+
+  defp az(peer), do: Map.get(peer.instance, :availability_zone)
+
+  defp connected_text(nil, _node), do: "-"
+  defp connected_text(set, node), do: if(MapSet.member?(set, node), do: "yes", else: "no")
+
+  defp plural(1, word), do: word
+  defp plural(_, word), do: word <> "s"
+
+  defp table(header, rows) do
+    widths =
+      Enum.reduce([header | rows], List.duplicate(0, length(header)), fn row, acc ->
+        Enum.zip_with(row, acc, &max(String.length(&1), &2))
+      end)
+
+    for row <- [header | rows] do
+      row
+      |> Enum.zip(widths)
+      |> Enum.map_join("  ", fn {cell, w} -> String.pad_trailing(cell, w) end)
+      |> String.trim_trailing()
+    end
+  end
+end

@@ -1,0 +1,267 @@
+defmodule Mix.Tasks.AwsCluster.PeersTest do
+  # Real parts: moto_server seeded with instances at 127.0.x.y, real peer nodes on two
+  # of those addresses, moto's own IAM enforcement for the AccessDenied cases.
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureIO
+
+  alias AWSCluster.Test.{Cluster, Moto, MotoIAM}
+
+  @moduletag timeout: 300_000
+
+  setup_all do
+    Moto.start!()
+    :ok
+  end
+
+  setup do
+    Moto.fresh!()
+    tag = "p#{System.unique_integer([:positive])}"
+    on_exit(fn -> Application.delete_env(:aws_cluster, :topologies) end)
+    %{tag: tag}
+  end
+
+  # Runs the task; returns {exit status, stdout, stderr}.
+  defp run_task(args) do
+    parent = self()
+
+    stderr =
+      capture_io(:stderr, fn ->
+        stdout =
+          capture_io(fn ->
+            status =
+              try do
+                Mix.Task.rerun("aws_cluster.peers", ["--no-compile" | args])
+                0
+              catch
+                :exit, {:shutdown, code} -> code
+              end
+
+            send(parent, {:status, status})
+          end)
+
+        send(parent, {:stdout, stdout})
+      end)
+
+    assert_received {:status, status}
+    assert_received {:stdout, stdout}
+    {status, stdout, stderr}
+  end
+
+  defp seed(tag) do
+    specs = [
+      %{ip: "127.0.1.31", tags: %{"cluster" => tag, "node" => "#{tag}a"}},
+      %{ip: "127.0.2.31", tags: %{"cluster" => tag, "node" => "#{tag}b"}},
+      # No BEAM node runs here: discovered, not connectable.
+      %{ip: "127.0.3.31", tags: %{"cluster" => tag, "node" => "#{tag}c"}}
+    ]
+
+    Moto.run_instances!(specs)
+  end
+
+  defp ec2_config(tag, extra \\ []) do
+    [
+      tags: %{"cluster" => tag},
+      node_basename: {:tag, "node"},
+      region: Moto.region(),
+      endpoint: Moto.endpoint(),
+      access_key_id: "testing",
+      secret_access_key: "testing",
+      max_attempts: 1,
+      operation_timeout: 5_000
+    ] ++ extra
+  end
+
+  defp row(stdout, id) do
+    stdout |> String.split("\n") |> Enum.find(&String.starts_with?(&1, id)) |> String.split()
+  end
+
+  test "a configured topology: every instance with its AZ, address, node, state and connection",
+       %{tag: tag} do
+    [id_a, id_b, id_c] = seed(tag)
+    {pa, node_a} = Cluster.start_peer("#{tag}a", "127.0.1.31")
+    {pb, node_b} = Cluster.start_peer("#{tag}b", "127.0.2.31")
+    on_exit(fn -> Enum.each([pa, pb], &Cluster.stop/1) end)
+
+    Application.put_env(:aws_cluster, :topologies,
+      diag: [strategy: AWSCluster.Strategy.EC2, config: ec2_config(tag)]
+    )
+
+    refute node_a in Node.list([:visible, :hidden])
+    {0, out, ""} = run_task(["--topology", "diag"])
+
+    assert out =~ "topology diag (AWSCluster.Strategy.EC2): 3 peers in 3 AZs"
+    assert out =~ ~r/INSTANCE\s+AZ\s+ADDRESS\s+NODE\s+STATE\s+CONNECTED/
+
+    assert row(out, id_a) ==
+             [id_a, "us-east-1a", "127.0.1.31", "#{node_a}", "running", "yes"]
+
+    assert row(out, id_b) ==
+             [id_b, "us-east-1b", "127.0.2.31", "#{node_b}", "running", "yes"]
+
+    assert row(out, id_c) ==
+             [id_c, "us-east-1c", "127.0.3.31", "#{tag}c@127.0.3.31", "running", "no"]
+
+    # The task closes the links it opened.
+    refute node_a in Node.list([:visible, :hidden])
+
+    {0, out, ""} = run_task(["--topology", "diag", "--no-connect"])
+    assert List.last(row(out, id_a)) == "no"
+  end
+
+  # System.put_env does not reach the NIF (the VM keeps its own copy of the
+  # environment), so the SDK's default chain is exercised the way users run the task:
+  # a separate `mix` process with the credentials in its environment.
+  test "flags, as a user runs it: ec2 with tags, address and basename; credentials from the environment",
+       %{tag: tag} do
+    [id_a, _, _] = seed(tag)
+    Moto.run_instances!([%{ip: "127.0.1.32", tags: %{"cluster" => "other"}}])
+
+    args = [
+      "--strategy",
+      "ec2",
+      "--tags",
+      "cluster=#{tag}",
+      "--basename",
+      "chat",
+      "--region",
+      Moto.region(),
+      "--endpoint",
+      Moto.endpoint()
+    ]
+
+    env = [
+      {"AWS_ACCESS_KEY_ID", "testing"},
+      {"AWS_SECRET_ACCESS_KEY", "testing"},
+      # Never let the chain reach for a real instance metadata service.
+      {"AWS_EC2_METADATA_DISABLED", "true"},
+      {"MIX_ENV", "test"}
+    ]
+
+    {out, 0} = mix(["aws_cluster.peers" | args], env)
+    assert out =~ "topology cli (AWSCluster.Strategy.EC2): 3 peers in 3 AZs"
+    assert row(out, id_a) == [id_a, "us-east-1a", "127.0.1.31", "chat@127.0.1.31", "running", "-"]
+    refute out =~ "127.0.1.32"
+    # Not distributed, so it cannot say; it says how to make it say.
+    assert out =~ "CONNECTED is - because this VM is not distributed"
+
+    # --address picks another field; an instance without one is skipped, not guessed.
+    {out, 0} = mix(["aws_cluster.peers" | args] ++ ["--address", "tag:missing"], env)
+    assert out =~ "0 peers in 0 AZs"
+
+    # No credentials anywhere: a non-zero exit status and the SDK's reason.
+    no_creds =
+      Enum.reject(env, fn {k, _} -> k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] end)
+
+    {out, 1} = mix(["aws_cluster.peers" | args], no_creds)
+    assert out =~ "topology cli: discovery failed"
+    assert out =~ "credential"
+  end
+
+  defp mix(args, env) do
+    System.cmd("mix", args ++ ["--no-compile", "--operation-timeout", "5000"],
+      env: env,
+      cd: File.cwd!(),
+      stderr_to_stdout: true
+    )
+  end
+
+  test "flags: autoscaling keeps InService + Healthy instances of the group", %{tag: tag} do
+    [id_a, id_b, id_c] = seed(tag)
+    Moto.create_asg!("#{tag}-asg", [id_a, id_b, id_c])
+    Moto.set_health!(id_c, "Unhealthy")
+
+    Application.put_env(:aws_cluster, :topologies,
+      asg: [
+        strategy: AWSCluster.Strategy.AutoScaling,
+        config: Keyword.drop(ec2_config(tag), [:tags]) ++ [groups: ["#{tag}-asg"]]
+      ]
+    )
+
+    {0, out, _} = run_task(["--no-connect"])
+    assert out =~ "topology asg (AWSCluster.Strategy.AutoScaling): 2 peers in 2 AZs"
+
+    assert row(out, id_a) |> Enum.take(4) == [
+             id_a,
+             "us-east-1a",
+             "127.0.1.31",
+             "#{tag}a@127.0.1.31"
+           ]
+
+    refute out =~ id_c
+  end
+
+  test "AccessDenied exits 1 and names the missing IAM action", %{tag: tag} do
+    [id_a, id_b, _] = seed(tag)
+    Moto.create_asg!("#{tag}-asg", [id_a, id_b])
+    {ec2_key, ec2_secret} = MotoIAM.user!("#{tag}-ec2", ["ec2:DescribeInstances"])
+    {none_key, none_secret} = MotoIAM.user!("#{tag}-none", [])
+    MotoIAM.enforce!()
+    on_exit(&MotoIAM.relax!/0)
+
+    creds = fn key, secret -> [access_key_id: key, secret_access_key: secret] end
+
+    Application.put_env(:aws_cluster, :topologies,
+      ec2_ok: [
+        strategy: AWSCluster.Strategy.EC2,
+        config: ec2_config(tag, []) |> Keyword.merge(creds.(ec2_key, ec2_secret))
+      ],
+      ec2_denied: [
+        strategy: AWSCluster.Strategy.EC2,
+        config: ec2_config(tag) |> Keyword.merge(creds.(none_key, none_secret))
+      ],
+      asg_denied: [
+        strategy: AWSCluster.Strategy.AutoScaling,
+        config:
+          Keyword.drop(ec2_config(tag), [:tags])
+          |> Keyword.merge(creds.(ec2_key, ec2_secret))
+          |> Keyword.put(:groups, ["#{tag}-asg"])
+      ]
+    )
+
+    {0, out, ""} = run_task(["--topology", "ec2_ok", "--no-connect"])
+    assert out =~ "3 peers in 3 AZs"
+
+    {1, _out, err} = run_task(["--topology", "ec2_denied"])
+    assert err =~ "topology ec2_denied: discovery failed (unauthorized)"
+    assert err =~ "ec2:DescribeInstances"
+
+    {1, _out, err} = run_task(["--topology", "asg_denied"])
+    # moto answers AutoScaling's AccessDenied in a shape the SDK cannot parse (an
+    # `Errors` wrapper real AWS does not send), so only the 403 is known; the task
+    # still names the action.
+    assert err =~ "topology asg_denied: discovery failed"
+    assert err =~ "403"
+    assert err =~ "autoscaling:DescribeAutoScalingGroups"
+    refute err =~ ec2_secret
+  end
+
+  test "bad flags and unknown topologies exit 1 with a message" do
+    {1, _, err} = run_task(["--strategy", "gossipy"])
+    assert err =~ "--strategy must be ec2 or autoscaling"
+
+    {1, _, err} = run_task(["--strategy", "ec2", "--tags", "novalue", "--basename", "x"])
+    assert err =~ "--tags takes key=value"
+
+    {1, _, err} = run_task(["--strategy", "ec2", "--address", "elastic", "--basename", "x"])
+    assert err =~ "--address must be"
+
+    {1, _, err} = run_task(["--bogus"])
+    assert err =~ "--bogus"
+
+    {1, _, err} = run_task([])
+    assert err =~ "no topologies configured"
+
+    Application.put_env(:aws_cluster, :topologies,
+      app: [strategy: AWSCluster.Strategy.EC2, config: [node_basename: "x"]]
+    )
+
+    {1, _, err} = run_task(["--topology", "nope"])
+    assert err =~ "no topology named nope; configured: app"
+
+    # The strategy's own validation speaks.
+    {1, _, err} = run_task(["--topology", "app", "--region", "us-east-1"])
+    assert err =~ "topology app: discovery failed (invalid_config)"
+    assert err =~ ":tags"
+  end
+end
