@@ -1,0 +1,112 @@
+defmodule AWSCluster.Strategy.AutoScalingTest do
+  # moto's AutoScaling groups, a fake IMDS for the node's own group, and injected
+  # connect MFAs (the node set is what is asserted; the EC2 test covers real peers).
+  use ExUnit.Case, async: false
+
+  alias AWSCluster.{Error, Poller}
+  alias AWSCluster.Strategy.AutoScaling
+  alias AWSCluster.Test.{FakeIMDS, Moto, Nodes}
+
+  @moduletag timeout: 300_000
+
+  setup_all do
+    Moto.start!()
+    :ok
+  end
+
+  setup do
+    Moto.fresh!()
+    group = "asg#{System.unique_integer([:positive])}"
+    ips = ["127.0.1.31", "127.0.1.32", "127.0.2.31", "127.0.2.32", "127.0.3.31"]
+    ids = Moto.run_instances!(for ip <- ips, do: %{ip: ip, tags: %{"role" => "app"}})
+    Moto.create_asg!(group, ids)
+    %{group: group, ids: ids, nodes: Enum.map(ips, &:"asg@#{&1}")}
+  end
+
+  defp config(extra) do
+    [
+      node_basename: "asg",
+      region: Moto.region(),
+      endpoint: Moto.endpoint(),
+      access_key_id: "testing",
+      secret_access_key: "testing",
+      max_attempts: 1,
+      polling_interval: 200
+    ] ++ extra
+  end
+
+  defp start(topology, extra) do
+    table = Nodes.table()
+    arg = [topology: topology, config: config(extra)] ++ Nodes.mfas(self(), table)
+    start_supervised!({AutoScaling, arg})
+  end
+
+  defp connects(acc \\ []) do
+    receive do
+      {:connect, node} -> connects([node | acc])
+    after
+      1_500 -> Enum.sort(acc)
+    end
+  end
+
+  test "only InService and Healthy instances of the named group are peers",
+       %{group: group, ids: [_, i2, i3, i4, _], nodes: [n1, _, _, n4, n5]} do
+    Moto.set_health!(i2, "Unhealthy")
+    Moto.standby!(group, [i3])
+
+    pid = start(:asg_named, groups: [group])
+    assert connects() == Enum.sort([n1, n4, n5])
+    assert Poller.status(pid).members |> Map.keys() |> Enum.sort() == Enum.sort([n1, n4, n5])
+    assert {:ok, %{instance_id: ^i4, availability_zone: "us-east-1b"}} = AWSCluster.node_info(n4)
+  end
+
+  test "the node's own group is found through IMDS", %{group: group, ids: [i1 | _], nodes: nodes} do
+    imds = start_supervised!({FakeIMDS, instance_id: i1, auto_scaling_group: group})
+    start(:asg_own, imds_endpoint: FakeIMDS.endpoint(imds))
+    assert connects() == Enum.sort(nodes)
+    assert Enum.any?(FakeIMDS.requests(imds), fn {_, path, _} -> path =~ "autoscaling" end)
+  end
+
+  test "without tags in IMDS the group is read from the instance's aws:autoscaling:groupName tag",
+       %{group: group, ids: [i1 | _] = ids, nodes: nodes} do
+    # moto may or may not tag attached instances; tag them as AWS does.
+    Moto.tag!(ids, %{"aws:autoscaling:groupName" => group})
+    imds = start_supervised!({FakeIMDS, instance_id: i1, auto_scaling_group: nil})
+    start(:asg_tag, imds_endpoint: FakeIMDS.endpoint(imds))
+    assert connects() == Enum.sort(nodes)
+  end
+
+  test "IMDS down: start fails with an error naming what to configure" do
+    imds = start_supervised!({FakeIMDS, mode: :down})
+    Process.flag(:trap_exit, true)
+
+    assert {:error, %Error{} = e} =
+             AutoScaling.start_link(
+               topology: :asg_down,
+               config: config(imds_endpoint: FakeIMDS.endpoint(imds))
+             )
+
+    assert e.reason == :unreachable
+    assert e.message =~ "instance metadata service"
+    assert e.message =~ "groups: in the topology config"
+  end
+
+  test "a configured group that does not exist is an error, not an empty answer",
+       %{group: group} do
+    pid = start(:asg_missing, groups: [group, "no-such-group"])
+    assert wait_until(fn -> Poller.status(pid).health == :failing end)
+    status = Poller.status(pid)
+    assert status.last_error.reason == :not_found
+    assert status.last_error.message =~ "no-such-group"
+    assert status.members == %{}
+    refute_received {:connect, _}
+  end
+
+  defp wait_until(fun, tries \\ 200) do
+    cond do
+      fun.() -> true
+      tries == 0 -> false
+      true -> Process.sleep(50) && wait_until(fun, tries - 1)
+    end
+  end
+end
