@@ -113,8 +113,7 @@ defmodule AWSCluster.AWS do
     with :ok <- known_keys(opts, @client_keys),
          {:ok, region} <- required_binary(opts, :region),
          {:ok, native} <- native_opts(opts, region),
-         {:ok, resource} <-
-           Async.call(&Native.aws_client_new(&1, native), @build_timeout) do
+         {:ok, resource} <- build(native) do
       {:ok,
        %__MODULE__{
          resource: resource,
@@ -143,6 +142,7 @@ defmodule AWSCluster.AWS do
   @spec describe_instances(t(), filters(), keyword()) :: {:ok, [instance()]} | {:error, Error.t()}
   def describe_instances(%__MODULE__{} = client, filters, opts \\ []) do
     with :ok <- known_keys(opts, [:states, :instance_ids, :page_size, :timeout]),
+         :ok <- call_timeout(opts),
          {:ok, filters} <- normalize_filters(filters),
          {:ok, states} <- string_list(opts, :states),
          {:ok, ids} <- string_list(opts, :instance_ids),
@@ -166,6 +166,7 @@ defmodule AWSCluster.AWS do
           {:ok, [group()]} | {:error, Error.t()}
   def describe_auto_scaling_groups(%__MODULE__{} = client, names, opts \\ []) do
     with :ok <- known_keys(opts, [:timeout]),
+         :ok <- call_timeout(opts),
          :ok <- strings(names, :names),
          {:ok, %{groups: groups}} <-
            Async.call(
@@ -199,10 +200,33 @@ defmodule AWSCluster.AWS do
     end
   end
 
+  defp build(native) do
+    case Async.call(&Native.aws_client_new(&1, native), @build_timeout) do
+      # The NIF names the key as a string; callers match on the atom, as for the
+      # checks made here.
+      {:error, %Error{details: %{key: key}} = e} when is_binary(key) ->
+        {:error, %{e | details: %{e.details | key: String.to_existing_atom(key)}}}
+
+      other ->
+        other
+    end
+  end
+
   defp timeout(client, opts) do
+    Keyword.get(opts, :timeout) || client.operation_timeout + @reply_margin
+  end
+
+  defp call_timeout(opts) do
     case Keyword.get(opts, :timeout) do
-      ms when is_integer(ms) and ms > 0 -> ms
-      _ -> client.operation_timeout + @reply_margin
+      nil ->
+        :ok
+
+      ms when is_integer(ms) and ms > 0 ->
+        :ok
+
+      other ->
+        {:error,
+         invalid(:timeout, "timeout must be a positive integer (ms), got #{inspect(other)}")}
     end
   end
 
