@@ -51,7 +51,8 @@ defmodule AWSCluster.Test.Moto do
   @spec port() :: :inet.port_number()
   def port do
     ensure_started()
-    GenServer.call(__MODULE__, :port)
+    # A concurrent first caller may still be waiting for moto to boot.
+    GenServer.call(__MODULE__, :port, 60_000)
   end
 
   @doc "The region every test uses."
