@@ -72,6 +72,26 @@ defmodule AWSCluster.IMDS do
     end
   end
 
+  @doc """
+  Asks IMDS for the instance id, region and availability zone and says which protocol
+  answered: `version: 2` when a session token was obtained, `1` when IMDS only answered
+  without one (the token call was refused or timed out, as behind a container's hop
+  limit of 1). For diagnostics (`mix aws_cluster.doctor`). Options as for `fetch/1`,
+  except the known values.
+  """
+  @spec probe(keyword()) ::
+          {:ok,
+           %{
+             version: 1 | 2,
+             instance_id: String.t(),
+             region: String.t(),
+             availability_zone: String.t()
+           }}
+          | {:error, Error.t()}
+  def probe(opts \\ []) do
+    with :ok <- validate(opts), do: read([:instance_id, :region, :availability_zone], opts)
+  end
+
   # The group needs the instance id when IMDS has no tags, so it is read alongside.
   defp ask(wanted, given) do
     missing = Enum.filter(wanted, &is_nil(given[&1]))
@@ -97,7 +117,7 @@ defmodule AWSCluster.IMDS do
     budget = (2 + 2 * length(keys)) * native.attempts * per_try + 1_000
 
     case Async.call(&Native.imds_fetch(&1, native), budget) do
-      {:ok, found} -> {:ok, Map.take(found, keys)}
+      {:ok, found} -> {:ok, Map.take(found, [:version | keys])}
       {:error, _} = error -> error
     end
   end
