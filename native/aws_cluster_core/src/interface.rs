@@ -69,7 +69,10 @@ pub fn snapshot() -> Result<Snapshot> {
     // SAFETY: getifaddrs fills `head` with a list we own until freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         let err = std::io::Error::last_os_error();
-        return Err(Error::new(Reason::Internal, format!("getifaddrs failed: {err}")));
+        return Err(Error::new(
+            Reason::Internal,
+            format!("getifaddrs failed: {err}"),
+        ));
     }
     let mut snap = Snapshot::default();
     let mut cursor = head;
@@ -182,7 +185,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     match (*sa).sa_family as libc::c_int {
         libc::AF_INET => {
             let sin = &*(sa as *const libc::sockaddr_in);
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
         }
         libc::AF_INET6 => {
             let sin6 = &*(sa as *const libc::sockaddr_in6);

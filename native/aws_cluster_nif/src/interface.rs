@@ -42,7 +42,14 @@ fn encode_address<'a>(env: Env<'a>, a: &InterfaceAddress) -> Term<'a> {
         Some(ip) => encode_ip(env, ip),
         None => atoms::nil().encode(env),
     };
-    (a.name.as_str(), family, encode_ip(env, a.address), netmask, &a.flags).encode(env)
+    (
+        a.name.as_str(),
+        family,
+        encode_ip(env, a.address),
+        netmask,
+        &a.flags,
+    )
+        .encode(env)
 }
 
 /// An `:inet.ip_address()` tuple.
