@@ -1,20 +1,50 @@
 defmodule AWSCluster.Telemetry do
   @moduledoc """
   Telemetry events, emitted only when the host application has `:telemetry` loaded
-  (aws_cluster does not depend on it).
+  (aws_cluster does not depend on it; add `{:telemetry, "~> 1.0"}` to your deps to
+  receive them). Times are in `:native` units: convert with
+  `System.convert_time_unit(duration, :native, :millisecond)`.
 
-  Events (each documented where it is emitted, listed here in one place):
+  ## Discovery (EC2, AutoScaling: one span per poll, from `AWSCluster.Poller`)
 
-    * `[:aws_cluster, :discovery, :start]` - measurements `%{system_time: integer}`,
-      metadata `%{topology: atom, strategy: module}`.
-    * `[:aws_cluster, :discovery, :stop]` - measurements `%{duration: native_time, peers: integer}`,
-      metadata `%{topology: atom, strategy: module}`.
-    * `[:aws_cluster, :discovery, :exception]` - measurements `%{duration: native_time}`,
-      metadata `%{topology: atom, strategy: module, reason: atom}`.
-    * `[:aws_cluster, :node, :connect]` and `[:aws_cluster, :node, :disconnect]` -
-      measurements `%{count: 1}`, metadata `%{topology: atom, node: node}`.
-    * `[:aws_cluster, :gossip, :rejected]` - measurements `%{count: 1}`,
-      metadata `%{topology: atom, reason: atom}`.
+    * `[:aws_cluster, :discovery, :start]` - a round begins.
+      Measurements: `%{system_time: integer}` (`System.system_time/0`).
+      Metadata: `%{topology: atom, strategy: module}`.
+    * `[:aws_cluster, :discovery, :stop]` - a round returned a complete answer.
+      Measurements: `%{duration: integer, peers: non_neg_integer}` - `peers` counts the
+      peers found, this node excluded.
+      Metadata: `%{topology: atom, strategy: module}`.
+    * `[:aws_cluster, :discovery, :exception]` - a round failed (AWS error, throttling,
+      timeout, IMDS, a crash inside the strategy); the last good peer set is kept.
+      Measurements: `%{duration: integer}`.
+      Metadata: `%{topology: atom, strategy: module, reason: atom}` - `reason` is the
+      `AWSCluster.Error` reason (`:throttled`, `:unauthorized`, `:unreachable`,
+      `:timeout`, `:bad_response`, ...).
+
+  ## Connections (every strategy, from `AWSCluster.Connector`)
+
+    * `[:aws_cluster, :node, :connect]` - the topology's connect MFA succeeded for a
+      node not connected before (a poller round, or a gossip announce).
+    * `[:aws_cluster, :node, :disconnect]` - the disconnect MFA succeeded for a pruned
+      peer (polling strategies only; gossip never disconnects).
+
+    Both: measurements `%{count: 1}`, metadata `%{topology: atom, node: node}`.
+    Failed attempts emit nothing (they are logged at debug level).
+
+  ## Gossip (from `AWSCluster.Strategy.Gossip`)
+
+    * `[:aws_cluster, :gossip, :rejected]` - one datagram was dropped.
+      Measurements: `%{count: 1}`.
+      Metadata: `%{topology: atom, reason: atom}` - a `t:AWSCluster.Gossip.Codec.reason/0`
+      (`:too_short`, `:bad_version`, `:unknown_key`, `:auth_failed`, `:stale`,
+      `:replayed` ...) or `:too_many_peers`.
+
+  Example handler:
+
+      :telemetry.attach_many("aws-cluster-log", [
+        [:aws_cluster, :discovery, :exception],
+        [:aws_cluster, :gossip, :rejected]
+      ], fn event, _measurements, meta, _ -> IO.inspect({event, meta}) end, nil)
   """
 
   @doc """
