@@ -66,6 +66,8 @@ defmodule AWSCluster.Native do
   def aws_client_new(_ref, _opts), do: err()
   def aws_describe_instances(_client, _ref, _filters, _instance_ids, _page_size), do: err()
   def aws_describe_auto_scaling_groups(_client, _ref, _names), do: err()
+  # Benchmark baseline only (bench/schedulers.exs): blocks the calling scheduler.
+  def aws_describe_instances_blocking(_client, _filters, _instance_ids, _page_size), do: err()
 
   def imds_fetch(_ref, _opts), do: err()
 

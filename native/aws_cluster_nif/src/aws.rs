@@ -73,16 +73,44 @@ fn aws_describe_instances<'a>(
     let work = async move { client.describe_instances(&query).await };
     runtime::started(
         env,
-        runtime::spawn_reply(env, reference, work, |env, listing: Listing<Instance>| {
-            let items: Vec<Term> = listing.items.iter().map(|i| instance(env, i)).collect();
-            map(
-                env,
-                &[
-                    (keys::instances(), items.encode(env)),
-                    (keys::pages(), listing.pages.encode(env)),
-                ],
-            )
-        }),
+        runtime::spawn_reply(env, reference, work, instance_listing),
+    )
+}
+
+/// Benchmark baseline only (`bench/schedulers.exs`): the same query as
+/// `aws_describe_instances`, but waited for *on the calling scheduler thread*, the very
+/// thing the async protocol exists to avoid. It answers `{:ok, %{instances, pages}}` or
+/// an error directly instead of a message. No library code calls it.
+#[rustler::nif]
+fn aws_describe_instances_blocking<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientResource>,
+    filters: Vec<(String, Vec<String>)>,
+    instance_ids: Vec<String>,
+    page_size: Option<i32>,
+) -> Term<'a> {
+    let query = InstanceQuery {
+        filters,
+        instance_ids,
+        page_size,
+    };
+    let outcome = query.validate().and_then(|()| {
+        runtime::runtime().and_then(|rt| rt.block_on(client.client.describe_instances(&query)))
+    });
+    match outcome {
+        Ok(listing) => (crate::atoms::ok(), instance_listing(env, listing)).encode(env),
+        Err(e) => error::error_tuple(env, &e),
+    }
+}
+
+fn instance_listing(env: Env<'_>, listing: Listing<Instance>) -> Term<'_> {
+    let items: Vec<Term> = listing.items.iter().map(|i| instance(env, i)).collect();
+    map(
+        env,
+        &[
+            (keys::instances(), items.encode(env)),
+            (keys::pages(), listing.pages.encode(env)),
+        ],
     )
 }
 

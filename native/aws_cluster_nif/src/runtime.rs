@@ -19,7 +19,8 @@ const WORKERS: usize = 2;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
-fn runtime() -> Result<&'static Runtime, Error> {
+/// The shared runtime, built on first use.
+pub(crate) fn runtime() -> Result<&'static Runtime, Error> {
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
