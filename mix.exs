@@ -110,5 +110,7 @@ defmodule AWSCluster.MixProject do
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
+  # script/demo drives real nodes with the test harness (moto, fleet), outside _build/test.
+  defp elixirc_paths(:demo), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]
 end

@@ -349,7 +349,10 @@ def main():
             reply = "{ok, %s}" % erl(handler(req))
         except Exception as e:  # the reply carries any failure; the loop survives
             reply = "{error, %s}" % erl("%s: %s" % (type(e).__name__, e))
-        write_frame(stdout, reply.encode("utf-8"))
+        try:
+            write_frame(stdout, reply.encode("utf-8"))
+        except BrokenPipeError:  # the VM went away mid-request: nothing to answer
+            return
 
 
 if __name__ == "__main__":

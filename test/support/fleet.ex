@@ -1,0 +1,427 @@
+defmodule AWSCluster.Test.Fleet do
+  @moduledoc """
+  A fleet of real BEAM nodes, each its own OS process, each running one aws_cluster
+  topology against moto. Used by `script/demo`, `bench/cluster.exs` and the partition
+  tests.
+
+  Nodes are OTP `:peer` nodes controlled over their stdin/stdout (`connection:
+  :standard_io`), so the controlling VM never joins the cluster it watches, and a node
+  halts as soon as its controller goes away (its stdin closes), whatever the reason.
+  Every node is started with:
+
+    * `-connect_all false`, so `global` does not complete the mesh transitively: every
+      link is the strategy's own work;
+    * its distribution listener bound to its own address and its outgoing distribution
+      connections bound to it too (`inet_dist_use_interface`, `inet_dist_connect_options`),
+      so all its cluster traffic carries that address and a firewall rule on the address
+      cuts the node off;
+    * its log in a file (`:log_dir`), never on the controller's terminal.
+
+  Address plan (see `AWSCluster.Test.Moto`): node `i` (1-based) lives in AZ a, b, c in
+  turn, at `127.0.<1|2|3>.<host_base + (i - 1) div 3>`. Pick a `host_base` per user so
+  concurrent runs on one machine use different addresses.
+  """
+
+  alias AWSCluster.Test.{Cluster, Moto}
+
+  @azs ["a", "b", "c"]
+  @downs __MODULE__.Downs
+
+  @typedoc "A planned node: where it lives and what it is called."
+  @type spec :: %{
+          index: pos_integer(),
+          basename: String.t(),
+          ip: String.t(),
+          az: String.t(),
+          node: node()
+        }
+
+  @typedoc "A running node."
+  @type member :: %{
+          index: pos_integer(),
+          basename: String.t(),
+          ip: String.t(),
+          az: String.t(),
+          node: node(),
+          pid: pid(),
+          os_pid: String.t(),
+          sup: pid(),
+          instance_id: String.t() | nil
+        }
+
+  @typedoc "What a node reports about itself (`snapshot/1`)."
+  @type snapshot ::
+          %{
+            connected: [node()],
+            members: [node()],
+            polls: non_neg_integer(),
+            health: atom(),
+            downs: [node()]
+          }
+          | :down
+
+  # ── planning and seeding ─────────────────────────────────────────────────────────
+
+  @doc """
+  The spec of node `index`. Options: `:prefix` (basename prefix, default `"node"`),
+  `:run` (a string making basenames unique on this host's epmd), `:host_base` (default 11).
+  """
+  @spec spec(pos_integer(), keyword()) :: spec()
+  def spec(index, opts) do
+    host = Keyword.get(opts, :host_base, 11) + div(index - 1, 3)
+
+    if host > 254 or index < 1,
+      do: raise(ArgumentError, "node #{index} does not fit the address plan")
+
+    letter = Enum.at(@azs, rem(index - 1, 3))
+    ip = "127.0.#{rem(index - 1, 3) + 1}.#{host}"
+    basename = "#{Keyword.get(opts, :prefix, "node")}#{index}-#{Keyword.fetch!(opts, :run)}"
+
+    %{
+      index: index,
+      basename: basename,
+      ip: ip,
+      az: Moto.region() <> letter,
+      node: :"#{basename}@#{ip}"
+    }
+  end
+
+  @doc "Specs of nodes `1..count` (see `spec/2`)."
+  @spec plan(pos_integer(), keyword()) :: [spec()]
+  def plan(count, opts), do: for(i <- 1..count, do: spec(i, opts))
+
+  @doc """
+  Launches one moto instance per spec, tagged `tags` plus `"node" => basename` (epmd keys
+  names per host, so nodes sharing this host need distinct basenames: the strategies take
+  them from that tag). Returns the specs with `:instance_id`.
+  """
+  @spec launch!([spec()], map()) :: [map()]
+  def launch!(specs, tags) do
+    ids =
+      Moto.run_instances!(
+        for s <- specs, do: %{ip: s.ip, tags: Map.put(tags, "node", s.basename)}
+      )
+
+    Enum.zip_with(specs, ids, &Map.put(&1, :instance_id, &2))
+  end
+
+  # ── topologies ───────────────────────────────────────────────────────────────────
+
+  @doc """
+  A `topologies` list for `AWSCluster.Supervisor`, for the node of `spec`.
+
+  `strategy` is `:ec2` (option `:tags`), `:autoscaling` (option `:group`) or `:gossip`
+  (options `:secret`, `:port` and `:seeds`, a list of IPs: each node binds its own
+  address and announces to the seeds by unicast, as in a VPC without multicast).
+  Common options: `:interval` (polling or announce interval), `:prune_after`,
+  `:connect_timeout` and `:endpoint` (default moto's).
+  """
+  @spec topology(:ec2 | :autoscaling | :gossip, map(), keyword()) :: keyword()
+  def topology(:gossip, spec, opts) do
+    port = Keyword.fetch!(opts, :port)
+
+    config = [
+      secret: Keyword.fetch!(opts, :secret),
+      if_addr: spec.ip,
+      port: port,
+      seeds: for(ip <- Keyword.fetch!(opts, :seeds), ip != spec.ip, do: "#{ip}:#{port}"),
+      announce_interval: Keyword.get(opts, :interval, 1_000),
+      connect_timeout: Keyword.get(opts, :connect_timeout, 1_000),
+      metadata: %{"az" => spec.az}
+    ]
+
+    [gossip: [strategy: AWSCluster.Strategy.Gossip, config: config]]
+  end
+
+  def topology(strategy, _spec, opts) do
+    common = [
+      node_basename: {:tag, "node"},
+      region: Moto.region(),
+      endpoint: Keyword.get_lazy(opts, :endpoint, &Moto.endpoint/0),
+      access_key_id: "testing",
+      secret_access_key: "testing",
+      max_attempts: 1,
+      operation_timeout: 5_000,
+      polling_interval: Keyword.get(opts, :interval, 1_000),
+      prune_after: Keyword.get(opts, :prune_after, 3),
+      connect_timeout: Keyword.get(opts, :connect_timeout, 1_000)
+    ]
+
+    case strategy do
+      :ec2 ->
+        [ec2: [strategy: AWSCluster.Strategy.EC2, config: [tags: opts[:tags]] ++ common]]
+
+      :autoscaling ->
+        [
+          asg: [
+            strategy: AWSCluster.Strategy.AutoScaling,
+            config: [groups: [Keyword.fetch!(opts, :group)]] ++ common
+          ]
+        ]
+    end
+  end
+
+  # ── nodes ────────────────────────────────────────────────────────────────────────
+
+  @doc """
+  Boots the node of `spec` and starts `topologies` in it. Options: `:cookie` (atom,
+  required), `:net_ticktime` (seconds, default 60), `:log_dir` (default the system tmp
+  dir). Returns the member, or raises when the node does not boot.
+  """
+  @spec boot(map(), keyword(), keyword()) :: member()
+  def boot(spec, topologies, opts) do
+    member = start_node(spec, opts)
+
+    case :peer.call(member.pid, __MODULE__, :local_start, [topologies], 30_000) do
+      {:ok, sup} ->
+        Map.put(member, :sup, sup)
+
+      other ->
+        stop(member)
+        raise "#{spec.node}: topology did not start: #{inspect(other)}"
+    end
+  end
+
+  @doc "Boots the node of `spec` without a topology (see `boot/3` for the options)."
+  @spec start_node(map(), keyword()) :: member()
+  def start_node(spec, opts) do
+    ip = ip_term(spec.ip)
+    cookie = Keyword.fetch!(opts, :cookie)
+    ticktime = Keyword.get(opts, :net_ticktime, 60)
+
+    log = Path.join(Keyword.get(opts, :log_dir, System.tmp_dir!()), "#{spec.basename}.log")
+
+    args =
+      Cluster.code_path_args() ++
+        Enum.map(
+          [
+            "+Bd",
+            # From the first line on, the log goes to a file, not over the control channel.
+            "-kernel",
+            "logger",
+            ~s([{handler,default,logger_std_h,\#{config=>\#{file=>"#{log}"}}}]),
+            "-setcookie",
+            Atom.to_string(cookie),
+            "-connect_all",
+            "false",
+            "-kernel",
+            "net_ticktime",
+            Integer.to_string(ticktime),
+            "-kernel",
+            "inet_dist_use_interface",
+            ip,
+            "-kernel",
+            "inet_dist_connect_options",
+            "[{ip,#{ip}}]"
+          ],
+          &String.to_charlist/1
+        )
+
+    {:ok, pid, node} =
+      :peer.start(%{
+        name: String.to_atom(spec.basename),
+        host: String.to_charlist(spec.ip),
+        longnames: true,
+        connection: :standard_io,
+        args: args,
+        wait_boot: 60_000,
+        shutdown: :halt
+      })
+
+    os_pid = :peer.call(pid, :os, :getpid, []) |> List.to_string()
+    :ok = :peer.call(pid, __MODULE__, :local_setup, [log], 30_000)
+
+    spec
+    |> Map.take([:index, :basename, :ip, :az, :instance_id])
+    |> Map.merge(%{node: node, pid: pid, os_pid: os_pid, sup: nil, log: log})
+  end
+
+  @doc "What `member` reports now; `:down` when it does not answer."
+  @spec snapshot(member(), timeout()) :: snapshot()
+  def snapshot(member, timeout \\ 5_000) do
+    :peer.call(member.pid, __MODULE__, :local_snapshot, [member.sup], timeout)
+  catch
+    _, _ -> :down
+  end
+
+  @doc "Snapshots of all `members`, taken concurrently, keyed by node."
+  @spec snapshots([member()]) :: %{node() => snapshot()}
+  def snapshots(members) do
+    members
+    |> Task.async_stream(&{&1.node, snapshot(&1)}, timeout: 10_000, max_concurrency: 16)
+    |> Map.new(fn {:ok, pair} -> pair end)
+  end
+
+  @doc "Whether every member is connected to every other member."
+  @spec mesh?([member()], %{node() => snapshot()}) :: boolean()
+  def mesh?(members, snapshots) do
+    nodes = Enum.map(members, & &1.node)
+
+    Enum.all?(members, fn m ->
+      case snapshots[m.node] do
+        %{connected: connected} -> Enum.all?(nodes -- [m.node], &(&1 in connected))
+        _ -> false
+      end
+    end)
+  end
+
+  @doc """
+  Stops a node as an instance shutdown would: `init:stop/0` (applications and strategies
+  shut down in order), then, if the OS process is still there after 10 s, a halt.
+  """
+  @spec stop(member()) :: :ok
+  def stop(member) do
+    try do
+      :peer.cast(member.pid, :init, :stop, [])
+    catch
+      _, _ -> :ok
+    end
+
+    wait_for(fn -> not os_alive?(member.os_pid) end, 10_000, 50)
+
+    try do
+      :peer.stop(member.pid)
+    catch
+      :exit, _ -> :ok
+    end
+
+    :ok
+  end
+
+  @doc "Whether the OS process `os_pid` exists."
+  @spec os_alive?(String.t()) :: boolean()
+  def os_alive?(os_pid), do: File.exists?("/proc/#{os_pid}")
+
+  @doc "Kills a node's OS process with SIGKILL."
+  @spec kill!(member()) :: :ok
+  def kill!(member) do
+    {_, 0} = System.cmd("kill", ["-9", member.os_pid])
+    :ok
+  end
+
+  @doc """
+  Polls `fun` every `every` ms until it returns a truthy value (returned) or `timeout`
+  ms pass (`nil`).
+  """
+  @spec wait_for((() -> term()), non_neg_integer(), pos_integer()) :: term()
+  def wait_for(fun, timeout, every \\ 100) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Enum.reduce_while(Stream.cycle([:tick]), nil, fn _, _ ->
+      cond do
+        value = fun.() -> {:halt, value}
+        System.monotonic_time(:millisecond) >= deadline -> {:halt, nil}
+        true -> Process.sleep(every) && {:cont, nil}
+      end
+    end)
+  end
+
+  # ── moto's request log ───────────────────────────────────────────────────────────
+
+  @doc """
+  Makes moto keep its request log in `path` (moto's recorder). Call before moto starts:
+  moto reads the path from its environment.
+  """
+  @spec record_requests_to(Path.t()) :: :ok
+  def record_requests_to(path) do
+    System.put_env("MOTO_RECORDER_FILEPATH", path)
+  end
+
+  @doc "Empties moto's request log and (re)starts recording."
+  @spec restart_recording!() :: :ok
+  def restart_recording! do
+    {200, _} = Moto.http(Moto.port(), "POST", "/moto-api/recorder/reset-recording")
+    {200, _} = Moto.http(Moto.port(), "POST", "/moto-api/recorder/start-recording")
+    :ok
+  end
+
+  @doc """
+  Requests in moto's log since `restart_recording!/0`, by caller and action:
+  `%{"sdk:DescribeInstances" => 42, "other:RunInstances" => 1}`. `sdk` is the Rust
+  SDK (the nodes), `other` the seeder.
+  """
+  @spec recorded_calls() :: %{String.t() => non_neg_integer()}
+  def recorded_calls, do: Moto.seed!("recorded_calls", %{})
+
+  # ── peer side ────────────────────────────────────────────────────────────────────
+
+  @doc false
+  # Peer-side: starts aws_cluster. Elixir's Logger replaces the default handler (which
+  # writes to the file) with its console backend; the console would be the controller's
+  # terminal, so the log goes back to the file.
+  def local_setup(log) do
+    {:ok, _} = Application.ensure_all_started(:aws_cluster)
+
+    if match?({:error, _}, :logger.get_handler_config(:default)) do
+      :ok =
+        :logger.add_handler(:fleet_file, :logger_std_h, %{
+          config: %{file: String.to_charlist(log)},
+          formatter: {:logger_formatter, %{single_line: true}}
+        })
+
+      _ = Logger.remove_backend(:console)
+    end
+
+    :ok
+  end
+
+  @doc false
+  # Peer-side: starts the topologies inside the aws_cluster application's tree, so a node
+  # stopping (init:stop) shuts them down in order as a host application's tree would (a
+  # gossip node says leave), and records every nodedown from now on.
+  def local_start(topologies) do
+    {:ok, downs} = Agent.start(fn -> [] end, name: @downs)
+
+    # The watcher is linked to the agent and lives as long as it.
+    spawn(fn ->
+      :ok = :net_kernel.monitor_nodes(true)
+      Process.link(downs)
+      watch_downs()
+    end)
+
+    Supervisor.start_child(AWSCluster.ApplicationSupervisor, %{
+      id: :fleet_topologies,
+      start: {AWSCluster.Supervisor, :start_link, [[topologies: topologies]]},
+      type: :supervisor
+    })
+  end
+
+  defp watch_downs do
+    receive do
+      {:nodedown, node} -> Agent.update(@downs, &[node | &1])
+      _ -> :ok
+    end
+
+    watch_downs()
+  end
+
+  @doc false
+  # Peer-side: connections, discovered members and poll count in one round trip.
+  def local_snapshot(nil) do
+    %{connected: Enum.sort(Node.list()), members: [], polls: 0, health: :none, downs: []}
+  end
+
+  def local_snapshot(sup) do
+    # AWSCluster.Supervisor's child ids are {strategy, topology}.
+    [{{strategy, _topology}, pid, _, _}] = Supervisor.which_children(sup)
+
+    {members, polls, health} =
+      if strategy == AWSCluster.Strategy.Gossip do
+        stats = AWSCluster.Strategy.Gossip.stats(pid)
+        {pid |> AWSCluster.Strategy.Gossip.peers() |> Map.keys(), stats.accepted, :gossip}
+      else
+        status = AWSCluster.Poller.status(pid)
+        {Map.keys(status.members), status.polls, status.health}
+      end
+
+    %{
+      connected: Enum.sort(Node.list()),
+      members: Enum.sort(members),
+      polls: polls,
+      health: health,
+      downs: Agent.get(@downs, &Enum.reverse/1)
+    }
+  end
+
+  defp ip_term(ip), do: "{" <> String.replace(ip, ".", ",") <> "}"
+end
