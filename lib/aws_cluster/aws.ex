@@ -125,7 +125,12 @@ defmodule AWSCluster.AWS do
   end
 
   def client(other),
-    do: {:error, invalid(:opts, "client options must be a keyword list, got #{inspect(other)}")}
+    do:
+      {:error,
+       invalid(
+         :opts,
+         "client options must be a keyword list, got #{inspect(AWSCluster.Config.redact(other))}"
+       )}
 
   @doc """
   Every instance matching `filters`, across all pages.
@@ -335,7 +340,11 @@ defmodule AWSCluster.AWS do
           {:error, invalid(key, "unknown option #{inspect(key)}; known: #{inspect(allowed)}")}
       end
     else
-      {:error, invalid(:opts, "options must be a keyword list, got #{inspect(opts)}")}
+      {:error,
+       invalid(
+         :opts,
+         "options must be a keyword list, got #{inspect(AWSCluster.Config.redact(opts))}"
+       )}
     end
   end
 

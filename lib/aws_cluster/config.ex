@@ -95,6 +95,32 @@ defmodule AWSCluster.Config do
     end)
   end
 
+  @secret_keys [:secret, :secrets, :secret_access_key, :session_token, :cookie]
+  @redacted "**redacted**"
+
+  @doc """
+  `term` with the value of every secret-bearing key (#{Enum.map_join(@secret_keys, ", ", &inspect/1)})
+  replaced by `#{inspect(@redacted)}`, in keyword lists, maps and structs at any depth.
+  Use it on anything about to be inspected into a message or a log line.
+  """
+  @spec redact(term()) :: term()
+  def redact({key, _value}) when key in @secret_keys, do: {key, @redacted}
+  def redact([head | tail]), do: [redact(head) | redact(tail)]
+  def redact([]), do: []
+
+  def redact(term) when is_map(term) do
+    :maps.map(
+      fn key, value -> if key in @secret_keys, do: @redacted, else: redact(value) end,
+      term
+    )
+  end
+
+  def redact(term) when is_tuple(term) do
+    term |> Tuple.to_list() |> redact() |> List.to_tuple()
+  end
+
+  def redact(term), do: term
+
   @doc "Builds the `:invalid_config` error for `key` (used by callers with their own checks)."
   @spec error(atom(), String.t()) :: Error.t()
   def error(key, text) do
@@ -106,9 +132,13 @@ defmodule AWSCluster.Config do
       :ok
     else
       {:error,
-       Error.new(:invalid_config, "options must be a keyword list, got #{inspect(opts)}", %{
-         key: nil
-       })}
+       Error.new(
+         :invalid_config,
+         "options must be a keyword list, got #{inspect(redact(opts))}",
+         %{
+           key: nil
+         }
+       )}
     end
   end
 
@@ -145,7 +175,9 @@ defmodule AWSCluster.Config do
             ok
 
           :error ->
-            shown = if spec[:sensitive], do: "a value that is not shown", else: inspect(value)
+            shown =
+              if spec[:sensitive], do: "a value that is not shown", else: inspect(redact(value))
+
             {:error, error(key, "expected #{describe(spec[:type])}, got #{shown}")}
         end
 

@@ -141,7 +141,11 @@ defmodule AWSCluster.Distribution do
         [key | _] -> invalid(key, "is not an option; known: #{inspect(@known)}")
       end
     else
-      {:error, Error.new(:invalid_config, "options must be a keyword list, got #{inspect(opts)}")}
+      {:error,
+       Error.new(
+         :invalid_config,
+         "options must be a keyword list, got #{inspect(AWSCluster.Config.redact(opts))}"
+       )}
     end
   end
 

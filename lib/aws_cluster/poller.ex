@@ -150,11 +150,13 @@ defmodule AWSCluster.Poller do
         Peers.ensure_started()
         Peers.register(state.topology, self())
 
+        # Secrets (static AWS keys) are only needed by init/2 to build the client; keep
+        # none past this point, so no crash report, stacktrace or status can show one.
         s = %{
           strategy: strategy,
-          strategy_state: strategy_state,
-          state: state,
-          config: config,
+          strategy_state: Config.redact(strategy_state),
+          state: Config.redact(state),
+          config: Config.redact(config),
           members: %{},
           health: :starting,
           last_error: nil,
@@ -178,6 +180,10 @@ defmodule AWSCluster.Poller do
 
   @impl true
   def handle_continue(:poll, s), do: {:noreply, start_discovery(s)}
+
+  # The state holds no secrets (see init/1); this keeps it so if that ever changes.
+  @impl true
+  def format_status(_reason, [_pdict, s]), do: Config.redact(s)
 
   @impl true
   def handle_call(:status, _from, s) do

@@ -23,7 +23,7 @@ defmodule AWSCluster.Supervisor do
 
   use Supervisor
 
-  alias AWSCluster.{Config, Error}
+  alias AWSCluster.{Config, Error, Redacted}
   alias AWSCluster.Strategy.State
 
   @topology_schema [
@@ -81,9 +81,20 @@ defmodule AWSCluster.Supervisor do
          state = apply_mfas(state, spec),
          :ok <- precheck(spec.strategy, state) do
       arg = [libcluster_state(state)]
-      {:ok, Supervisor.child_spec({spec.strategy, arg}, id: {spec.strategy, topology})}
+      child = Supervisor.child_spec({spec.strategy, arg}, id: {spec.strategy, topology})
+      {:ok, seal(child)}
     end
   end
+
+  # A child that fails to start is reported with its start arguments ("Start Call" in
+  # SASL reports), which hold the topology's options, secrets included: they are
+  # passed wrapped so that only their redacted form can be printed.
+  defp seal(%{start: {m, f, a}} = child),
+    do: %{child | start: {__MODULE__, :start_sealed, [m, f, Redacted.new(a)]}}
+
+  @doc false
+  @spec start_sealed(module(), atom(), Redacted.t()) :: term()
+  def start_sealed(m, f, %Redacted{} = args), do: apply(m, f, Redacted.unwrap(args))
 
   defp apply_mfas(state, spec) do
     Enum.reduce([:connect, :disconnect, :list_nodes], state, fn key, state ->

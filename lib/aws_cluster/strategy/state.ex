@@ -73,7 +73,7 @@ defmodule AWSCluster.Strategy.State do
     {:error,
      Error.new(
        :invalid_config,
-       "a strategy takes [state], a state map or a keyword list, got #{inspect(other)}",
+       "a strategy takes [state], a state map or a keyword list, got #{inspect(Config.redact(other))}",
        %{key: nil}
      )}
   end

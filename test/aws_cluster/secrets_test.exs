@@ -1,0 +1,301 @@
+defmodule AWSCluster.SecretsTest do
+  # No secret ever appears in a log line or an error: not the gossip key, not the AWS
+  # secret access key or session token, not the cookie. Logs are captured at debug level
+  # (crash and supervisor reports included) across: start, discovery failing against
+  # moto with bad credentials and behind the fault proxy, start failures (with the
+  # supervisor's report), invalid config, gossip rejects and rotation, and crashes of
+  # the strategy processes (whose reports print their state).
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureLog
+
+  alias AWSCluster.{Config, Poller}
+  alias AWSCluster.Strategy.{EC2, Gossip, State}
+  alias AWSCluster.Test.{FaultProxy, Moto, MotoIAM}
+
+  @moduletag timeout: 120_000
+
+  # Distinctive values: any occurrence in a log or an error is a leak.
+  @aws_secret "wJalrXUtnFEMI/K7MDENG/bPxRfiCYsecretLEAKa1"
+  @session_token "FwoGZXIvYXdzEleakTOKEN/session+token=="
+  @gossip_secret "gossip-shared-secret-LEAK-0123456789abcdef"
+  @gossip_old "gossip-previous-secret-LEAK-9876543210fedcba"
+  @cookie :"cookie-LEAK-0123456789"
+
+  @secrets [@aws_secret, @session_token, @gossip_secret, @gossip_old, Atom.to_string(@cookie)]
+
+  setup_all do
+    Moto.start!()
+    :ok
+  end
+
+  # Supervisor reports (a child that fails to start is printed with its start
+  # arguments) are off by default in Elixir; users turn them on. On only inside a
+  # capture: the console backend coming back would be reported too.
+  defp with_sasl_reports(fun) do
+    previous = Application.get_env(:logger, :handle_sasl_reports, false)
+    Application.put_env(:logger, :handle_sasl_reports, true)
+    Logger.configure(handle_sasl_reports: true)
+
+    try do
+      result = fun.()
+      Process.sleep(300)
+      result
+    after
+      Application.put_env(:logger, :handle_sasl_reports, previous)
+      Logger.configure(handle_sasl_reports: previous)
+    end
+  end
+
+  setup do
+    Moto.fresh!()
+    %{tag: "s#{System.unique_integer([:positive])}"}
+  end
+
+  defp refute_secrets(text, where) do
+    text =
+      if is_binary(text),
+        do: text,
+        else: inspect(text, limit: :infinity, printable_limit: :infinity)
+
+    for secret <- @secrets do
+      refute String.contains?(text, secret), "#{where} leaks #{inspect(secret)}:\n#{text}"
+      # Also as it would appear escaped inside an inspected string.
+      refute String.contains?(text, inspect(secret)), "#{where} leaks #{inspect(secret)}"
+    end
+  end
+
+  defp capture(fun) do
+    parent = self()
+
+    log =
+      capture_log([level: :debug], fn ->
+        send(parent, {:result, fun.()})
+        # Reports from other processes reach the handler asynchronously.
+        Process.sleep(300)
+      end)
+
+    assert_received {:result, result}
+    {result, log}
+  end
+
+  defp ec2_config(tag, endpoint, extra) do
+    [
+      tags: %{"cluster" => tag},
+      node_basename: "x",
+      region: Moto.region(),
+      endpoint: endpoint,
+      access_key_id: "AKIAIOSFODNN7EXAMPLE",
+      secret_access_key: @aws_secret,
+      session_token: @session_token,
+      max_attempts: 1,
+      operation_timeout: 2_000,
+      polling_interval: 100
+    ]
+    |> Keyword.merge(extra)
+  end
+
+  defp wait_until(fun, ms \\ 20_000) do
+    deadline = System.monotonic_time(:millisecond) + ms
+
+    Stream.repeatedly(fn ->
+      cond do
+        fun.() -> :ok
+        System.monotonic_time(:millisecond) > deadline -> :timeout
+        true -> Process.sleep(50) && nil
+      end
+    end)
+    |> Enum.find(& &1)
+    |> Kernel.==(:ok)
+  end
+
+  defp poller(sup) do
+    [{_, pid, _, _}] = Supervisor.which_children(sup)
+    pid
+  end
+
+  test "EC2: start, bad credentials rejected by moto's IAM, faults, a crash", %{tag: tag} do
+    {key, _real_secret} = MotoIAM.user!("#{tag}-user", ["ec2:DescribeInstances"])
+    proxy = start_supervised!({FaultProxy, upstream: Moto.port()})
+
+    {_, log} =
+      capture(fn ->
+        MotoIAM.enforce!()
+
+        try do
+          config = ec2_config(tag, FaultProxy.endpoint(proxy), access_key_id: key)
+
+          {:ok, sup} =
+            AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
+
+          pid = poller(sup)
+          assert wait_until(fn -> Poller.status(pid).health == :failing end)
+          status = Poller.status(pid)
+          assert status.last_error.reason == :unauthorized
+          refute_secrets(status, "Poller.status/1")
+
+          # Every fault the proxy has, one after the other.
+          for mode <- [{:status, 500}, :throttle, :truncate, :drop, :refuse] do
+            FaultProxy.set_mode(proxy, mode)
+            failures = Poller.status(pid).failures
+            assert wait_until(fn -> Poller.status(pid).failures > failures end)
+            refute_secrets(Poller.status(pid), "Poller.status/1 under #{inspect(mode)}")
+          end
+
+          # A crash of the poller prints its state in the crash report.
+          Process.unlink(sup)
+          catch_exit(GenServer.call(pid, :no_such_request))
+          Process.exit(sup, :shutdown)
+        after
+          MotoIAM.relax!()
+        end
+      end)
+
+    assert log =~ "[aws_cluster:sec] discovery failing (unauthorized)"
+    assert log =~ "no_such_request"
+    refute_secrets(log, "the log")
+  end
+
+  test "EC2: a start that fails (no region, IMDS down) and its supervisor report", %{tag: tag} do
+    down = "http://127.0.0.1:#{Moto.free_port()}"
+    config = ec2_config(tag, Moto.endpoint(), imds_endpoint: down) |> Keyword.delete(:region)
+
+    {result, log} =
+      capture(fn ->
+        Process.flag(:trap_exit, true)
+
+        with_sasl_reports(fn ->
+          AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
+        end)
+      end)
+
+    assert {:error, reason} = result
+    assert inspect(reason) =~ "region"
+    refute_secrets(reason, "the start error")
+    assert log =~ "[aws_cluster:sec] could not start"
+    # The supervisor's report, with the child's start arguments minus the secrets.
+    assert log =~ "Start Call: AWSCluster.Supervisor.start_sealed(AWSCluster.Strategy.EC2"
+    assert log =~ ~s(secret_access_key: "**redacted**")
+    refute_secrets(log, "the log")
+  end
+
+  test "invalid config: errors never echo a secret" do
+    cases = [
+      # Not a keyword list at all, secrets inside.
+      fn -> Config.validate([{:secret_access_key, @aws_secret}, :oops], EC2.schema()) end,
+      fn -> Config.validate(%{secret: @gossip_secret}, AWSCluster.Gossip.Config.schema()) end,
+      # A secret of the wrong type, and a wrong value next to a secret.
+      fn -> Config.validate([secret_access_key: [@aws_secret]], EC2.schema()) end,
+      fn -> Config.validate([session_token: {@session_token}], EC2.schema()) end,
+      fn ->
+        Config.validate([secret_access_key: @aws_secret, max_attempts: 0], EC2.schema())
+      end,
+      # A strategy's config given as a map, not a keyword list.
+      fn -> EC2.start_link(topology: :sec, config: %{secret_access_key: @aws_secret}) end,
+      fn -> State.new({:config, [secret_access_key: @aws_secret]}) end,
+      fn ->
+        AWSCluster.Supervisor.start_link(
+          topologies: [sec: [strategy: EC2, config: [secret_access_key: @aws_secret, bogus: 1]]]
+        )
+      end,
+      fn ->
+        AWSCluster.Supervisor.start_link(
+          topologies: [sec: [strategy: EC2, config: {:secret_access_key, @aws_secret}]]
+        )
+      end,
+      # Gossip: short, both, wrong type, a non-keyword list.
+      fn ->
+        Gossip.start_link(topology: :sec, config: [secret: "short", seeds: ["127.0.0.1"]])
+      end,
+      fn ->
+        Gossip.start_link(
+          topology: :sec,
+          config: [secret: @gossip_secret, secrets: [@gossip_old], seeds: ["127.0.0.1"]]
+        )
+      end,
+      fn -> Gossip.start_link(topology: :sec, config: [secrets: @gossip_secret]) end,
+      fn -> Gossip.start_link(topology: :sec, config: [{:secret, @gossip_secret}, 1]) end,
+      # A misspelt secret key: the error names keys, never values.
+      fn -> Gossip.start_link(topology: :sec, config: [secert: @gossip_secret]) end,
+      fn -> EC2.start_link(topology: :sec, config: [secret_acess_key: @aws_secret]) end,
+      # Distribution's cookie.
+      fn -> AWSCluster.Distribution.start(basename: "x", ip: "1.2.3", cookie: @cookie) end,
+      fn -> AWSCluster.Distribution.start([{:cookie, @cookie}, :bogus]) end,
+      # The AWS client's own validation.
+      fn -> AWSCluster.AWS.client(region: "us-east-1", secret_access_key: [@aws_secret]) end,
+      fn -> AWSCluster.AWS.client(%{secret_access_key: @aws_secret}) end
+    ]
+
+    for {fun, i} <- Enum.with_index(cases) do
+      {result, log} = capture(fun)
+      assert {:error, _} = result, "case #{i} did not fail: #{inspect(result)}"
+      refute_secrets(result, "the error of case #{i}")
+      refute_secrets(log, "the log of case #{i}")
+    end
+  end
+
+  test "gossip: start, rejects, rotation, stop and a crash" do
+    port = free_udp_port()
+
+    {_, log} =
+      capture(fn ->
+        Process.flag(:trap_exit, true)
+
+        {:ok, pid} =
+          Gossip.start_link(
+            topology: :sec_gossip,
+            config: [
+              secrets: [@gossip_secret, @gossip_old],
+              port: port,
+              if_addr: "127.0.0.1",
+              seeds: ["127.0.0.1:#{free_udp_port()}"],
+              announce_interval: 100,
+              stats_log_interval: 100
+            ]
+          )
+
+        {:ok, socket} = :gen_udp.open(0, [:binary, ip: {127, 0, 0, 1}])
+        for _ <- 1..20, do: :gen_udp.send(socket, {127, 0, 0, 1}, port, "heartbeat::garbage")
+        :gen_udp.close(socket)
+        # UDP: count what arrived, not what was sent.
+        assert wait_until(fn -> Gossip.stats(pid).rejected_total >= 10 end)
+        refute_secrets(Gossip.stats(pid), "Gossip.stats/1")
+        refute_secrets(Gossip.peers(pid), "Gossip.peers/1")
+
+        assert {:error, e} = Gossip.rotate(pid, ["short"])
+        refute_secrets(e, "a rotation error")
+        assert :ok = Gossip.rotate(pid, [@gossip_old, @gossip_secret])
+        # Give the rejects summary (stats_log_interval) time to be logged.
+        Process.sleep(300)
+
+        catch_exit(GenServer.call(pid, :no_such_request))
+        assert_receive {:EXIT, ^pid, _}, 5_000
+      end)
+
+    assert log =~ "[aws_cluster:sec_gossip] gossip started"
+    assert log =~ "[aws_cluster:sec_gossip] dropped"
+    assert log =~ "no_such_request"
+    refute_secrets(log, "the log")
+  end
+
+  test "Config.redact/1 hides every secret-bearing key at any depth" do
+    term = %{
+      config: [secret: "a", secrets: ["b"], secret_access_key: "c", session_token: "d"],
+      state: %State{topology: :t, config: [cookie: :e, region: "r"]},
+      list: [{:x, [secret_access_key: "f"]}]
+    }
+
+    redacted = Config.redact(term)
+    text = inspect(redacted, limit: :infinity)
+    for s <- ~w(a b c d e f), do: refute(text =~ ~s("#{s}") or text =~ ":#{s}]")
+    assert redacted.state.__struct__ == State
+    assert text =~ ~s(region: "r")
+  end
+
+  defp free_udp_port do
+    {:ok, s} = :gen_udp.open(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(s)
+    :gen_udp.close(s)
+    port
+  end
+end
