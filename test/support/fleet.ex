@@ -288,6 +288,14 @@ defmodule AWSCluster.Test.Fleet do
     :ok
   end
 
+  @doc "Halts a node at once (for cleanup); one already gone is fine."
+  @spec halt(member()) :: :ok
+  def halt(member) do
+    :peer.stop(member.pid)
+  catch
+    :exit, _ -> :ok
+  end
+
   @doc "Whether the OS process `os_pid` exists."
   @spec os_alive?(String.t()) :: boolean()
   def os_alive?(os_pid), do: File.exists?("/proc/#{os_pid}")

@@ -1,0 +1,202 @@
+defmodule AWSCluster.PartitionTest do
+  # Crashes and network cuts in a cluster of 8 real nodes: separate OS processes that
+  # find each other with the EC2 strategy on moto (AWSCluster.Test.Fleet). Waits are
+  # bounded poll loops; "within one polling interval" is counted in the cut node's own
+  # discovery rounds, not in wall-clock time.
+  use ExUnit.Case, async: false
+
+  alias AWSCluster.Test.{Firewall, Fleet, Moto}
+
+  @moduletag timeout: 300_000
+
+  @nodes 8
+  @interval 1_000
+  @prune_after 3
+  # A silent link is declared down after 4-5 s instead of 60-75 s.
+  @net_ticktime 4
+
+  @cut_skip (case Firewall.available() do
+               :ok ->
+                 nil
+
+               {:error, why} ->
+                 IO.puts("AWSCluster.PartitionTest: skipping the network cut test: #{why}")
+                 why
+             end)
+
+  setup_all do
+    Moto.start!()
+    :ok
+  end
+
+  setup do
+    Moto.fresh!()
+    log_dir = Path.join(System.tmp_dir!(), "aws_cluster_partition_#{System.pid()}")
+    File.mkdir_p!(log_dir)
+    # Basenames unique to this run: epmd keys names per host.
+    %{run: "#{System.pid()}x#{System.unique_integer([:positive])}", log_dir: log_dir}
+  end
+
+  # Boots `@nodes` nodes with instances tagged for this test; every node is halted when
+  # the test ends, whatever happened.
+  defp boot(ctx, prefix, host_base) do
+    specs = Fleet.plan(@nodes, prefix: prefix, run: ctx.run, host_base: host_base)
+    tag = "#{prefix}#{ctx.run}"
+    specs = Fleet.launch!(specs, %{"cluster" => tag})
+    cookie = :"partition_#{ctx.run}"
+
+    members =
+      specs
+      |> Task.async_stream(
+        fn spec ->
+          topology =
+            Fleet.topology(:ec2, spec,
+              tags: %{"cluster" => tag},
+              interval: @interval,
+              prune_after: @prune_after
+            )
+
+          Fleet.boot(spec, topology,
+            cookie: cookie,
+            net_ticktime: @net_ticktime,
+            log_dir: ctx.log_dir
+          )
+        end,
+        timeout: 120_000,
+        max_concurrency: 4
+      )
+      |> Enum.map(fn {:ok, member} -> member end)
+
+    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+
+    assert Fleet.wait_for(fn -> Fleet.mesh?(members, Fleet.snapshots(members)) end, 60_000),
+           "no full mesh of #{@nodes}: #{inspect(Fleet.snapshots(members))}"
+
+    members
+  end
+
+  defp nodes(members), do: Enum.map(members, & &1.node)
+
+  test "kill -9 of one node in 8: the other 7 stay meshed, lose only it, and keep it as a member",
+       ctx do
+    members = boot(ctx, "kill", 231)
+    victim = Enum.at(members, 4)
+    survivors = members -- [victim]
+    polls = Map.new(Fleet.snapshots(survivors), fn {node, s} -> {node, s.polls} end)
+
+    Fleet.kill!(victim)
+
+    # At least prune_after complete rounds each after the crash: an instance that is
+    # still running must not be pruned, and its failing connects must not disturb anyone.
+    snaps =
+      Fleet.wait_for(
+        fn ->
+          snaps = Fleet.snapshots(survivors)
+
+          done? =
+            Enum.all?(survivors, fn m ->
+              s = snaps[m.node]
+
+              is_map(s) and victim.node not in s.connected and
+                s.polls >= polls[m.node] + @prune_after + 1
+            end)
+
+          done? && snaps
+        end,
+        60_000
+      )
+
+    assert snaps, "survivors did not poll on: #{inspect(Fleet.snapshots(survivors))}"
+    refute Fleet.os_alive?(victim.os_pid)
+    assert Fleet.mesh?(survivors, snaps)
+
+    for m <- survivors do
+      s = snaps[m.node]
+      assert s.downs == [victim.node], "#{m.node} saw #{inspect(s.downs)} go down"
+      assert s.health == :healthy
+      # Its instance still runs, so discovery keeps listing it: no prune, just redials.
+      assert victim.node in s.members
+    end
+  end
+
+  if @cut_skip, do: @tag(skip: @cut_skip)
+
+  test "a node cut off by the firewall is dropped, and rejoins by itself within one polling interval of the heal",
+       ctx do
+    Firewall.sweep_stale()
+    members = boot(ctx, "cut", 236)
+    target = Enum.at(members, 3)
+    others = members -- [target]
+
+    table = Firewall.cut!(target.ip)
+    on_exit(fn -> Firewall.heal(table) end)
+
+    # Ticks stop crossing the cut: both sides declare the links down.
+    cut =
+      Fleet.wait_for(
+        fn ->
+          snaps = Fleet.snapshots(members)
+
+          apart? =
+            match?(%{connected: []}, snaps[target.node]) and
+              Enum.all?(others, &match?(%{connected: c} when is_list(c), snaps[&1.node])) and
+              Enum.all?(others, &(target.node not in snaps[&1.node].connected))
+
+          apart? && snaps
+        end,
+        60_000
+      )
+
+    assert cut, "the cut did not separate #{target.node}: #{inspect(Fleet.snapshots(members))}"
+    assert Fleet.mesh?(others, cut)
+
+    # Two more complete rounds of the cut node: it still reaches AWS, its connects fail,
+    # and the rest of the cluster is untouched.
+    polls = cut[target.node].polls
+
+    during =
+      Fleet.wait_for(
+        fn ->
+          snaps = Fleet.snapshots(members)
+          match?(%{polls: p} when p >= polls + 2, snaps[target.node]) && snaps
+        end,
+        30_000
+      )
+
+    assert during, "the cut node stopped polling"
+    assert during[target.node].connected == []
+    assert during[target.node].health == :healthy
+    assert Fleet.mesh?(others, during)
+
+    # Heal, then watch the cut node alone (one round trip per sample) until it is
+    # connected to all 7 again.
+    before = Fleet.snapshot(target).polls
+    Firewall.heal(table)
+
+    healed =
+      Fleet.wait_for(
+        fn ->
+          s = Fleet.snapshot(target)
+          is_map(s) and Enum.all?(nodes(others), &(&1 in s.connected)) and s
+        end,
+        30_000,
+        20
+      )
+
+    assert healed, "no rejoin after the heal: #{inspect(Fleet.snapshot(target))}"
+    # The round in flight when the cut healed, plus one: within one polling interval.
+    assert healed.polls - before <= 2,
+           "rejoined only after #{healed.polls - before} rounds of #{target.node}"
+
+    final = Fleet.snapshots(members)
+    assert Fleet.mesh?(members, final)
+
+    for m <- others do
+      assert Enum.uniq(final[m.node].downs) == [target.node],
+             "#{m.node} saw #{inspect(final[m.node].downs)} go down"
+    end
+
+    assert Enum.sort(Enum.uniq(final[target.node].downs)) == Enum.sort(nodes(others))
+    refute table in Firewall.tables()
+  end
+end
