@@ -29,7 +29,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
       distributed.
     * `--no-connect` - do not try to connect.
 
-  CONNECTED says whether this VM is connected to the peer. When the VM is distributed
+  CONNECTED says whether this VM is connected to the peer (`self` for this node). When
+  the VM is distributed
   (`elixir --name diag@10.0.1.5 --cookie "$COOKIE" -S mix aws_cluster.peers`), peers
   not yet connected are tried first with a hidden connection, which does not make this
   VM a member of the cluster; those connections are closed again at the end. In a VM
@@ -181,6 +182,7 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   defp az(peer), do: Map.get(peer.instance, :availability_zone)
 
+  defp connected_text(_set, node) when node == node(), do: "self"
   defp connected_text(nil, _node), do: "-"
   defp connected_text(set, node), do: if(MapSet.member?(set, node), do: "yes", else: "no")
 

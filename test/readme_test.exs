@@ -1,0 +1,221 @@
+defmodule AWSCluster.ReadmeTest do
+  # Every config example in README.md is evaluated as the config/runtime.exs it claims
+  # to be (Config.Reader, env :prod) and each topology is validated by its strategy's own
+  # validation. The EC2 example is started against moto both ways (libcluster's [state]
+  # and the README's AWSCluster.Supervisor child), and the EC2-seeded gossip example is
+  # started on loopback and its announce opened with the configured secret.
+  use ExUnit.Case, async: false
+
+  alias AWSCluster.Gossip.Codec
+  alias AWSCluster.Strategy.{EC2, Gossip, State}
+  alias AWSCluster.Test.Moto
+
+  @moduletag timeout: 120_000
+  @readme Path.expand("../README.md", __DIR__)
+
+  setup_all do
+    # What the examples read with System.fetch_env!/1.
+    System.put_env("CLUSTER_SECRET", Base.encode64(:crypto.strong_rand_bytes(32)))
+    on_exit(fn -> System.delete_env("CLUSTER_SECRET") end)
+    :ok
+  end
+
+  # [{marker, code}] for every ```elixir block, marker being the HTML comment on the
+  # line before it (nil if none).
+  defp blocks do
+    lines = @readme |> File.read!() |> String.split("\n")
+
+    lines
+    |> Enum.with_index()
+    |> Enum.filter(fn {line, _} -> line == "```elixir" end)
+    |> Enum.map(fn {_, i} ->
+      marker =
+        case Regex.run(~r/^<!-- ([a-z-]+) -->$/, Enum.at(lines, i - 1, "")) do
+          [_, m] -> m
+          nil -> nil
+        end
+
+      code =
+        lines
+        |> Enum.drop(i + 1)
+        |> Enum.take_while(&(&1 != "```"))
+        |> Enum.join("\n")
+
+      {marker, code}
+    end)
+  end
+
+  defp config_examples, do: for({"config-example", code} <- blocks(), do: code)
+
+  defp eval_config(code) do
+    Config.Reader.eval!("config/runtime.exs", code, env: :prod, target: :host)
+  end
+
+  defp topologies(code) do
+    config = eval_config(code)
+    libcluster = get_in(config, [:libcluster, :topologies])
+    own = get_in(config, [:aws_cluster, :topologies])
+    assert libcluster == own, "the two ways must run the same topologies"
+    libcluster
+  end
+
+  defp validate(name, spec) do
+    strategy = Keyword.fetch!(spec, :strategy)
+    {:ok, state} = State.new(topology: name, config: Keyword.get(spec, :config, []))
+
+    case strategy do
+      Gossip -> Gossip.validate(state)
+      _ -> AWSCluster.Poller.validate(strategy, state)
+    end
+  end
+
+  test "every elixir block that configures topologies is a marked, tested example" do
+    all = blocks()
+    assert length(config_examples()) == 4
+
+    for {marker, code} <- all, code =~ "topologies" or code =~ ~r/^config :/m do
+      assert marker in ["config-example", "app-example"],
+             "README block configures topologies but is not exercised:\n#{code}"
+    end
+  end
+
+  test "each config example is valid runtime.exs and every topology passes validation" do
+    strategies =
+      for code <- config_examples(), {name, spec} <- topologies(code) do
+        assert {:ok, _config} = validate(name, spec), "#{name}: #{inspect(validate(name, spec))}"
+        spec[:strategy]
+      end
+
+    assert Enum.sort(Enum.uniq(strategies)) ==
+             Enum.sort([EC2, AWSCluster.Strategy.AutoScaling, Gossip])
+
+    # The validation is real: a typo in an example would fail it.
+    [ec2 | _] = config_examples()
+    [{name, spec}] = topologies(ec2)
+    typo = put_in(spec, [:config, :node_basenme], "chat")
+    assert {:error, %AWSCluster.Error{reason: :invalid_config}} = validate(name, typo)
+  end
+
+  test "the application examples build the children the README says" do
+    config = eval_config(hd(config_examples()))
+    Application.put_env(:aws_cluster, :topologies, config[:aws_cluster][:topologies])
+    on_exit(fn -> Application.delete_env(:aws_cluster, :topologies) end)
+
+    [supervisor_child, distribution_first] = for {"app-example", code} <- blocks(), do: code
+
+    {children, _} = Code.eval_string(supervisor_child)
+    assert [{AWSCluster.Supervisor, opts}, ChatWeb.Endpoint] = children
+    assert opts[:topologies] == config[:aws_cluster][:topologies]
+
+    {children, _} = Code.eval_string(distribution_first)
+    assert [{AWSCluster.Distribution, dist}, {AWSCluster.Supervisor, _}, _] = children
+    # The options are accepted up to the interface lookup; this host has no ethwe.
+    assert {:error, %AWSCluster.Error{reason: :no_such_interface}} =
+             AWSCluster.Distribution.start(dist)
+  end
+
+  describe "started for real" do
+    setup do
+      Moto.start!()
+      Moto.fresh!()
+      :ok
+    end
+
+    defp on_moto(config) do
+      Keyword.merge(config,
+        region: Moto.region(),
+        endpoint: Moto.endpoint(),
+        access_key_id: "testing",
+        secret_access_key: "testing",
+        max_attempts: 1,
+        operation_timeout: 5_000,
+        polling_interval: 200
+      )
+    end
+
+    defp wait_until(fun, ms \\ 20_000) do
+      deadline = System.monotonic_time(:millisecond) + ms
+
+      Stream.repeatedly(fn ->
+        cond do
+          fun.() -> :ok
+          System.monotonic_time(:millisecond) > deadline -> :timeout
+          true -> Process.sleep(50) && nil
+        end
+      end)
+      |> Enum.find(& &1)
+      |> Kernel.==(:ok)
+    end
+
+    test "the EC2 example finds the instances tagged app=chat, started both ways" do
+      Moto.run_instances!([
+        %{ip: "127.0.1.80", tags: %{"app" => "chat"}},
+        %{ip: "127.0.2.80", tags: %{"app" => "other"}}
+      ])
+
+      [{:chat, spec}] = topologies(hd(config_examples()))
+      spec = Keyword.update!(spec, :config, &on_moto/1)
+
+      # As libcluster starts a strategy: start_link([%Cluster.Strategy.State{}]).
+      libcluster_state = %{
+        topology: :chat,
+        connect: {:net_kernel, :connect_node, []},
+        disconnect: {:erlang, :disconnect_node, []},
+        list_nodes: {:erlang, :nodes, [:connected]},
+        config: spec[:config],
+        meta: nil
+      }
+
+      {:ok, pid} = spec[:strategy].start_link([libcluster_state])
+
+      assert wait_until(fn ->
+               Map.keys(AWSCluster.Poller.status(pid).members) == [:"chat@127.0.1.80"]
+             end)
+
+      GenServer.stop(pid)
+
+      # As the README's application does, without libcluster.
+      Application.put_env(:aws_cluster, :topologies, chat: spec)
+      on_exit(fn -> Application.delete_env(:aws_cluster, :topologies) end)
+      [app | _] = for {"app-example", code} <- blocks(), do: code
+      {[supervisor_child, _endpoint], _} = Code.eval_string(app)
+      sup = start_supervised!(supervisor_child)
+      [{_, poller, _, _}] = Supervisor.which_children(sup)
+
+      assert wait_until(fn ->
+               Map.keys(AWSCluster.Poller.status(poller).members) == [:"chat@127.0.1.80"]
+             end)
+    end
+
+    test "the EC2-seeded gossip example announces to the instances EC2 found, sealed with the secret" do
+      Moto.run_instances!([%{ip: "127.0.1.81", tags: %{"app" => "chat"}}])
+      example = Enum.find(config_examples(), &(&1 =~ "seed_topologies"))
+      [instances: ec2, chat: gossip] = topologies(example)
+
+      # Where the instance "is": a socket on its address and the gossip port.
+      {:ok, probe} = :gen_udp.open(0, [:binary, ip: {127, 0, 0, 1}])
+      {:ok, port} = :inet.port(probe)
+      :gen_udp.close(probe)
+      {:ok, instance} = :gen_udp.open(port, [:binary, ip: {127, 0, 1, 81}, active: true])
+      on_exit(fn -> :gen_udp.close(instance) end)
+
+      ec2 = Keyword.update!(ec2, :config, &on_moto/1)
+
+      gossip =
+        Keyword.update!(
+          gossip,
+          :config,
+          &(&1 ++ [port: port, if_addr: "127.0.0.1", announce_interval: 200])
+        )
+
+      start_supervised!({AWSCluster.Supervisor, topologies: [instances: ec2, chat: gossip]})
+
+      assert_receive {:udp, ^instance, {127, 0, 0, 1}, ^port, packet}, 20_000
+
+      {:ok, ring} = Codec.keyring([System.fetch_env!("CLUSTER_SECRET")], "chat")
+      guard = Codec.replay_guard(4, 30_000)
+      assert {:ok, %{kind: :announce, name: name}} = Codec.open(ring, guard, packet)
+      assert name == Atom.to_string(node())
+    end
+  end
+end
