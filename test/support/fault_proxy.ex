@@ -76,8 +76,16 @@ defmodule AWSCluster.Test.FaultProxy do
   end
 
   defp listen(%{listener: nil} = state) do
+    # A deep accept queue: benchmarks open 1,000 connections at once, and the default
+    # backlog (5) makes the kernel drop connects, which stall for seconds or fail.
     {:ok, listener} =
-      :gen_tcp.listen(state.port, [:binary, ip: {127, 0, 0, 1}, reuseaddr: true, active: false])
+      :gen_tcp.listen(state.port, [
+        :binary,
+        ip: {127, 0, 0, 1},
+        reuseaddr: true,
+        active: false,
+        backlog: 1024
+      ])
 
     {:ok, port} = :inet.port(listener)
     server = self()
