@@ -36,6 +36,7 @@ defmodule AWSCluster.Test.MotoIAM do
   Creates IAM user `name` allowed exactly `actions` (none when empty) and returns its
   `{access_key_id, secret_access_key}`. Call while authentication is relaxed.
   """
+  @spec user!(String.t(), [String.t()]) :: {String.t(), String.t()}
   def user!(name, actions) do
     python = Path.join([venv(), "bin", "python"])
 
@@ -49,9 +50,11 @@ defmodule AWSCluster.Test.MotoIAM do
   end
 
   @doc "Makes moto check signatures and IAM policies on every request from now on."
+  @spec enforce!() :: :ok
   def enforce!, do: set_auth("0")
 
   @doc "Turns moto's authentication off again (its default)."
+  @spec relax!() :: :ok
   def relax!, do: set_auth("inf")
 
   defp set_auth(count) do
