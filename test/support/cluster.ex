@@ -35,10 +35,10 @@ defmodule AWSCluster.Test.Cluster do
         args:
           code_path_args() ++ [~c"-setcookie", Atom.to_charlist(Node.get_cookie())] ++ extra_args,
         wait_boot: 30_000,
-        # :peer.call/4 needs a control connection besides distribution (a loopback TCP
-        # socket here); it also leaves the peer unconnected to this node until asked, so
-        # clustering tests see only the connections the code under test makes.
-        connection: 0
+        # :peer.call/4 needs a control connection besides distribution (a TCP socket on
+        # 127.0.0.1 here); it also leaves the peer unconnected to this node until asked,
+        # so clustering tests see only the connections the code under test makes.
+        connection: {{127, 0, 0, 1}, 0}
       })
 
     {:ok, _} = :peer.call(pid, :application, :ensure_all_started, [:elixir])

@@ -30,6 +30,12 @@ defmodule AWSCluster.Test.StrategyPeer do
       other ->
         other
     end
+  rescue
+    # :peer.call re-raises remote exceptions with erlang:raise/3, which turns some
+    # remote stacktraces into a bare `badarg`; return the text instead.
+    e -> {:raised, Exception.format(:error, e, __STACKTRACE__)}
+  catch
+    kind, reason -> {:raised, Exception.format(kind, reason, __STACKTRACE__)}
   end
 
   @doc "Peer-side: the poller pid of the only topology of supervisor `sup`."
