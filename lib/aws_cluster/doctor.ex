@@ -97,7 +97,7 @@ defmodule AWSCluster.Doctor do
 
   # ── IMDS ──────────────────────────────────────────────────────────────────────────
 
-  @hop_limit "in a container (ECS bridge/awsvpc, Docker, Weave) the token answer is " <>
+  @hop_limit "in a container (Docker or ECS bridge mode, Weave) the token answer is " <>
                "dropped after one network hop: set the instance's metadata hop limit to 2 " <>
                "(aws ec2 modify-instance-metadata-options --instance-id <id> " <>
                "--http-put-response-hop-limit 2, or MetadataOptions.HttpPutResponseHopLimit " <>
