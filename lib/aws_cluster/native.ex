@@ -58,25 +58,58 @@ defmodule AWSCluster.Native do
     )
   end
 
-  defp err, do: raise(load_error())
+  # A release loads its modules before it applies its config, so `nif_path` from app
+  # config is not visible to @on_load there. A stub therefore tries loading once more
+  # and, if that works, re-dispatches to the NIF that has just replaced it.
+  defp retry(fun, args) do
+    case :persistent_term.get({__MODULE__, :load_error}, nil) do
+      nil ->
+        raise AWSCluster.Error.new(
+                :nif_not_loaded,
+                "the loaded #{@lib} has no #{fun}/#{length(args)}: it is older than this " <>
+                  "aws_cluster; rebuild it with `mix compile` or replace the prebuilt library"
+              )
 
-  def interface_addresses, do: err()
-  def interface_address(_name, _family), do: err()
+      _ ->
+        load()
 
-  def aws_client_new(_ref, _opts), do: err()
-  def aws_describe_instances(_client, _ref, _filters, _instance_ids, _page_size), do: err()
-  def aws_describe_auto_scaling_groups(_client, _ref, _names), do: err()
+        if :persistent_term.get({__MODULE__, :load_error}, nil),
+          do: raise(load_error()),
+          else: apply(__MODULE__, fun, args)
+    end
+  end
+
+  def interface_addresses, do: retry(:interface_addresses, [])
+  def interface_address(name, family), do: retry(:interface_address, [name, family])
+
+  def aws_client_new(ref, opts), do: retry(:aws_client_new, [ref, opts])
+
+  def aws_describe_instances(client, ref, filters, instance_ids, page_size),
+    do: retry(:aws_describe_instances, [client, ref, filters, instance_ids, page_size])
+
+  def aws_describe_auto_scaling_groups(client, ref, names),
+    do: retry(:aws_describe_auto_scaling_groups, [client, ref, names])
+
   # Benchmark baseline only (bench/schedulers.exs): blocks the calling scheduler.
-  def aws_describe_instances_blocking(_client, _filters, _instance_ids, _page_size), do: err()
+  def aws_describe_instances_blocking(client, filters, instance_ids, page_size),
+    do: retry(:aws_describe_instances_blocking, [client, filters, instance_ids, page_size])
 
-  def imds_fetch(_ref, _opts), do: err()
+  def imds_fetch(ref, opts), do: retry(:imds_fetch, [ref, opts])
 
-  def gossip_keyring_new(_secrets, _label, _insecure), do: err()
-  def gossip_keyring_ids(_ring), do: err()
-  def gossip_replay_new(_max_senders, _window_ms), do: err()
-  def gossip_seal(_ring, _kind, _name, _boot_id, _seq, _timestamp_ms, _meta), do: err()
-  def gossip_open(_ring, _replay, _packet, _now_ms), do: err()
+  def gossip_keyring_new(secrets, label, insecure),
+    do: retry(:gossip_keyring_new, [secrets, label, insecure])
 
-  def runtime_probe(_ref, _delay_ms, _panic), do: err()
-  def runtime_workers, do: err()
+  def gossip_keyring_ids(ring), do: retry(:gossip_keyring_ids, [ring])
+
+  def gossip_replay_new(max_senders, window_ms),
+    do: retry(:gossip_replay_new, [max_senders, window_ms])
+
+  def gossip_seal(ring, kind, name, boot_id, seq, timestamp_ms, meta),
+    do: retry(:gossip_seal, [ring, kind, name, boot_id, seq, timestamp_ms, meta])
+
+  def gossip_open(ring, replay, packet, now_ms),
+    do: retry(:gossip_open, [ring, replay, packet, now_ms])
+
+  def runtime_probe(ref, delay_ms, panic), do: retry(:runtime_probe, [ref, delay_ms, panic])
+  def runtime_workers, do: retry(:runtime_workers, [])
 end

@@ -48,6 +48,22 @@ defmodule AWSCluster.NativeTest do
     assert out =~ "AWS_CLUSTER_NIF_PATH"
   end
 
+  test "a nif_path configured after the module loaded (as in a release) is tried by the stubs" do
+    real = Path.join([Mix.Project.app_path(), "priv", "native", "libaws_cluster_nif.so"])
+
+    script = """
+    System.put_env("AWS_CLUSTER_NIF_PATH", "/nonexistent/libaws_cluster_nif.so")
+    {:module, _} = Code.ensure_loaded(AWSCluster.Native)
+    System.delete_env("AWS_CLUSTER_NIF_PATH")
+    Application.put_env(:aws_cluster, :nif_path, #{inspect(real)})
+    IO.inspect(AWSCluster.Interface.address("lo"))
+    IO.inspect(AWSCluster.Native.runtime_workers())
+    """
+
+    {out, 0} = System.cmd("elixir", pa_args() ++ ["-e", script], stderr_to_stdout: true)
+    assert out =~ "{:ok, {127, 0, 0, 1}}"
+  end
+
   defp pa_args do
     Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
     |> Enum.flat_map(&["-pa", &1])
