@@ -112,7 +112,13 @@ pub fn is_throttling(code: &str) -> bool {
 
 /// Whether `code` says the credentials are missing, wrong, expired or not allowed.
 pub fn is_unauthorized(code: &str) -> bool {
-    UNAUTHORIZED.contains(&code) || code.starts_with("AccessDenied")
+    UNAUTHORIZED.contains(&code) || is_permission(code)
+}
+
+/// Codes that mean "these credentials are valid but lack a permission", as opposed to
+/// "these credentials were rejected": the fix differs (IAM policy vs keys/role).
+fn is_permission(code: &str) -> bool {
+    code == "UnauthorizedOperation" || code.starts_with("AccessDenied")
 }
 
 /// Turns a failure of `op` against `endpoint` into the error the caller sees.
@@ -139,6 +145,10 @@ pub fn classify(op: Operation, endpoint: &str, timeout_ms: u64, failure: Failure
         Failure::Dispatch {
             timed_out: false,
             cause,
+        } if cause.to_ascii_lowercase().contains("credential") => no_credentials(name, &cause),
+        Failure::Dispatch {
+            timed_out: false,
+            cause,
         } => Error::new(
             Reason::Unreachable,
             format!("{name} failed: cannot reach {endpoint} ({cause})"),
@@ -154,14 +164,7 @@ pub fn classify(op: Operation, endpoint: &str, timeout_ms: u64, failure: Failure
             }
         }
         Failure::Construction { cause } if cause.to_ascii_lowercase().contains("credential") => {
-            Error::new(
-                Reason::Unauthorized,
-                format!(
-                    "{name} failed: no usable AWS credentials ({cause}); configure the default \
-                     credential chain (env, profile, instance or task role) or pass \
-                     access_key_id/secret_access_key"
-                ),
-            )
+            no_credentials(name, &cause)
         }
         Failure::Construction { cause } => Error::new(
             Reason::Internal,
@@ -187,11 +190,21 @@ fn service(
     let c = code.as_deref().unwrap_or("");
     let (reason, message) = if is_throttling(c) || status == 429 {
         (Reason::Throttled, format!("{name} failed: {text}"))
-    } else if is_unauthorized(c) {
+    } else if is_permission(c) || (c.is_empty() && (status == 401 || status == 403)) {
         (
             Reason::Unauthorized,
             format!(
                 "{name} failed: {text}; the credentials need IAM permission {}",
+                op.action()
+            ),
+        )
+    } else if is_unauthorized(c) {
+        (
+            Reason::Unauthorized,
+            format!(
+                "{name} failed: {text}; AWS rejected the credentials themselves (wrong, \
+                 expired or unsigned keys): fix the access key or role first, then make \
+                 sure it has IAM permission {}",
                 op.action()
             ),
         )
@@ -208,6 +221,17 @@ fn service(
         err = err.with_detail("code", code);
     }
     err
+}
+
+fn no_credentials(name: &str, cause: &str) -> Error {
+    Error::new(
+        Reason::Unauthorized,
+        format!(
+            "{name} failed: no usable AWS credentials ({cause}); configure the default \
+             credential chain (env, profile, instance or task role) or pass \
+             access_key_id/secret_access_key"
+        ),
+    )
 }
 
 fn with_context(err: Error, op: Operation, endpoint: &str) -> Error {
@@ -343,6 +367,37 @@ mod tests {
             e.detail("action"),
             Some("autoscaling:DescribeAutoScalingGroups")
         );
+    }
+
+    #[test]
+    fn rejected_credentials_are_told_apart_from_missing_permissions() {
+        let e = run(service(401, Some("AuthFailure"), Some("bad key")));
+        assert_eq!(e.reason, Reason::Unauthorized);
+        assert!(
+            e.message.contains("rejected the credentials"),
+            "{}",
+            e.message
+        );
+        let e = run(service(403, Some("UnauthorizedOperation"), None));
+        assert!(e.message.contains("need IAM permission"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_bare_403_is_unauthorized_and_names_the_action() {
+        let e = run(service(403, None, None));
+        assert_eq!(e.reason, Reason::Unauthorized);
+        assert_eq!(e.detail("action"), Some("ec2:DescribeInstances"));
+        assert!(e.message.contains("HTTP 403"), "{}", e.message);
+    }
+
+    #[test]
+    fn credentials_that_cannot_be_loaded_are_unauthorized_not_unreachable() {
+        let e = run(Failure::Dispatch {
+            timed_out: false,
+            cause: "failed to load credentials from the provider chain".into(),
+        });
+        assert_eq!(e.reason, Reason::Unauthorized);
+        assert!(e.message.contains("access_key_id"), "{}", e.message);
     }
 
     #[test]
@@ -511,9 +566,12 @@ mod tests {
             .await;
             let e = describe(&fake.endpoint(), 2_000).await;
             assert_eq!(e.reason, Reason::Unauthorized);
-            assert!(e
-                .message
-                .ends_with("need IAM permission ec2:DescribeInstances"));
+            assert!(
+                e.message.contains("rejected the credentials"),
+                "{}",
+                e.message
+            );
+            assert!(e.message.ends_with("IAM permission ec2:DescribeInstances"));
         }
 
         #[tokio::test]
