@@ -1,0 +1,231 @@
+# P1, schedulers: scheduler `long_schedule` events (>= 1 ms, :erlang.system_monitor) while
+# 1,000 DescribeInstances calls are in flight against a slowed moto.
+#
+#   MIX_ENV=test mix run bench/schedulers.exs
+#   AWS_CLUSTER_NIF_PROFILE=release MIX_ENV=test mix run bench/schedulers.exs   # release NIF
+#
+# (a cold release build of the AWS SDK takes 20+ min on a 2-core machine; the default is
+# the dev profile, which the output names). Needs the venv of `bash script/setup`.
+# BENCH_CALLS (default 1000) and BENCH_DELAY_MS (default 100) change the load.
+#
+# Our path: AWSCluster.AWS.describe_instances/3 (async NIF, reply by message).
+# Baseline, same run, same client, same query: AWSCluster.Native.aws_describe_instances_blocking/4,
+# the same SDK call waited for on the calling (normal) scheduler thread - what a naive
+# NIF would do. Calling Native directly is deliberate: it exists only for this baseline.
+#
+# The fault proxy (mode {:delay, ms}) runs in a separate BEAM (a :peer over stdio), so
+# that the blocking baseline cannot starve the proxy it waits on, and so that every
+# event counted here comes from this VM's callers only. moto is its own OS process.
+
+defmodule Bench.Schedulers do
+  alias AWSCluster.{AWS, Error, Native}
+  alias AWSCluster.Test.{Cluster, FaultProxy, Moto}
+
+  @calls String.to_integer(System.get_env("BENCH_CALLS", "1000"))
+  @delay String.to_integer(System.get_env("BENCH_DELAY_MS", "100"))
+  @instances 10
+  @filters [{"tag:app", ["p1"]}]
+
+  def run do
+    Moto.fresh!()
+
+    Moto.run_instances!(
+      for i <- 1..@instances, do: %{ip: "127.0.1.#{100 + i}", tags: %{"app" => "p1"}}
+    )
+
+    peer = Cluster.start_hidden_peer()
+    {:ok, proxy} = :peer.call(peer, GenServer, :start, [FaultProxy, [upstream: Moto.port()]])
+    endpoint = :peer.call(peer, FaultProxy, :endpoint, [proxy])
+    :ok = :peer.call(peer, FaultProxy, :set_mode, [proxy, {:delay, @delay}])
+    {:ok, client} = AWS.client(Moto.client_opts(endpoint: endpoint))
+
+    ours = fn -> AWS.describe_instances(client, Map.new(@filters)) end
+
+    blocking = fn ->
+      case Error.wrap(Native.aws_describe_instances_blocking(client.resource, @filters, [], nil)) do
+        {:ok, %{instances: instances}} -> {:ok, instances}
+        error -> error
+      end
+    end
+
+    proxy_port = endpoint |> URI.parse() |> Map.fetch!(:port)
+    raw = fn -> raw_describe(proxy_port) end
+
+    # All paths answer the same thing before anything is timed or counted.
+    {:ok, a} = ours.()
+    {:ok, b} = blocking.()
+    true = length(a) == @instances and Enum.sort(a) == Enum.sort(b)
+    {:ok, @instances} = raw.()
+
+    header()
+    report("AWSCluster.AWS (async NIF, ours)", measure(ours, peer, proxy))
+    report("blocking NIF (baseline)", measure(blocking, peer, proxy))
+    report("control: :gen_tcp POST, no NIF", measure(raw, peer, proxy))
+    IO.puts("load average at the end: #{load()}")
+    Cluster.stop(peer)
+  end
+
+  defp measure(fun, peer, proxy) do
+    :ok = :peer.call(peer, FaultProxy, :clear_requests, [proxy])
+    parent = self()
+    collector = spawn(fn -> collect([]) end)
+    :erlang.system_monitor(collector, [{:long_schedule, 1}])
+    t0 = now()
+
+    callers =
+      for _ <- 1..@calls do
+        spawn(fn ->
+          started = now()
+          result = fun.()
+          send(parent, {:done, self(), started, now(), outcome(result)})
+        end)
+      end
+
+    done =
+      for _ <- callers do
+        receive do
+          {:done, pid, started, finished, outcome} -> {pid, started, finished, outcome}
+        after
+          600_000 -> raise "a call gave no answer within 10 min"
+        end
+      end
+
+    wall = now() - t0
+    :erlang.system_monitor(:undefined)
+    send(collector, {:events, self()})
+    events = receive(do: ({:events, events} -> events))
+    caller_set = MapSet.new(callers)
+    {from_callers, other} = Enum.split_with(events, fn {who, _} -> who in caller_set end)
+
+    %{
+      events: length(events),
+      from_callers: length(from_callers),
+      other: length(other),
+      sample: events |> Enum.sort_by(fn {_, i} -> -i[:timeout] end) |> Enum.take(3),
+      total_ms: events |> Enum.map(fn {_, info} -> info[:timeout] end) |> Enum.sum(),
+      max_ms: events |> Enum.map(fn {_, info} -> info[:timeout] end) |> Enum.max(fn -> 0 end),
+      wall_ms: wall,
+      peak: peak_in_flight(done),
+      ok: Enum.count(done, fn {_, _, _, o} -> o == :ok end),
+      errors: done |> Enum.map(&elem(&1, 3)) |> Enum.reject(&(&1 == :ok)) |> Enum.frequencies(),
+      proxied:
+        peer
+        |> :peer.call(FaultProxy, :requests, [proxy])
+        |> Enum.count(&(&1 == "DescribeInstances"))
+    }
+  end
+
+  defp outcome({:ok, @instances}), do: :ok
+  defp outcome({:ok, instances}) when length(instances) == @instances, do: :ok
+  defp outcome({:ok, instances}), do: {:wrong_count, length(instances)}
+  defp outcome({:error, %Error{reason: reason}}), do: reason
+  defp outcome({:error, reason}), do: reason
+
+  # The same DescribeInstances as a hand-written HTTP request from pure Erlang code: the
+  # noise floor of this VM on this (shared) machine under the same load, with no native
+  # code involved. Answers `{:ok, instance_count}`.
+  defp raw_describe(port) do
+    body =
+      "Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag%3Aapp&Filter.1.Value.1=p1"
+
+    request = [
+      "POST / HTTP/1.1\r\nHost: 127.0.0.1:#{port}\r\nConnection: close\r\n",
+      "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
+      # moto routes by the credential scope; it does not check the signature.
+      "Authorization: AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/ec2/aws4_request, ",
+      "SignedHeaders=host, Signature=0\r\n",
+      "Content-Length: #{byte_size(body)}\r\n\r\n",
+      body
+    ]
+
+    with {:ok, socket} <- :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false]),
+         :ok <- :gen_tcp.send(socket, request),
+         {:ok, response} <- recv_response(socket, "") do
+      :gen_tcp.close(socket)
+
+      if String.starts_with?(response, "HTTP/1.1 200"),
+        do: {:ok, length(:binary.matches(response, "<instanceId>"))},
+        else: {:error, :bad_response}
+    end
+  end
+
+  # The proxy keeps the connection open after answering, so read by Content-Length.
+  defp recv_response(socket, acc) do
+    with [head, body] <- :binary.split(acc, "\r\n\r\n"),
+         [_, length] <- Regex.run(~r/\r\ncontent-length:\s*(\d+)/i, head),
+         true <- byte_size(body) >= String.to_integer(length) do
+      {:ok, acc}
+    else
+      _ ->
+        case :gen_tcp.recv(socket, 0, 120_000) do
+          {:ok, data} -> recv_response(socket, acc <> data)
+          {:error, _} = error -> error
+        end
+    end
+  end
+
+  defp collect(events) do
+    receive do
+      {:monitor, who, :long_schedule, info} -> collect([{who, info} | events])
+      {:events, to} -> send(to, {:events, Enum.reverse(events)})
+    end
+  end
+
+  # Calls whose [started, finished] intervals overlap at the busiest moment.
+  defp peak_in_flight(done) do
+    done
+    |> Enum.flat_map(fn {_, s, f, _} -> [{s, 1}, {f, -1}] end)
+    # At equal times count the end first, so back-to-back calls do not look concurrent.
+    |> Enum.sort_by(fn {t, d} -> {t, d} end)
+    |> Enum.reduce({0, 0}, fn {_, d}, {cur, peak} -> {cur + d, max(peak, cur + d)} end)
+    |> elem(1)
+  end
+
+  defp now, do: System.monotonic_time(:microsecond)
+
+  defp header do
+    IO.puts("""
+    P1 schedulers: #{@calls} concurrent DescribeInstances calls (#{@instances} instances \
+    per answer) through a fault proxy delaying each request #{@delay} ms
+    #{System.schedulers_online()} schedulers online; NIF build profile: #{profile()}; \
+    load average #{load()}
+    long_schedule events counted in this VM (>= 1 ms), split into the #{@calls} caller \
+    processes vs any other process
+    """)
+  end
+
+  defp report(name, r) do
+    errors = if r.errors == %{}, do: "", else: " errors=#{inspect(r.errors)}"
+
+    IO.puts(
+      "#{String.pad_trailing(name, 34)} long_schedule=#{r.events} " <>
+        "(callers #{r.from_callers}, other #{r.other}) max=#{r.max_ms} ms sum=#{r.total_ms} ms  " <>
+        "wall=#{Float.round(r.wall_ms / 1.0e6, 2)} s  peak in flight=#{r.peak}  " <>
+        "ok=#{r.ok}/#{@calls}  proxied DescribeInstances=#{r.proxied}#{errors}"
+    )
+
+    for {_who, info} <- r.sample do
+      IO.puts(
+        "    longest: #{info[:timeout]} ms, scheduled in at #{inspect(info[:in])}, " <>
+          "out at #{inspect(info[:out])}"
+      )
+    end
+  end
+
+  # The machine is shared: the load average says how much the figures can be trusted.
+  defp load,
+    do: "/proc/loadavg" |> File.read!() |> String.split() |> Enum.take(3) |> Enum.join(" ")
+
+  defp profile do
+    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
+      p when p in ["dev", "release"] -> p
+      _ -> if Mix.env() == :prod, do: "release", else: "dev"
+    end
+    |> case do
+      "dev" -> "dev (unoptimized + debuginfo; figures for release builds will differ)"
+      "release" -> "release"
+    end
+  end
+end
+
+Bench.Schedulers.run()
