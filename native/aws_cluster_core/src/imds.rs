@@ -483,11 +483,10 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         if size == 0 {
             return Some(out);
         }
-        if data.len() < size + 2 {
-            return None;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
+        // A hostile size (e.g. ffffffffffffffff) must fail the parse, not overflow.
+        let chunk = data.get(..size)?;
+        out.extend_from_slice(chunk);
+        data = data.get(size.checked_add(2)?..)?;
     }
 }
 
@@ -496,6 +495,14 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
     use tokio::net::TcpListener;
+
+    #[test]
+    fn dechunk_rejects_hostile_sizes_without_panicking() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n0\r\n\r\n"), Some(b"abc".to_vec()));
+        assert_eq!(dechunk(b"ffffffffffffffff\r\nabc\r\n"), None);
+        assert_eq!(dechunk(b"5\r\nabc\r\n"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
+    }
 
     /// What the fake does: answers by (method, path, token header) -> (status, body).
     type Script = dyn Fn(&str, &str, Option<&str>) -> Option<(u16, String)> + Send + Sync;
