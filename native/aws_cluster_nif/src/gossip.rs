@@ -1,12 +1,18 @@
 //! `gossip_*` NIFs over `aws_cluster_core::gossip`: key rings and replay guards as
 //! resources, sealing and opening packets.
 //!
-//! Scheduler choice, from bench/gossip.exs (dev build, this 2-core box): seal+open of a
-//! ~200-byte heartbeat costs about 6 µs per packet through the NIF, and a key ring (two
-//! HKDF derivations per secret) about 10 µs. Both are far below the ~1 ms a normal scheduler
-//! slice allows and the 100 µs the design draws the line at, so all of these run on normal
-//! schedulers; a dirty hop would cost more than the work. The bench also counts
-//! `long_schedule` events over 1M packets to confirm it.
+//! Scheduler choice, from bench/gossip.exs (dev build as `mix test` uses it, on a shared
+//! 2-core box under load average ~7): per call, gossip_seal of a 192-byte heartbeat
+//! 14.5 µs, gossip_open 7.7-9.4 µs, junk rejected by open 1.7 µs, gossip_keyring_new
+//! (two HKDF expansions per secret) 5.7 µs. All are far below the 100 µs the design draws
+//! the line at and the ~1 ms of a timeslice, so they run on normal schedulers: a dirty
+//! hop would cost about as much as the work.
+//!
+//! Each call reports its measured cost to the scheduler (`enif_consume_timeslice`, 1% per
+//! 10 µs): without it a NIF call counts as one reduction and a process looping over
+//! packets ran for many milliseconds between yields. Bench, 1M seal+open: 11,843
+//! `long_schedule` (>= 1 ms) events before, 1,649 after, 813 for the pure-Elixir baseline
+//! in the same run (the rest is the loaded box preempting scheduler threads).
 //!
 //! Replay state lives in a resource behind a `Mutex`, not in Elixir: `admit` must run in
 //! the same call that authenticated the packet, or a replay could slip in between, and each
@@ -17,8 +23,10 @@
 
 use crate::{atoms, error};
 use aws_cluster_core::gossip::{self, Keyring, Kind, Message, Reject, ReplayGuard};
-use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
+use rustler::schedule::consume_timeslice;
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Resource, ResourceArc, Term};
 use std::sync::Mutex;
+use std::time::Instant;
 
 mod gossip_atoms {
     rustler::atoms! {
@@ -65,11 +73,14 @@ fn gossip_keyring_new<'a>(
     label: Binary<'a>,
     insecure: bool,
 ) -> Term<'a> {
+    let started = Instant::now();
     let secrets: Vec<&[u8]> = secrets.iter().map(|b| b.as_slice()).collect();
-    match Keyring::new(&secrets, label.as_slice(), insecure) {
+    let reply = match Keyring::new(&secrets, label.as_slice(), insecure) {
         Ok(ring) => (atoms::ok(), ResourceArc::new(KeyringResource(ring))).encode(env),
         Err(e) => error::error_tuple(env, &e),
-    }
+    };
+    charge(env, started);
+    reply
 }
 
 /// Key ids of the ring in order (the first seals), as 4-byte binaries: safe to log.
@@ -117,6 +128,7 @@ fn gossip_open<'a>(
     packet: Binary<'a>,
     now_ms: u64,
 ) -> Term<'a> {
+    let started = Instant::now();
     let result = if let Ok(guard) = replay.decode::<ResourceArc<ReplayResource>>() {
         match guard.0.lock() {
             Ok(mut g) => gossip::open(&ring.0, &mut g, packet.as_slice(), now_ms).map_err(Some),
@@ -129,11 +141,20 @@ fn gossip_open<'a>(
             .open(packet.as_slice(), now_ms, gossip::DEFAULT_WINDOW_MS)
             .map_err(Some)
     };
-    match result {
+    let reply = match result {
         Ok(m) => (atoms::ok(), encode_message(env, &m)).encode(env),
         Err(Some(reason)) => (atoms::error(), reject_atom(reason)).encode(env),
         Err(None) => (atoms::error(), ga::internal()).encode(env),
-    }
+    };
+    charge(env, started);
+    reply
+}
+
+/// Tells the scheduler what the call really cost: 1% of a timeslice per 10 µs, at least
+/// 1%, so a process looping over packets yields on time whatever the build or load.
+fn charge(env: Env<'_>, started: Instant) {
+    let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
+    consume_timeslice(env, percent);
 }
 
 fn message(
@@ -221,13 +242,9 @@ fn reject_atom(reason: Reject) -> Atom {
     }
 }
 
+/// A process-heap binary (at most 1,400 bytes here): no refc allocation per field.
 fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    match OwnedBinary::new(bytes.len()) {
-        Some(mut owned) => {
-            owned.as_mut_slice().copy_from_slice(bytes);
-            owned.release(env).encode(env)
-        }
-        // Allocation failure of a <=1,400-byte binary: the VM is about to die anyway.
-        None => atoms::nil().encode(env),
-    }
+    let mut bin = NewBinary::new(env, bytes.len());
+    bin.as_mut_slice().copy_from_slice(bytes);
+    bin.into()
 }

@@ -316,19 +316,24 @@ impl Keyring {
             return Err(Reject::UnknownKey);
         }
         // Two secrets may share a 4-byte id; each candidate gets its try.
-        let mut plain = None;
+        let mut buf = Vec::with_capacity(body.len());
+        let mut opened = false;
         for key in candidates {
-            let mut buf = body.to_vec();
+            buf.clear();
+            buf.extend_from_slice(body);
             if key
                 .cipher
                 .decrypt_in_place_detached(nonce, &aad, &mut buf, tag)
                 .is_ok()
             {
-                plain = Some(buf);
+                opened = true;
                 break;
             }
         }
-        let plain = plain.ok_or(Reject::AuthFailed)?;
+        if !opened {
+            return Err(Reject::AuthFailed);
+        }
+        let plain = buf;
         debug_assert!(plain.len() >= MIN_PAYLOAD);
         let message = Message::decode(&plain)?;
         if now_ms.saturating_sub(message.timestamp_ms) > window_ms {
