@@ -194,7 +194,7 @@ fn service(
         (
             Reason::Unauthorized,
             format!(
-                "{name} failed: {text}; the credentials need IAM permission {}",
+                "{name} failed: {text}; the caller needs IAM permission {}",
                 op.action()
             ),
         )
@@ -379,7 +379,7 @@ mod tests {
             e.message
         );
         let e = run(service(403, Some("UnauthorizedOperation"), None));
-        assert!(e.message.contains("need IAM permission"), "{}", e.message);
+        assert!(e.message.contains("needs IAM permission"), "{}", e.message);
     }
 
     #[test]
