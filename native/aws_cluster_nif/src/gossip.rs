@@ -24,7 +24,7 @@
 use crate::{atoms, error};
 use aws_cluster_core::gossip::{self, Keyring, Kind, Message, Reject, ReplayGuard};
 use rustler::schedule::consume_timeslice;
-use rustler::{Atom, Binary, Encoder, Env, NewBinary, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, NifResult, Resource, ResourceArc, Term};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -127,8 +127,10 @@ fn gossip_open<'a>(
     replay: Term<'a>,
     packet: Binary<'a>,
     now_ms: u64,
-) -> Term<'a> {
+) -> NifResult<Term<'a>> {
     let started = Instant::now();
+    // Only an explicit `nil` skips the replay check: any other non-guard term is a
+    // caller bug, and failing open there would silently accept replays.
     let result = if let Ok(guard) = replay.decode::<ResourceArc<ReplayResource>>() {
         match guard.0.lock() {
             Ok(mut g) => gossip::open(&ring.0, &mut g, packet.as_slice(), now_ms).map_err(Some),
@@ -136,10 +138,12 @@ fn gossip_open<'a>(
             // than trust half-written replay state.
             Err(_) => Err(None),
         }
-    } else {
+    } else if replay.decode::<Atom>().is_ok_and(|a| a == atoms::nil()) {
         ring.0
             .open(packet.as_slice(), now_ms, gossip::DEFAULT_WINDOW_MS)
             .map_err(Some)
+    } else {
+        return Err(rustler::Error::BadArg);
     };
     let reply = match result {
         Ok(m) => (atoms::ok(), encode_message(env, &m)).encode(env),
@@ -147,7 +151,7 @@ fn gossip_open<'a>(
         Err(None) => (atoms::error(), ga::internal()).encode(env),
     };
     charge(env, started);
-    reply
+    Ok(reply)
 }
 
 /// Tells the scheduler what the call really cost: 1% of a timeslice per 10 µs, at least

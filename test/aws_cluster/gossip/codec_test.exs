@@ -91,6 +91,9 @@ defmodule AWSCluster.Gossip.CodecTest do
     assert {:error, :replayed} = Codec.open(r, guard, resealed)
     # Without a guard there is no replay state, only the timestamp window.
     assert {:ok, _} = Codec.open(r, nil, p)
+    # Anything else in the guard's place is a bug, never a silent "no replay check".
+    assert_raise ArgumentError, fn -> Codec.open(r, :none, p) end
+    assert_raise ArgumentError, fn -> Codec.open(r, r, p) end
   end
 
   test "each rejection has its own reason" do
