@@ -70,9 +70,10 @@ defmodule AWSCluster.Strategy.AutoScaling do
          :ok <- all_found(names, groups),
          members = Enum.flat_map(groups, & &1.instances),
          ids = for(i <- members, in_service?(i), do: i.id) |> Enum.uniq(),
-         {:ok, instances} <- describe(client, ids) do
+         {:ok, instances} <- describe(client, ids),
+         {:ok, peers} <- Naming.peers(instances, config) do
       gone = for i <- members, terminating?(i), do: i.id
-      {:ok, Naming.peers(instances, config), gone}
+      {:ok, peers, gone}
     end
   end
 

@@ -93,7 +93,7 @@ defmodule AWSCluster.Strategy.EC2 do
   @impl true
   def discover(%{client: client, filters: filters, config: config}) do
     with {:ok, instances} <- AWS.describe_instances(client, filters, states: ["running"]) do
-      {:ok, Naming.peers(instances, config)}
+      Naming.peers(instances, config)
     end
   end
 

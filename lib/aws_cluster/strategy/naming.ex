@@ -6,9 +6,13 @@ defmodule AWSCluster.Strategy.Naming do
   AWS answer (a tag, an address) is checked before an atom is made: the basename is
   1-64 letters, digits, `_` or `-`; the address is an IP address, or for `:private_dns`
   and `{:tag, key}` a DNS name. An instance that fails is skipped, not guessed at.
+
+  A valid name can still be chosen by whoever may tag instances, so the number of
+  distinct names in one answer is checked against `:max_peers` before any of them
+  becomes an atom.
   """
 
-  alias AWSCluster.Config
+  alias AWSCluster.{Config, Distribution, Error}
 
   @addresses [:private_ip, :public_ip, :private_dns, :ipv6]
 
@@ -32,7 +36,8 @@ defmodule AWSCluster.Strategy.Naming do
       type:
         {:or,
          [
-           {:custom, "a basename of 1-64 letters, digits, _ or -", &__MODULE__.basename?/1},
+           {:custom, "a basename of 1-64 letters, digits, _ or -",
+            &AWSCluster.Distribution.basename?/1},
            {:tuple, [{:literal, :tag}, :non_empty_string]},
            {:fun, 1}
          ]},
@@ -47,34 +52,61 @@ defmodule AWSCluster.Strategy.Naming do
   @spec schema() :: Config.schema()
   def schema, do: @schema
 
-  @doc "Whether `value` is a valid basename (the part of a node name before `@`)."
-  @spec basename?(term()) :: boolean()
-  def basename?(value), do: is_binary(value) and value =~ ~r/\A[A-Za-z0-9_-]{1,64}\z/
-
   @doc """
   The peer for `instance` under `config` (`:address`, `:node_basename`), or
   `{:skip, why}` when the instance lacks that address or yields an invalid name.
   """
   @spec peer(map(), map()) :: {:ok, AWSCluster.Strategy.peer()} | {:skip, String.t()}
   def peer(instance, config) do
-    with {:ok, address} <- address(instance, config.address),
-         {:ok, basename} <- basename(instance, config.node_basename) do
-      {:ok, %{node: :"#{basename}@#{address}", address: address, instance: instance}}
+    with {:ok, name, address} <- name(instance, config) do
+      {:ok, to_peer(name, address, instance)}
     end
   end
 
-  @doc "The peers of `instances`, skipping those that cannot be named, first name wins."
-  @spec peers([map()], map()) :: [AWSCluster.Strategy.peer()]
-  def peers(instances, config) do
-    instances
-    |> Enum.flat_map(fn instance ->
-      case peer(instance, config) do
-        {:ok, peer} -> [peer]
-        {:skip, _why} -> []
-      end
-    end)
-    |> Enum.uniq_by(& &1.node)
+  @doc """
+  The peers of `instances`, skipping those that cannot be named, first name wins.
+
+  More distinct names than `config.max_peers` is a `:too_many_peers` error, returned
+  before any name becomes an atom: atoms are never collected, so a flood of tagged
+  instances must not grow the atom table.
+  """
+  @spec peers([map()], map()) :: {:ok, [AWSCluster.Strategy.peer()]} | {:error, Error.t()}
+  def peers(instances, %{max_peers: max_peers} = config) when is_integer(max_peers) do
+    named =
+      instances
+      |> Enum.flat_map(fn instance ->
+        case name(instance, config) do
+          {:ok, name, address} -> [{name, address, instance}]
+          {:skip, _why} -> []
+        end
+      end)
+      |> Enum.uniq_by(&elem(&1, 0))
+
+    count = length(named)
+
+    if count > max_peers do
+      {:error,
+       Error.new(
+         :too_many_peers,
+         "discovery found #{count} peers, more than max_peers (#{max_peers}); " <>
+           "raise max_peers or narrow the filters",
+         %{count: count, max_peers: max_peers}
+       )}
+    else
+      {:ok, Enum.map(named, fn {name, address, instance} -> to_peer(name, address, instance) end)}
+    end
   end
+
+  # The node name as a string: nothing here may create an atom.
+  defp name(instance, config) do
+    with {:ok, address} <- address(instance, config.address),
+         {:ok, basename} <- basename(instance, config.node_basename) do
+      {:ok, basename <> "@" <> address, address}
+    end
+  end
+
+  defp to_peer(name, address, instance),
+    do: %{node: String.to_atom(name), address: address, instance: instance}
 
   defp address(instance, kind) do
     raw =
@@ -128,6 +160,8 @@ defmodule AWSCluster.Strategy.Naming do
   end
 
   defp checked(name) do
-    if basename?(name), do: {:ok, name}, else: {:skip, "invalid basename #{inspect(name)}"}
+    if Distribution.basename?(name),
+      do: {:ok, name},
+      else: {:skip, "invalid basename #{inspect(name)}"}
   end
 end

@@ -61,9 +61,33 @@ defmodule AWSCluster.Strategy.NamingTest do
     other = %{@instance | id: "i-2"}
     nameless = %{@instance | id: "i-3", private_ip: nil}
 
-    peers =
-      Naming.peers([@instance, other, nameless], %{address: :private_ip, node_basename: "a"})
+    config = %{address: :private_ip, node_basename: "a", max_peers: 1}
 
-    assert [%{node: :"a@127.0.1.10", instance: %{id: "i-1"}}] = peers
+    assert {:ok, [%{node: :"a@127.0.1.10", instance: %{id: "i-1"}}]} =
+             Naming.peers([@instance, other, nameless], config)
+  end
+
+  test "peers/2 refuses more distinct names than max_peers before making any atom" do
+    # Names nobody else makes: any of them existing as an atom afterwards is a leak.
+    prefix = "refused#{System.unique_integer([:positive])}x"
+
+    instances = for i <- 1..5, do: %{@instance | id: "i-#{i}", tags: %{"name" => "#{prefix}#{i}"}}
+
+    config = %{address: :private_ip, node_basename: {:tag, "name"}, max_peers: 4}
+
+    assert {:error, %AWSCluster.Error{reason: :too_many_peers} = e} =
+             Naming.peers(instances, config)
+
+    assert e.details == %{count: 5, max_peers: 4}
+    assert e.message =~ "max_peers (4)"
+
+    for i <- 1..5 do
+      assert_raise ArgumentError, fn -> String.to_existing_atom("#{prefix}#{i}@127.0.1.10") end
+    end
+
+    # Exactly max_peers is fine; duplicates and unnamable instances do not count.
+    assert {:ok, peers} = Naming.peers(Enum.take(instances, 4) ++ [hd(instances)], config)
+
+    assert length(peers) == 4
   end
 end
