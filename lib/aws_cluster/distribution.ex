@@ -149,10 +149,17 @@ defmodule AWSCluster.Distribution do
     end
   end
 
+  @doc """
+  Whether `value` is a valid basename, the part of a node name before `@`: 1-64
+  letters, digits, `_` or `-`. Every node name aws_cluster builds is checked with this.
+  """
+  @spec basename?(term()) :: boolean()
+  def basename?(value), do: is_binary(value) and value =~ ~r/\A[A-Za-z0-9_-]{1,64}\z/
+
   defp basename(opts) do
     case opts[:basename] do
       b when is_binary(b) ->
-        if b =~ ~r/\A[A-Za-z0-9_-]{1,64}\z/,
+        if basename?(b),
           do: {:ok, b},
           else: invalid(:basename, "must be 1-64 letters, digits, _ or -, got #{inspect(b)}")
 
