@@ -11,14 +11,7 @@ defmodule AWSCluster.Peers do
 
   @table __MODULE__
 
-  @type info :: %{
-          node: node(),
-          topology: atom(),
-          instance_id: String.t() | nil,
-          availability_zone: String.t() | nil,
-          address: String.t() | nil,
-          tags: %{optional(String.t()) => String.t()}
-        }
+  @type info :: AWSCluster.node_info()
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
