@@ -49,6 +49,19 @@ defmodule AWSCluster.Strategy do
 
   @optional_callbacks validate: 1
 
+  @doc """
+  Whether `module` declares `@behaviour AWSCluster.Strategy` (loading it if needed), so
+  its options can be validated before it starts and it can be probed by diagnostics.
+  """
+  @spec implemented_by?(module()) :: boolean()
+  def implemented_by?(module) when is_atom(module) do
+    Code.ensure_loaded?(module) and __MODULE__ in behaviours(module)
+  end
+
+  defp behaviours(module) do
+    module.module_info(:attributes) |> Keyword.get_values(:behaviour) |> List.flatten()
+  end
+
   defmacro __using__(_opts) do
     quote do
       @behaviour AWSCluster.Strategy

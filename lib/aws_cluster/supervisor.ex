@@ -105,18 +105,11 @@ defmodule AWSCluster.Supervisor do
   # aws_cluster strategies can check their options here, so the error comes back from
   # start_link instead of as a supervisor's failed_to_start_child.
   defp precheck(strategy, state) do
-    if function_exported?(strategy, :schema, 0) and
-         AWSCluster.Strategy in behaviours(strategy) do
+    if AWSCluster.Strategy.implemented_by?(strategy) and function_exported?(strategy, :schema, 0) do
       with {:ok, _config} <- AWSCluster.Poller.validate(strategy, state), do: :ok
     else
       :ok
     end
-  end
-
-  defp behaviours(module) do
-    module.module_info(:attributes)
-    |> Keyword.get_values(:behaviour)
-    |> List.flatten()
   end
 
   # libcluster's strategies pattern-match on their struct; ours read any map.
