@@ -104,6 +104,10 @@ defmodule AWSCluster.AWS do
   # The NIF enforces operation_timeout itself; this margin only covers message delivery.
   @reply_margin 1_000
 
+  @doc "The option keys `client/1` accepts."
+  @spec client_keys() :: [atom()]
+  def client_keys, do: @client_keys
+
   @doc """
   Builds a client from the options above. Unknown keys and wrong types are rejected
   with `reason: :invalid_argument` and the key in `details.key`.

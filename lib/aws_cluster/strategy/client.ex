@@ -34,15 +34,9 @@ defmodule AWSCluster.Strategy.Client do
     ]
   ]
 
-  @client_keys [
-    :region,
-    :endpoint,
-    :access_key_id,
-    :secret_access_key,
-    :session_token,
-    :max_attempts,
-    :operation_timeout
-  ]
+  # The options above that AWS.client/1 takes (it owns that list). Not every key of a
+  # topology's config: the poller's `:connect_timeout` is for node connects, not AWS.
+  @client_keys Enum.filter(AWS.client_keys(), &Keyword.has_key?(@schema, &1))
 
   @doc "The client options as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()
