@@ -58,8 +58,14 @@ defmodule Demo do
     {members, view} = boot_all(specs, ctx, run_dir, view)
     all_up = now()
 
-    {view, snaps} =
-      await(view, members, 60_000, fn snaps -> Fleet.mesh?(members, snaps) end, "full mesh")
+    {view, _} =
+      await(
+        view,
+        members,
+        phase_timeout(opts),
+        fn snaps -> Fleet.mesh?(members, snaps) end,
+        "full mesh"
+      )
 
     meshed = now()
 
@@ -80,13 +86,24 @@ defmodule Demo do
         "terminating #{victim.instance_id} (#{victim.node}) and stopping its node"
       )
 
+    # Its last word on how many rounds it ran, for the summary.
+    victim_snap = Fleet.snapshot(victim)
     terminated = now()
     terminate(opts.strategy, victim, ctx)
     Fleet.stop(victim)
-    view = Demo.View.stopped(view, victim, Map.get(snaps, victim.node))
+    view = Demo.View.stopped(view, victim, victim_snap)
+
+    # Pruning takes prune_after polls; leave room for slow intervals.
+    prune_timeout = max(phase_timeout(opts), opts.interval * (@prune_after + 2) + 10_000)
 
     {view, _} =
-      await(view, survivors, 60_000, &pruned?(&1, survivors, victim), "#{victim.node} pruned")
+      await(
+        view,
+        survivors,
+        prune_timeout,
+        &pruned?(&1, survivors, victim),
+        "#{victim.node} pruned"
+      )
 
     pruned = now()
 
@@ -98,12 +115,13 @@ defmodule Demo do
       )
 
     # Churn 2: a replacement instance and node.
+    join_started = now()
+
     [spec] =
       Fleet.launch!([Fleet.spec(opts.nodes + 1, prefix: "demo", run: run, host_base: 51)], %{
         "app" => "demo"
       })
 
-    join_started = now()
     attach(opts.strategy, [spec], ctx)
 
     view =
@@ -116,7 +134,10 @@ defmodule Demo do
     {[newcomer], view} = boot_all([spec], ctx, run_dir, view)
     newcomer_up = now()
     all = survivors ++ [newcomer]
-    {view, final} = await(view, all, 60_000, &Fleet.mesh?(all, &1), "#{newcomer.basename} joined")
+
+    {view, final} =
+      await(view, all, phase_timeout(opts), &Fleet.mesh?(all, &1), "#{newcomer.basename} joined")
+
     joined = now()
 
     view =
@@ -136,7 +157,7 @@ defmodule Demo do
       |> Enum.sum()
 
     calls = Fleet.recorded_calls()
-    Enum.each(all, &Fleet.stop/1)
+    all |> Task.async_stream(&Fleet.stop/1, timeout: 30_000) |> Stream.run()
     Moto.kill!()
     Demo.View.finish(view)
 
@@ -267,6 +288,9 @@ defmodule Demo do
     end)
   end
 
+  # Many nodes on one small machine make moto (and every node) slower.
+  defp phase_timeout(opts), do: 60_000 + opts.nodes * 2_000
+
   defp pruned?(snaps, survivors, victim) do
     Enum.all?(survivors, fn m ->
       case snaps[m.node] do
@@ -314,7 +338,7 @@ defmodule Demo do
        "by the nodes (moto request log): #{node_calls}; #{total} over #{secs(r.cluster_time)} of cluster life (#{Float.round(total / minutes, 1)}/min)"},
       {"", "discovery rounds the nodes reported: #{r.polls}" <> rounds_note(r.opts)},
       {"", "by the demo itself (seeding): #{seed_calls}"},
-      {"total", "#{secs(r.total)}; logs in #{r.run_dir} (removed on exit)"}
+      {"total", "#{secs(r.total)}"}
     ]
 
     IO.puts("\n== summary")
@@ -330,7 +354,9 @@ defmodule Demo do
     do: " (each: DescribeAutoScalingGroups + DescribeInstances)"
 
   defp rounds_note(%{strategy: :gossip}), do: " (gossip: announces accepted, no AWS calls)"
-  defp rounds_note(_), do: " (each: one DescribeInstances)"
+
+  defp rounds_note(_),
+    do: " (one DescribeInstances each; the log also has rounds in flight at the end)"
 
   # ── helpers ───────────────────────────────────────────────────────────────────────
 
@@ -488,6 +514,14 @@ defmodule Demo.View do
   defp render(view) do
     o = view.opts
 
+    # A wrapped line would shift every redraw after it, so nothing may be wider than this.
+    cols =
+      case {Integer.parse(System.get_env("DEMO_COLS", "")), :io.columns()} do
+        {{n, ""}, _} -> max(n, 80)
+        {_, {:ok, n}} -> max(n, 80)
+        _ -> 120
+      end
+
     head = [
       "aws_cluster demo · strategy #{o.strategy} · #{o.nodes} nodes · interval #{o.interval} ms · #{stamp(Demo.now() - view.started)}",
       "",
@@ -512,6 +546,7 @@ defmodule Demo.View do
           end
 
         peers = if row.state == :up, do: peers_text(view, view.last[node]), else: ""
+        peers = fit(peers, view.last[node], cols - 60)
 
         "  " <>
           String.pad_leading("#{s.index}", 2) <>
@@ -520,11 +555,27 @@ defmodule Demo.View do
           String.pad_trailing(s.az, 12) <> state <> "  " <> peers
       end
 
-    events = for {t, text} <- Enum.take(view.events, -8), do: "  [#{stamp(t)}] #{text}"
+    events =
+      for {t, text} <- Enum.take(view.events, -8),
+          do: String.slice("  [#{stamp(t)}] #{text}", 0, cols - 1)
+
+    head = Enum.map(head, &String.slice(&1, 0, cols - 1))
     frame = Enum.join(head ++ rows ++ [""] ++ events, "\e[K\n") <> "\e[K\n"
 
     if frame != view.frame, do: IO.write("\e[H" <> frame <> "\e[J")
     %{view | frame: frame}
+  end
+
+  # Many peers: counts instead of indices.
+  defp fit(text, snap, width) do
+    case snap do
+      %{connected: c, members: m} when byte_size(text) > width ->
+        "#{length(c)} connected" <>
+          if(m -- c == [], do: "", else: ", #{length(m -- c)} known but not connected")
+
+      _ ->
+        text
+    end
   end
 
   # "2 3 5 (6)": indices of connected peers; in parentheses, peers discovery still keeps

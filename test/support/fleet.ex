@@ -45,7 +45,8 @@ defmodule AWSCluster.Test.Fleet do
           node: node(),
           pid: pid(),
           os_pid: String.t(),
-          sup: pid(),
+          sup: pid() | nil,
+          log: Path.t(),
           instance_id: String.t() | nil
         }
 
