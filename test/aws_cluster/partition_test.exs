@@ -26,15 +26,17 @@ defmodule AWSCluster.PartitionTest do
 
   setup_all do
     Moto.start!()
-    :ok
+    # The nodes' logs of the last run only, kept for a failure's post-mortem.
+    log_dir = Path.join(System.tmp_dir!(), "aws_cluster_partition_test_logs")
+    File.rm_rf!(log_dir)
+    File.mkdir_p!(log_dir)
+    %{log_dir: log_dir}
   end
 
   setup do
     Moto.fresh!()
-    log_dir = Path.join(System.tmp_dir!(), "aws_cluster_partition_#{System.pid()}")
-    File.mkdir_p!(log_dir)
     # Basenames unique to this run: epmd keys names per host.
-    %{run: "#{System.pid()}x#{System.unique_integer([:positive])}", log_dir: log_dir}
+    %{run: "#{System.pid()}x#{System.unique_integer([:positive])}"}
   end
 
   # Boots `@nodes` nodes with instances tagged for this test; every node is halted when
