@@ -267,7 +267,11 @@ defmodule AWSCluster.Test.Moto do
         args: ["-c", @wrapper, "moto_wrapper", moto, Integer.to_string(state.port), log]
       ])
 
-    wait_until(fn -> match?({200, _}, http(state.port, "GET", "/moto-api/")) end, 30_000) ||
+    AWSCluster.Test.Wait.until(
+      fn -> match?({200, _}, http(state.port, "GET", "/moto-api/")) end,
+      30_000,
+      100
+    ) ||
       raise "moto_server did not answer on 127.0.0.1:#{state.port} within 30 s (log: #{log})"
 
     %{state | moto: port}
@@ -280,7 +284,11 @@ defmodule AWSCluster.Test.Moto do
     Port.command(port, "stop\n")
     Port.close(port)
 
-    wait_until(fn -> http(state.port, "GET", "/moto-api/") == :refused end, 10_000) ||
+    AWSCluster.Test.Wait.until(
+      fn -> http(state.port, "GET", "/moto-api/") == :refused end,
+      10_000,
+      100
+    ) ||
       raise "moto_server on port #{state.port} did not stop"
 
     %{state | moto: nil}
@@ -319,25 +327,6 @@ defmodule AWSCluster.Test.Moto do
     {:ok, port} = :inet.port(socket)
     :gen_tcp.close(socket)
     port
-  end
-
-  @doc false
-  def wait_until(fun, timeout_ms) do
-    poll(fun, System.monotonic_time(:millisecond) + timeout_ms)
-  end
-
-  defp poll(fun, deadline) do
-    cond do
-      fun.() ->
-        true
-
-      System.monotonic_time(:millisecond) > deadline ->
-        false
-
-      true ->
-        Process.sleep(100)
-        poll(fun, deadline)
-    end
   end
 
   @doc """

@@ -3,9 +3,7 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
   # token-hang and down modes, real peer nodes on 127.0.x.y, the real epmd.
   use ExUnit.Case, async: false
 
-  import ExUnit.CaptureIO
-
-  alias AWSCluster.Test.{Cluster, FakeIMDS, Moto, MotoIAM}
+  alias AWSCluster.Test.{Cluster, FakeIMDS, MixTask, Moto, MotoIAM}
 
   @moduletag timeout: 300_000
 
@@ -20,29 +18,9 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     %{tag: "d#{System.unique_integer([:positive])}"}
   end
 
+  # Output as the user sees it: stdout and stderr together.
   defp run_task(args) do
-    parent = self()
-
-    stderr =
-      capture_io(:stderr, fn ->
-        stdout =
-          capture_io(fn ->
-            status =
-              try do
-                Mix.Task.rerun("aws_cluster.doctor", ["--no-compile" | args])
-                0
-              catch
-                :exit, {:shutdown, code} -> code
-              end
-
-            send(parent, {:status, status})
-          end)
-
-        send(parent, {:stdout, stdout})
-      end)
-
-    assert_received {:status, status}
-    assert_received {:stdout, stdout}
+    {status, stdout, stderr} = MixTask.run("aws_cluster.doctor", args)
     {status, stdout <> stderr}
   end
 

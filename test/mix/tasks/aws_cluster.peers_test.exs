@@ -3,9 +3,7 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
   # of those addresses, moto's own IAM enforcement for the AccessDenied cases.
   use ExUnit.Case, async: false
 
-  import ExUnit.CaptureIO
-
-  alias AWSCluster.Test.{Cluster, Moto, MotoIAM}
+  alias AWSCluster.Test.{Cluster, MixTask, Moto, MotoIAM}
 
   @moduletag timeout: 300_000
 
@@ -21,32 +19,8 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     %{tag: tag}
   end
 
-  # Runs the task; returns {exit status, stdout, stderr}.
-  defp run_task(args) do
-    parent = self()
-
-    stderr =
-      capture_io(:stderr, fn ->
-        stdout =
-          capture_io(fn ->
-            status =
-              try do
-                Mix.Task.rerun("aws_cluster.peers", ["--no-compile" | args])
-                0
-              catch
-                :exit, {:shutdown, code} -> code
-              end
-
-            send(parent, {:status, status})
-          end)
-
-        send(parent, {:stdout, stdout})
-      end)
-
-    assert_received {:status, status}
-    assert_received {:stdout, stdout}
-    {status, stdout, stderr}
-  end
+  # {exit status, stdout, stderr}
+  defp run_task(args), do: MixTask.run("aws_cluster.peers", args)
 
   defp seed(tag) do
     specs = [
