@@ -25,7 +25,7 @@ defmodule AWSCluster.Distribution do
     * `:start_epmd` - start `epmd -daemon` when none answers (default `true`).
   """
 
-  alias AWSCluster.{Error, Interface}
+  alias AWSCluster.{Error, Interface, Redacted}
 
   @known [:basename, :interface, :ip, :family, :cookie, :start_epmd]
 
@@ -61,7 +61,12 @@ defmodule AWSCluster.Distribution do
   @doc false
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
-    %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}, restart: :temporary}
+    # The options hold the cookie; see AWSCluster.Redacted.seal_child/1.
+    Redacted.seal_child(%{
+      id: __MODULE__,
+      start: {__MODULE__, :start_link, [opts]},
+      restart: :temporary
+    })
   end
 
   defp boot(name, ip, opts) do

@@ -2,7 +2,7 @@ defmodule AWSCluster.Poller do
   use GenServer
   require Logger
 
-  alias AWSCluster.{Config, Connector, Error, Peers}
+  alias AWSCluster.{Config, Connector, Error, Peers, Redacted}
   alias AWSCluster.Strategy.State
 
   @schema [
@@ -113,7 +113,12 @@ defmodule AWSCluster.Poller do
         {:error, _} -> nil
       end
 
-    %{id: {strategy, topology}, start: {strategy, :start_link, [arg]}, type: :worker}
+    # The options hold AWS keys; see AWSCluster.Redacted.seal_child/1.
+    Redacted.seal_child(%{
+      id: {strategy, topology},
+      start: {strategy, :start_link, [arg]},
+      type: :worker
+    })
   end
 
   @doc "The loop's current view: health, counters, the next delay and each member's misses."

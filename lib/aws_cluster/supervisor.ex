@@ -52,11 +52,11 @@ defmodule AWSCluster.Supervisor do
   @doc false
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
-    %{
+    Redacted.seal_child(%{
       id: Keyword.get(opts, :name, __MODULE__),
       start: {__MODULE__, :start_link, [opts]},
       type: :supervisor
-    }
+    })
   end
 
   @impl true
@@ -82,19 +82,10 @@ defmodule AWSCluster.Supervisor do
          :ok <- precheck(spec.strategy, state) do
       arg = [libcluster_state(state)]
       child = Supervisor.child_spec({spec.strategy, arg}, id: {spec.strategy, topology})
-      {:ok, seal(child)}
+      # Sealed here too: libcluster's own strategies build their specs unsealed.
+      {:ok, Redacted.seal_child(child)}
     end
   end
-
-  # A child that fails to start is reported with its start arguments ("Start Call" in
-  # SASL reports), which hold the topology's options, secrets included: they are
-  # passed wrapped so that only their redacted form can be printed.
-  defp seal(%{start: {m, f, a}} = child),
-    do: %{child | start: {__MODULE__, :start_sealed, [m, f, Redacted.new(a)]}}
-
-  @doc false
-  @spec start_sealed(module(), atom(), Redacted.t()) :: term()
-  def start_sealed(m, f, %Redacted{} = args), do: apply(m, f, Redacted.unwrap(args))
 
   defp apply_mfas(state, spec) do
     Enum.reduce([:connect, :disconnect, :list_nodes], state, fn key, state ->
