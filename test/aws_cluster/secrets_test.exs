@@ -11,7 +11,7 @@ defmodule AWSCluster.SecretsTest do
 
   alias AWSCluster.{Config, Poller}
   alias AWSCluster.Strategy.{EC2, Gossip, State}
-  alias AWSCluster.Test.{FaultProxy, Moto, MotoIAM}
+  alias AWSCluster.Test.{FaultProxy, LogWatch, Moto, MotoIAM, Wait}
 
   @moduletag timeout: 120_000
 
@@ -39,12 +39,23 @@ defmodule AWSCluster.SecretsTest do
 
     try do
       result = fun.()
-      Process.sleep(300)
+      # A poller failing in init logs its crash report after start_link has returned
+      # (unless its supervisor's exit kills it first): reports stay on until it is gone.
+      assert Wait.until(&no_poller_left?/0)
       result
     after
       Application.put_env(:logger, :handle_sasl_reports, previous)
       Logger.configure(handle_sasl_reports: previous)
     end
+  end
+
+  defp no_poller_left? do
+    Enum.all?(Process.list(), fn pid ->
+      case Process.info(pid, :dictionary) do
+        {:dictionary, dict} -> dict[:"$initial_call"] != {AWSCluster.Poller, :init, 1}
+        nil -> true
+      end
+    end)
   end
 
   setup do
@@ -65,14 +76,14 @@ defmodule AWSCluster.SecretsTest do
     end
   end
 
-  defp capture(fun) do
+  # Runs `fun` capturing the log; reports from other processes are logged
+  # asynchronously, so it first waits (bounded) until each of `expected` was logged.
+  defp capture(fun, expected \\ []) do
     parent = self()
 
     log =
       capture_log([level: :debug], fn ->
-        send(parent, {:result, fun.()})
-        # Reports from other processes reach the handler asynchronously.
-        Process.sleep(300)
+        send(parent, {:result, LogWatch.after_logged(expected, fun)})
       end)
 
     assert_received {:result, result}
@@ -95,20 +106,6 @@ defmodule AWSCluster.SecretsTest do
     |> Keyword.merge(extra)
   end
 
-  defp wait_until(fun, ms \\ 20_000) do
-    deadline = System.monotonic_time(:millisecond) + ms
-
-    Stream.repeatedly(fn ->
-      cond do
-        fun.() -> :ok
-        System.monotonic_time(:millisecond) > deadline -> :timeout
-        true -> Process.sleep(50) && nil
-      end
-    end)
-    |> Enum.find(& &1)
-    |> Kernel.==(:ok)
-  end
-
   defp poller(sup) do
     [{_, pid, _, _}] = Supervisor.which_children(sup)
     pid
@@ -119,37 +116,40 @@ defmodule AWSCluster.SecretsTest do
     proxy = start_supervised!({FaultProxy, upstream: Moto.port()})
 
     {_, log} =
-      capture(fn ->
-        MotoIAM.enforce!()
+      capture(
+        fn ->
+          MotoIAM.enforce!()
 
-        try do
-          config = ec2_config(tag, FaultProxy.endpoint(proxy), access_key_id: key)
+          try do
+            config = ec2_config(tag, FaultProxy.endpoint(proxy), access_key_id: key)
 
-          {:ok, sup} =
-            AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
+            {:ok, sup} =
+              AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
 
-          pid = poller(sup)
-          assert wait_until(fn -> Poller.status(pid).health == :failing end)
-          status = Poller.status(pid)
-          assert status.last_error.reason == :unauthorized
-          refute_secrets(status, "Poller.status/1")
+            pid = poller(sup)
+            assert Wait.until(fn -> Poller.status(pid).health == :failing end)
+            status = Poller.status(pid)
+            assert status.last_error.reason == :unauthorized
+            refute_secrets(status, "Poller.status/1")
 
-          # Every fault the proxy has, one after the other.
-          for mode <- [{:status, 500}, :throttle, :truncate, :drop, :refuse] do
-            FaultProxy.set_mode(proxy, mode)
-            failures = Poller.status(pid).failures
-            assert wait_until(fn -> Poller.status(pid).failures > failures end)
-            refute_secrets(Poller.status(pid), "Poller.status/1 under #{inspect(mode)}")
+            # Every fault the proxy has, one after the other.
+            for mode <- [{:status, 500}, :throttle, :truncate, :drop, :refuse] do
+              FaultProxy.set_mode(proxy, mode)
+              failures = Poller.status(pid).failures
+              assert Wait.until(fn -> Poller.status(pid).failures > failures end)
+              refute_secrets(Poller.status(pid), "Poller.status/1 under #{inspect(mode)}")
+            end
+
+            # A crash of the poller prints its state in the crash report.
+            Process.unlink(sup)
+            catch_exit(GenServer.call(pid, :no_such_request))
+            Process.exit(sup, :shutdown)
+          after
+            MotoIAM.relax!()
           end
-
-          # A crash of the poller prints its state in the crash report.
-          Process.unlink(sup)
-          catch_exit(GenServer.call(pid, :no_such_request))
-          Process.exit(sup, :shutdown)
-        after
-          MotoIAM.relax!()
-        end
-      end)
+        end,
+        ["[aws_cluster:sec] discovery failing (unauthorized)", "no_such_request"]
+      )
 
     assert log =~ "[aws_cluster:sec] discovery failing (unauthorized)"
     assert log =~ "no_such_request"
@@ -161,22 +161,53 @@ defmodule AWSCluster.SecretsTest do
     config = ec2_config(tag, Moto.endpoint(), imds_endpoint: down) |> Keyword.delete(:region)
 
     {result, log} =
-      capture(fn ->
-        Process.flag(:trap_exit, true)
+      capture(
+        fn ->
+          Process.flag(:trap_exit, true)
 
-        with_sasl_reports(fn ->
-          AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
-        end)
-      end)
+          with_sasl_reports(fn ->
+            AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
+          end)
+        end,
+        ["[aws_cluster:sec] could not start", "Start Call:"]
+      )
 
     assert {:error, reason} = result
     assert inspect(reason) =~ "region"
     refute_secrets(reason, "the start error")
     assert log =~ "[aws_cluster:sec] could not start"
     # The supervisor's report, with the child's start arguments minus the secrets.
-    assert log =~ "Start Call: AWSCluster.Supervisor.start_sealed(AWSCluster.Strategy.EC2"
+    assert log =~ "Start Call: AWSCluster.Redacted.start_child(AWSCluster.Strategy.EC2"
     assert log =~ ~s(secret_access_key: "**redacted**")
     refute_secrets(log, "the log")
+  end
+
+  test "child specs that fail to start under any supervisor report redacted start arguments",
+       %{tag: tag} do
+    down = "http://127.0.0.1:#{Moto.free_port()}"
+    config = ec2_config(tag, Moto.endpoint(), imds_endpoint: down) |> Keyword.delete(:region)
+
+    children = [
+      {AWSCluster.Distribution, basename: "x", ip: "1.2.3", cookie: @cookie},
+      {EC2, topology: :sec_child, config: config},
+      {AWSCluster.Supervisor, topologies: [sec_sup: [strategy: EC2, config: config]]}
+    ]
+
+    for {module, _} = child <- children do
+      {result, log} =
+        capture(
+          fn ->
+            Process.flag(:trap_exit, true)
+            with_sasl_reports(fn -> Supervisor.start_link([child], strategy: :one_for_one) end)
+          end,
+          ["Start Call: AWSCluster.Redacted.start_child(#{inspect(module)}"]
+        )
+
+      assert {:error, _} = result
+      refute_secrets(result, "the start error of #{inspect(module)}")
+      assert log =~ "**redacted**"
+      refute_secrets(log, "the log of #{inspect(module)}")
+    end
   end
 
   test "invalid config: errors never echo a secret" do
@@ -226,6 +257,8 @@ defmodule AWSCluster.SecretsTest do
       fn -> AWSCluster.AWS.client(%{secret_access_key: @aws_secret}) end
     ]
 
+    # Each case fails validating, in the calling process, before anything is started:
+    # no report can come later, so nothing is waited for.
     for {fun, i} <- Enum.with_index(cases) do
       {result, log} = capture(fun)
       assert {:error, _} = result, "case #{i} did not fail: #{inspect(result)}"
@@ -238,39 +271,45 @@ defmodule AWSCluster.SecretsTest do
     port = free_udp_port()
 
     {_, log} =
-      capture(fn ->
-        Process.flag(:trap_exit, true)
+      capture(
+        fn ->
+          Process.flag(:trap_exit, true)
 
-        {:ok, pid} =
-          Gossip.start_link(
-            topology: :sec_gossip,
-            config: [
-              secrets: [@gossip_secret, @gossip_old],
-              port: port,
-              if_addr: "127.0.0.1",
-              seeds: ["127.0.0.1:#{free_udp_port()}"],
-              announce_interval: 100,
-              stats_log_interval: 100
-            ]
-          )
+          {:ok, pid} =
+            Gossip.start_link(
+              topology: :sec_gossip,
+              config: [
+                secrets: [@gossip_secret, @gossip_old],
+                port: port,
+                if_addr: "127.0.0.1",
+                seeds: ["127.0.0.1:#{free_udp_port()}"],
+                announce_interval: 100,
+                stats_log_interval: 100
+              ]
+            )
 
-        {:ok, socket} = :gen_udp.open(0, [:binary, ip: {127, 0, 0, 1}])
-        for _ <- 1..20, do: :gen_udp.send(socket, {127, 0, 0, 1}, port, "heartbeat::garbage")
-        :gen_udp.close(socket)
-        # UDP: count what arrived, not what was sent.
-        assert wait_until(fn -> Gossip.stats(pid).rejected_total >= 10 end)
-        refute_secrets(Gossip.stats(pid), "Gossip.stats/1")
-        refute_secrets(Gossip.peers(pid), "Gossip.peers/1")
+          {:ok, socket} = :gen_udp.open(0, [:binary, ip: {127, 0, 0, 1}])
+          for _ <- 1..20, do: :gen_udp.send(socket, {127, 0, 0, 1}, port, "heartbeat::garbage")
+          :gen_udp.close(socket)
+          # UDP: count what arrived, not what was sent.
+          assert Wait.until(fn -> Gossip.stats(pid).rejected_total >= 10 end)
+          refute_secrets(Gossip.stats(pid), "Gossip.stats/1")
+          refute_secrets(Gossip.peers(pid), "Gossip.peers/1")
 
-        assert {:error, e} = Gossip.rotate(pid, ["short"])
-        refute_secrets(e, "a rotation error")
-        assert :ok = Gossip.rotate(pid, [@gossip_old, @gossip_secret])
-        # Give the rejects summary (stats_log_interval) time to be logged.
-        Process.sleep(300)
+          assert {:error, e} = Gossip.rotate(pid, ["short"])
+          refute_secrets(e, "a rotation error")
+          assert :ok = Gossip.rotate(pid, [@gossip_old, @gossip_secret])
 
-        catch_exit(GenServer.call(pid, :no_such_request))
-        assert_receive {:EXIT, ^pid, _}, 5_000
-      end)
+          catch_exit(GenServer.call(pid, :no_such_request))
+          assert_receive {:EXIT, ^pid, _}, 5_000
+        end,
+        # The rejects summary comes every stats_log_interval.
+        [
+          "[aws_cluster:sec_gossip] gossip started",
+          "[aws_cluster:sec_gossip] dropped",
+          "no_such_request"
+        ]
+      )
 
     assert log =~ "[aws_cluster:sec_gossip] gossip started"
     assert log =~ "[aws_cluster:sec_gossip] dropped"
