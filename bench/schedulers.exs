@@ -37,7 +37,11 @@ defmodule Bench.Schedulers do
     {:ok, proxy} = :peer.call(peer, GenServer, :start, [FaultProxy, [upstream: Moto.port()]])
     endpoint = :peer.call(peer, FaultProxy, :endpoint, [proxy])
     :ok = :peer.call(peer, FaultProxy, :set_mode, [proxy, {:delay, @delay}])
-    {:ok, client} = AWS.client(Moto.client_opts(endpoint: endpoint))
+    # moto answers 1,000 requests at once slowly: no SDK timeout may cut the load short.
+    {:ok, client} =
+      AWS.client(
+        Moto.client_opts(endpoint: endpoint, operation_timeout: 300_000, connect_timeout: 60_000)
+      )
 
     ours = fn -> AWS.describe_instances(client, Map.new(@filters)) end
 
@@ -70,6 +74,7 @@ defmodule Bench.Schedulers do
     parent = self()
     collector = spawn(fn -> collect([]) end)
     :erlang.system_monitor(collector, [{:long_schedule, 1}])
+    preempted0 = scheduler_preemptions()
     t0 = now()
 
     callers =
@@ -92,6 +97,7 @@ defmodule Bench.Schedulers do
 
     wall = now() - t0
     :erlang.system_monitor(:undefined)
+    preempted = scheduler_preemptions() - preempted0
     send(collector, {:events, self()})
     events = receive(do: ({:events, events} -> events))
     caller_set = MapSet.new(callers)
@@ -105,6 +111,7 @@ defmodule Bench.Schedulers do
       total_ms: events |> Enum.map(fn {_, info} -> info[:timeout] end) |> Enum.sum(),
       max_ms: events |> Enum.map(fn {_, info} -> info[:timeout] end) |> Enum.max(fn -> 0 end),
       wall_ms: wall,
+      preempted: preempted,
       peak: peak_in_flight(done),
       ok: Enum.count(done, fn {_, _, _, o} -> o == :ok end),
       errors: done |> Enum.map(&elem(&1, 3)) |> Enum.reject(&(&1 == :ok)) |> Enum.frequencies(),
@@ -183,6 +190,28 @@ defmodule Bench.Schedulers do
 
   defp now, do: System.monotonic_time(:microsecond)
 
+  # long_schedule measures wall time, so a scheduler thread the OS takes off its core
+  # (this machine is shared) shows up as a long schedule of whatever process it was
+  # running. The kernel's count of involuntary context switches of the scheduler
+  # threads tells how often that happened.
+  defp scheduler_preemptions do
+    dir = "/proc/#{System.pid()}/task"
+
+    dir
+    |> File.ls!()
+    |> Enum.map(fn tid ->
+      with {:ok, comm} <- File.read(Path.join([dir, tid, "comm"])),
+           true <- comm =~ ~r/^\d+_scheduler$/,
+           {:ok, status} <- File.read(Path.join([dir, tid, "status"])),
+           [_, n] <- Regex.run(~r/nonvoluntary_ctxt_switches:\s+(\d+)/, status) do
+        String.to_integer(n)
+      else
+        _ -> 0
+      end
+    end)
+    |> Enum.sum()
+  end
+
   defp header do
     IO.puts("""
     P1 schedulers: #{@calls} concurrent DescribeInstances calls (#{@instances} instances \
@@ -201,7 +230,8 @@ defmodule Bench.Schedulers do
       "#{String.pad_trailing(name, 34)} long_schedule=#{r.events} " <>
         "(callers #{r.from_callers}, other #{r.other}) max=#{r.max_ms} ms sum=#{r.total_ms} ms  " <>
         "wall=#{Float.round(r.wall_ms / 1.0e6, 2)} s  peak in flight=#{r.peak}  " <>
-        "ok=#{r.ok}/#{@calls}  proxied DescribeInstances=#{r.proxied}#{errors}"
+        "ok=#{r.ok}/#{@calls}  proxied DescribeInstances=#{r.proxied}  " <>
+        "scheduler threads preempted by the OS=#{r.preempted}#{errors}"
     )
 
     for {_who, info} <- r.sample do

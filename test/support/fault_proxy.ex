@@ -198,7 +198,10 @@ defmodule AWSCluster.Test.FaultProxy do
   end
 
   defp forward(request, upstream) do
-    with {:ok, up} <- :gen_tcp.connect({127, 0, 0, 1}, upstream, [:binary, active: false], 5_000),
+    # Generous: with 1,000 requests at once moto's accept queue (128) overflows and the
+    # kernel retries the connect for tens of seconds; a refused port still fails at once.
+    with {:ok, up} <-
+           :gen_tcp.connect({127, 0, 0, 1}, upstream, [:binary, active: false], 60_000),
          :ok <- :gen_tcp.send(up, request),
          {:ok, response} <- read_message(up, "", :response) do
       :gen_tcp.close(up)
