@@ -232,7 +232,13 @@ defmodule AWSCluster.Poller do
     d = s.discovery
     Process.cancel_timer(d.timer)
 
-    error = Error.new(:internal, "discovery process exited: #{inspect(reason)}", %{exit: reason})
+    error =
+      Error.new(
+        :internal,
+        "#{inspect(s.strategy)}'s discovery process exited before answering " <>
+          "(exit reason in details.exit)",
+        %{exit: reason}
+      )
 
     {:noreply, finish(%{s | discovery: nil}, d, {:error, error})}
   end
@@ -257,7 +263,9 @@ defmodule AWSCluster.Poller do
     )
 
     {pid, monitor} =
-      spawn_monitor(fn -> send(parent, {:discovered, ref, run(strategy, strategy_state)}) end)
+      spawn_monitor(fn ->
+        send(parent, {:discovered, ref, discover(strategy, strategy_state)})
+      end)
 
     timer = Process.send_after(self(), {:discovery_timeout, ref}, s.config.discovery_timeout)
 
@@ -267,19 +275,29 @@ defmodule AWSCluster.Poller do
 
   defp start_discovery(s), do: s
 
-  # Runs in the discovery process: an exception becomes an error result, not a crash
-  # report per poll.
-  defp run(strategy, strategy_state) do
+  @doc false
+  # `strategy.discover/1` with a raise, throw or exit turned into an error result: the
+  # poller's discovery process would otherwise leave a crash report per poll, and a
+  # diagnostic task (AWSCluster.Probe) would die. The raw term stays in `details`.
+  @spec discover(module(), term()) :: term()
+  def discover(strategy, strategy_state) do
     strategy.discover(strategy_state)
   rescue
     e ->
       {:error,
-       Error.new(:internal, "discovery raised: " <> Exception.message(e), %{
+       Error.new(:internal, "#{inspect(strategy)}.discover/1 raised: " <> Exception.message(e), %{
          exception: e.__struct__
        })}
   catch
     kind, reason ->
-      {:error, Error.new(:internal, "discovery failed: #{inspect({kind, reason})}")}
+      what = if kind == :throw, do: "threw a value", else: "exited"
+
+      {:error,
+       Error.new(
+         :internal,
+         "#{inspect(strategy)}.discover/1 #{what} (the term is in details.#{kind})",
+         %{kind => reason}
+       )}
   end
 
   defp finish(s, d, result) do
@@ -334,7 +352,9 @@ defmodule AWSCluster.Poller do
     {:error,
      Error.new(
        :bad_response,
-       "#{inspect(s.strategy)}.discover/1 returned #{inspect(other, limit: 5)}"
+       "#{inspect(s.strategy)}.discover/1 returned neither {:ok, peers}, " <>
+         "{:ok, peers, gone} nor {:error, %AWSCluster.Error{}} (the value is in details.returned)",
+       %{returned: other}
      )}
   end
 

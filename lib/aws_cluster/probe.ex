@@ -44,14 +44,7 @@ defmodule AWSCluster.Probe do
   @doc "Whether `module` is an aws_cluster polling strategy (`AWSCluster.Strategy`)."
   @spec polling_strategy?(module()) :: boolean()
   def polling_strategy?(module) do
-    Code.ensure_loaded?(module) and function_exported?(module, :discover, 1) and
-      AWSCluster.Strategy in behaviours(module)
-  end
-
-  defp behaviours(module) do
-    module.module_info(:attributes)
-    |> Keyword.get_values(:behaviour)
-    |> List.flatten()
+    AWSCluster.Strategy.implemented_by?(module) and function_exported?(module, :discover, 1)
   end
 
   @doc """
@@ -111,25 +104,32 @@ defmodule AWSCluster.Probe do
   # The strategy's discover/1 may block (AWS calls); a task keeps the caller's mailbox
   # clean of the async NIF replies and bounds the wait.
   defp run(strategy, strategy_state, timeout) do
-    task = Task.async(fn -> safely(fn -> strategy.discover(strategy_state) end) end)
+    task = Task.async(fn -> Poller.discover(strategy, strategy_state) end)
 
     case Task.yield(task, timeout) || Task.shutdown(task, :brutal_kill) do
       {:ok, {:ok, peers}} -> {:ok, peers, []}
       {:ok, {:ok, peers, gone}} -> {:ok, peers, gone}
       {:ok, {:error, %Error{}} = error} -> error
-      {:ok, other} -> {:error, Error.new(:bad_response, "discover/1 returned #{inspect(other)}")}
-      {:exit, reason} -> {:error, Error.new(:internal, "discovery exited: #{inspect(reason)}")}
+      {:ok, other} -> {:error, bad_answer(strategy, other)}
+      {:exit, reason} -> {:error, exited(strategy, reason)}
       nil -> {:error, Error.new(:timeout, "discovery gave no answer within #{timeout} ms")}
     end
   end
 
-  # The task is linked to the caller: a raise inside discover/1 must come back as an
-  # error, not take the mix task down with a crash report.
-  defp safely(fun) do
-    fun.()
-  rescue
-    e -> {:error, Error.new(:internal, "discovery raised: " <> Exception.message(e))}
-  catch
-    kind, reason -> {:error, Error.new(:internal, "discovery failed: #{inspect({kind, reason})}")}
+  defp bad_answer(strategy, other) do
+    Error.new(
+      :bad_response,
+      "#{inspect(strategy)}.discover/1 returned neither {:ok, peers}, {:ok, peers, gone} " <>
+        "nor {:error, %AWSCluster.Error{}} (the value is in details.returned)",
+      %{returned: other}
+    )
+  end
+
+  defp exited(strategy, reason) do
+    Error.new(
+      :internal,
+      "#{inspect(strategy)}'s discovery exited before answering (exit reason in details.exit)",
+      %{exit: reason}
+    )
   end
 end
