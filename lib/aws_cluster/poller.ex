@@ -83,6 +83,7 @@ defmodule AWSCluster.Poller do
           failures: non_neg_integer(),
           throttles: non_neg_integer(),
           polls: non_neg_integer(),
+          connecting: boolean(),
           next_delay: non_neg_integer() | nil,
           members: %{node() => non_neg_integer()}
         }
@@ -121,7 +122,12 @@ defmodule AWSCluster.Poller do
     })
   end
 
-  @doc "The loop's current view: health, counters, the next delay and each member's misses."
+  @doc """
+  The loop's current view: health, counters, the next delay and each member's misses.
+
+  `polls` counts finished discovery rounds. Connects and disconnects run after a round
+  in a separate process; `connecting` is `true` while such a round runs or waits.
+  """
   @spec status(GenServer.server()) :: status()
   def status(server), do: GenServer.call(server, :status)
 
@@ -199,6 +205,7 @@ defmodule AWSCluster.Poller do
       failures: s.failures,
       throttles: s.throttles,
       polls: s.polls,
+      connecting: s.round != nil or s.round_pending,
       next_delay: s.next_delay,
       members: Map.new(s.members, fn {node, m} -> {node, m.misses} end)
     }

@@ -22,28 +22,34 @@ defmodule AWSCluster.PollerTelemetryTest do
 
     meta = %{topology: :tele, strategy: Discovery}
     req = await_request()
-    assert_receive {:telemetry, [:aws_cluster, :discovery, :start], %{system_time: _}, ^meta}
+
+    assert_receive {:telemetry, [:aws_cluster, :discovery, :start], %{system_time: _}, ^meta},
+                   5_000
 
     reply(req, {:ok, [peer(:a), peer(:b)]})
 
     assert_receive {:telemetry, [:aws_cluster, :discovery, :stop], %{duration: d, peers: 2},
-                    ^meta}
+                    ^meta},
+                   5_000
 
     assert is_integer(d) and d >= 0
 
     for n <- [:"a@127.0.0.1", :"b@127.0.0.1"] do
       assert_receive {:telemetry, [:aws_cluster, :node, :connect], %{count: 1},
-                      %{topology: :tele, node: ^n}}
+                      %{topology: :tele, node: ^n}},
+                     5_000
     end
 
     reply(await_request(), {:error, Error.new(:throttled, "slow down")})
 
     assert_receive {:telemetry, [:aws_cluster, :discovery, :exception], %{duration: _},
-                    %{topology: :tele, strategy: Discovery, reason: :throttled}}
+                    %{topology: :tele, strategy: Discovery, reason: :throttled}},
+                   5_000
 
     reply(await_request(), {:ok, [peer(:a)]})
 
     assert_receive {:telemetry, [:aws_cluster, :node, :disconnect], %{count: 1},
-                    %{topology: :tele, node: :"b@127.0.0.1"}}
+                    %{topology: :tele, node: :"b@127.0.0.1"}},
+                   5_000
   end
 end

@@ -7,7 +7,7 @@ defmodule AWSCluster.PollerTest do
   import AWSCluster.Test.Discovery, only: [answer: 1, await_request: 0, peer: 1, peer: 2, peer: 3]
 
   alias AWSCluster.{Error, Poller}
-  alias AWSCluster.Test.{Discovery, Nodes}
+  alias AWSCluster.Test.{Discovery, Nodes, Wait}
 
   @a :"a@127.0.0.1"
   @b :"b@127.0.0.1"
@@ -35,6 +35,11 @@ defmodule AWSCluster.PollerTest do
 
   defp members(pid), do: Poller.status(pid).members
 
+  # Connects and disconnects run in their own process after each round. Once `step/2`
+  # has returned no new round can start until the test answers, so when none runs or
+  # waits, a refute below covers everything the rounds so far did.
+  defp settle(pid), do: assert(Wait.until(fn -> not Poller.status(pid).connecting end, 5_000))
+
   # Answers the pending round with `result` and waits for the next request, which
   # proves the round was fully handled. Returns the next request.
   defp step(req, result) do
@@ -49,10 +54,11 @@ defmodule AWSCluster.PollerTest do
   test "connects every discovered peer through the connect MFA, once" do
     %{pid: pid} = start()
     req = step(await_request(), {:ok, [peer(:a), peer(:b), peer(:c)]})
-    for n <- [@a, @b, @c], do: assert_receive({:connect, ^n})
+    for n <- [@a, @b, @c], do: assert_receive({:connect, ^n}, 5_000)
     assert Map.keys(members(pid)) |> Enum.sort() == [@a, @b, @c]
     # Listed by list_nodes now: not connected again.
     _ = step(req, {:ok, [peer(:a), peer(:b), peer(:c)]})
+    settle(pid)
     refute_received {:connect, _}
   end
 
@@ -67,17 +73,17 @@ defmodule AWSCluster.PollerTest do
     }
 
     start_supervised!({Discovery, [state]})
-    assert_receive {:discovery_init, _, normalized}
+    assert_receive {:discovery_init, _, normalized}, 5_000
     assert normalized.connect == {Nodes, :connect, [self()]}
     assert normalized.list_nodes == {:erlang, :nodes, [:connected]}
     answer({:ok, [peer(:a)]})
-    assert_receive {:connect, @a}
+    assert_receive {:connect, @a}, 5_000
   end
 
   test "prunes after exactly prune_after complete answers without the peer; errors do not count" do
     %{pid: pid} = start(prune_after: 3)
     req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
-    assert_receive {:connect, @b}
+    assert_receive {:connect, @b}, 5_000
 
     req = step(req, {:ok, [peer(:a)]})
     assert members(pid)[@b] == 1
@@ -87,11 +93,13 @@ defmodule AWSCluster.PollerTest do
 
     req = step(req, {:ok, [peer(:a)]})
     assert members(pid)[@b] == 2
+    settle(pid)
     refute_received {:disconnect, @b}
 
     _ = step(req, {:ok, [peer(:a)]})
-    assert_receive {:disconnect, @b}
+    assert_receive {:disconnect, @b}, 5_000
     assert Map.keys(members(pid)) == [@a]
+    settle(pid)
     refute_received {:disconnect, @a}
   end
 
@@ -104,37 +112,39 @@ defmodule AWSCluster.PollerTest do
     assert members(pid)[@b] == 0
     _ = step(req, {:ok, [peer(:a)]})
     assert members(pid)[@b] == 1
+    settle(pid)
     refute_received {:disconnect, _}
   end
 
   test "prune_after: false never prunes" do
     %{pid: pid} = start(prune_after: false)
     req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
-    assert_receive {:connect, @b}
+    assert_receive {:connect, @b}, 5_000
     req = Enum.reduce(1..6, req, fn _, req -> step(req, {:ok, [peer(:a)]}) end)
     assert members(pid)[@b] == 6
     _ = step(req, {:ok, [peer(:a)], ["i-b"]})
     assert members(pid)[@b] == 7
+    settle(pid)
     refute_received {:disconnect, _}
   end
 
   test "a peer reported terminating is pruned at once, by instance id or by node" do
     %{pid: pid} = start(prune_after: 5)
     req = step(await_request(), {:ok, [peer(:a), peer(:b), peer(:c)]})
-    assert_receive {:connect, @b}
-    assert_receive {:connect, @c}
+    assert_receive {:connect, @b}, 5_000
+    assert_receive {:connect, @c}, 5_000
 
     req = step(req, {:ok, [peer(:a), peer(:b)], ["i-b"]})
-    assert_receive {:disconnect, @b}
+    assert_receive {:disconnect, @b}, 5_000
     _ = step(req, {:ok, [peer(:a)], [@c]})
-    assert_receive {:disconnect, @c}
+    assert_receive {:disconnect, @c}, 5_000
     assert Map.keys(members(pid)) == [@a]
   end
 
   test "the last good set is kept on every kind of error" do
     %{pid: pid} = start(prune_after: 1, discovery_timeout: 300)
     req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
-    assert_receive {:connect, @b}
+    assert_receive {:connect, @b}, 5_000
 
     failures = [
       error(:throttled),
@@ -161,6 +171,7 @@ defmodule AWSCluster.PollerTest do
       req
     end)
 
+    settle(pid)
     refute_received {:disconnect, _}
     assert Poller.status(pid).failures == length(failures)
   end
@@ -221,10 +232,10 @@ defmodule AWSCluster.PollerTest do
     )
 
     answer({:ok, [peer(:a), peer(:b), peer(:c)]})
-    assert_receive {:connect_hang, @b, hung}
+    assert_receive {:connect_hang, @b, hung}, 5_000
     ref = Process.monitor(hung)
-    assert_receive {:connect, @a}
-    assert_receive {:connect, @c}
+    assert_receive {:connect, @a}, 5_000
+    assert_receive {:connect, @c}, 5_000
     assert_receive {:DOWN, ^ref, :process, ^hung, :killed}, 5_000
   end
 
@@ -332,14 +343,21 @@ defmodule AWSCluster.PollerTest do
 
     stop_supervised!({Discovery, topology})
     # The registry drops a dead poller's rows.
-    assert wait_until(fn -> AWSCluster.node_info(n1) |> elem(0) == :error end)
+    assert Wait.until(fn -> AWSCluster.node_info(n1) |> elem(0) == :error end, 5_000)
   end
 
-  defp wait_until(fun, tries \\ 100) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> Process.sleep(20) && wait_until(fun, tries - 1)
-    end
+  test "an answer with more than max_peers peers is refused; the last good set is kept" do
+    %{pid: pid} = start(max_peers: 2, prune_after: 1)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+    for n <- [@a, @b], do: assert_receive({:connect, ^n}, 5_000)
+
+    _ = step(req, {:ok, [peer(:a), peer(:b), peer(:c)]})
+    status = Poller.status(pid)
+    assert status.health == :failing
+    assert %Error{reason: :too_many_peers, details: %{count: 3, max_peers: 2}} = status.last_error
+    assert Map.keys(status.members) |> Enum.sort() == [@a, @b]
+    settle(pid)
+    refute_received {:connect, @c}
+    refute_received {:disconnect, _}
   end
 end

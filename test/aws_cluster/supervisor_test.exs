@@ -17,14 +17,14 @@ defmodule AWSCluster.SupervisorTest do
   test "runs each topology with libcluster's [state] and the given MFAs" do
     sup = start_supervised!({AWSCluster.Supervisor, topologies: [topology(:one), topology(:two)]})
 
-    assert_receive {:discovery_init, _, %{topology: t1, connect: {Nodes, :connect, _}}}
-    assert_receive {:discovery_init, _, %{topology: t2}}
+    assert_receive {:discovery_init, _, %{topology: t1, connect: {Nodes, :connect, _}}}, 5_000
+    assert_receive {:discovery_init, _, %{topology: t2}}, 5_000
     assert Enum.sort([t1, t2]) == [:one, :two]
 
     answer({:ok, [peer(:a)]})
     answer({:ok, [peer(:b)]})
-    assert_receive {:connect, :"a@127.0.0.1"}
-    assert_receive {:connect, :"b@127.0.0.1"}
+    assert_receive {:connect, :"a@127.0.0.1"}, 5_000
+    assert_receive {:connect, :"b@127.0.0.1"}, 5_000
 
     ids = for {id, _, _, _} <- Supervisor.which_children(sup), do: id
     assert Enum.sort(ids) == [{Discovery, :one}, {Discovery, :two}]
@@ -36,7 +36,7 @@ defmodule AWSCluster.SupervisorTest do
        topologies: [plain: [strategy: Discovery, config: [test_pid: self()]]]}
     )
 
-    assert_receive {:discovery_init, _, state}
+    assert_receive {:discovery_init, _, state}, 5_000
     assert state.connect == {:net_kernel, :connect_node, []}
     assert state.disconnect == {:erlang, :disconnect_node, []}
     assert state.list_nodes == {:erlang, :nodes, [:connected]}
