@@ -8,7 +8,7 @@ defmodule AWSCluster.ReadmeTest do
 
   alias AWSCluster.Gossip.Codec
   alias AWSCluster.Strategy.{EC2, Gossip, State}
-  alias AWSCluster.Test.Moto
+  alias AWSCluster.Test.{Moto, Wait}
 
   @moduletag timeout: 120_000
   @readme Path.expand("../README.md", __DIR__)
@@ -133,20 +133,6 @@ defmodule AWSCluster.ReadmeTest do
       )
     end
 
-    defp wait_until(fun, ms \\ 20_000) do
-      deadline = System.monotonic_time(:millisecond) + ms
-
-      Stream.repeatedly(fn ->
-        cond do
-          fun.() -> :ok
-          System.monotonic_time(:millisecond) > deadline -> :timeout
-          true -> Process.sleep(50) && nil
-        end
-      end)
-      |> Enum.find(& &1)
-      |> Kernel.==(:ok)
-    end
-
     test "the EC2 example finds the instances tagged app=chat, started both ways" do
       Moto.run_instances!([
         %{ip: "127.0.1.80", tags: %{"app" => "chat"}},
@@ -168,7 +154,7 @@ defmodule AWSCluster.ReadmeTest do
 
       {:ok, pid} = spec[:strategy].start_link([libcluster_state])
 
-      assert wait_until(fn ->
+      assert Wait.until(fn ->
                Map.keys(AWSCluster.Poller.status(pid).members) == [:"chat@127.0.1.80"]
              end)
 
@@ -182,7 +168,7 @@ defmodule AWSCluster.ReadmeTest do
       sup = start_supervised!(supervisor_child)
       [{_, poller, _, _}] = Supervisor.which_children(sup)
 
-      assert wait_until(fn ->
+      assert Wait.until(fn ->
                Map.keys(AWSCluster.Poller.status(poller).members) == [:"chat@127.0.1.80"]
              end)
     end

@@ -5,7 +5,7 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
 
   alias AWSCluster.{Error, Poller}
   alias AWSCluster.Strategy.AutoScaling
-  alias AWSCluster.Test.{FakeIMDS, Moto, Nodes}
+  alias AWSCluster.Test.{FakeIMDS, Moto, Nodes, Wait}
 
   @moduletag timeout: 300_000
 
@@ -38,15 +38,16 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
   defp start(topology, extra) do
     table = Nodes.table()
     arg = [topology: topology, config: config(extra)] ++ Nodes.mfas(self(), table)
-    start_supervised!({AutoScaling, arg})
+    %{pid: start_supervised!({AutoScaling, arg}), table: table}
   end
 
-  defp connects(acc \\ []) do
-    receive do
-      {:connect, node} -> connects([node | acc])
-    after
-      1_500 -> Enum.sort(acc)
-    end
+  # Waits (bounded) until a poll has completed and its connects are done with exactly
+  # `nodes` connected; each poll connects everything its answer holds.
+  defp connected?(%{pid: pid, table: table}, nodes) do
+    Wait.until(fn ->
+      s = Poller.status(pid)
+      s.polls > 0 and not s.connecting and Enum.sort(Nodes.list_nodes(table)) == Enum.sort(nodes)
+    end)
   end
 
   test "only InService and Healthy instances of the named group are peers",
@@ -54,16 +55,16 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
     Moto.set_health!(i2, "Unhealthy")
     Moto.standby!(group, [i3])
 
-    pid = start(:asg_named, groups: [group])
-    assert connects() == Enum.sort([n1, n4, n5])
+    %{pid: pid} = started = start(:asg_named, groups: [group])
+    assert connected?(started, [n1, n4, n5])
     assert Poller.status(pid).members |> Map.keys() |> Enum.sort() == Enum.sort([n1, n4, n5])
     assert {:ok, %{instance_id: ^i4, availability_zone: "us-east-1b"}} = AWSCluster.node_info(n4)
   end
 
   test "the node's own group is found through IMDS", %{group: group, ids: [i1 | _], nodes: nodes} do
     imds = start_supervised!({FakeIMDS, instance_id: i1, auto_scaling_group: group})
-    start(:asg_own, imds_endpoint: FakeIMDS.endpoint(imds))
-    assert connects() == Enum.sort(nodes)
+    started = start(:asg_own, imds_endpoint: FakeIMDS.endpoint(imds))
+    assert connected?(started, nodes)
     assert Enum.any?(FakeIMDS.requests(imds), fn {_, path, _} -> path =~ "autoscaling" end)
   end
 
@@ -72,8 +73,8 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
     # moto may or may not tag attached instances; tag them as AWS does.
     Moto.tag!(ids, %{"aws:autoscaling:groupName" => group})
     imds = start_supervised!({FakeIMDS, instance_id: i1, auto_scaling_group: nil})
-    start(:asg_tag, imds_endpoint: FakeIMDS.endpoint(imds))
-    assert connects() == Enum.sort(nodes)
+    started = start(:asg_tag, imds_endpoint: FakeIMDS.endpoint(imds))
+    assert connected?(started, nodes)
   end
 
   test "IMDS down: start fails with an error naming what to configure" do
@@ -93,20 +94,13 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
 
   test "a configured group that does not exist is an error, not an empty answer",
        %{group: group} do
-    pid = start(:asg_missing, groups: [group, "no-such-group"])
-    assert wait_until(fn -> Poller.status(pid).health == :failing end)
+    %{pid: pid} = start(:asg_missing, groups: [group, "no-such-group"])
+    assert Wait.until(fn -> Poller.status(pid).health == :failing end)
+    assert Wait.until(fn -> not Poller.status(pid).connecting end)
     status = Poller.status(pid)
     assert status.last_error.reason == :not_found
     assert status.last_error.message =~ "no-such-group"
     assert status.members == %{}
     refute_received {:connect, _}
-  end
-
-  defp wait_until(fun, tries \\ 200) do
-    cond do
-      fun.() -> true
-      tries == 0 -> false
-      true -> Process.sleep(50) && wait_until(fun, tries - 1)
-    end
   end
 end
