@@ -5,7 +5,7 @@ defmodule AWSCluster.Strategy.EC2Test do
 
   alias AWSCluster.Poller
   alias AWSCluster.Strategy.EC2
-  alias AWSCluster.Test.{Cluster, FaultProxy, Moto, Nodes, StrategyPeer}
+  alias AWSCluster.Test.{Cluster, FaultProxy, Moto, Nodes, StrategyPeer, Wait}
 
   @moduletag timeout: 600_000
   @interval 300
@@ -81,18 +81,48 @@ defmodule AWSCluster.Strategy.EC2Test do
     end)
   end
 
-  defp wait_until(fun, timeout_ms \\ 30_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout_ms
+  defp wait_until(fun), do: Wait.until(fun, 30_000)
 
-    Stream.repeatedly(fn ->
-      cond do
-        fun.() -> :ok
-        System.monotonic_time(:millisecond) > deadline -> :timeout
-        true -> Process.sleep(50) && nil
+  # Samples every peer's poller until `done?.(peer, status)` holds for each; returns each
+  # node's `polls` counter at the first sample where it held (a node missing from the
+  # map never got there within 30 s).
+  defp polls_when(peers, done?) do
+    Enum.reduce_while(1..1_500, %{}, fn _, seen ->
+      seen =
+        for p <- peers, not Map.has_key?(seen, p.node), reduce: seen do
+          seen ->
+            s = status(p)
+            if done?.(p, s), do: Map.put(seen, p.node, s.polls), else: seen
+        end
+
+      if map_size(seen) == length(peers) do
+        {:halt, seen}
+      else
+        Process.sleep(20)
+        {:cont, seen}
       end
     end)
-    |> Enum.find(& &1)
-    |> Kernel.==(:ok)
+  end
+
+  defp polls(peers), do: Map.new(peers, &{&1.node, status(&1).polls})
+
+  # "Within one polling interval of the fault clearing", counted in each node's own
+  # rounds: the round in flight when it cleared may still fail, the next must succeed.
+  defp assert_current_within_two_polls(peers, cleared, at, what) do
+    for p <- peers do
+      assert Map.has_key?(at, p.node), "#{p.node} not current 30 s after #{what}"
+      rounds = at[p.node] - cleared[p.node]
+      assert rounds <= 2, "#{p.node} current only #{rounds} polls after #{what}"
+    end
+  end
+
+  # Healthy, and every other node of `peers` in its known set.
+  defp current?(peers) do
+    nodes = Enum.map(peers, & &1.node)
+
+    fn p, s ->
+      s.health == :healthy and Enum.all?(nodes -- [p.node], &Map.has_key?(s.members, &1))
+    end
   end
 
   @ips ["127.0.1.11", "127.0.1.12", "127.0.2.11", "127.0.2.12", "127.0.3.11", "127.0.3.12"]
@@ -197,8 +227,6 @@ defmodule AWSCluster.Strategy.EC2Test do
       end)
     end
 
-    healthy = fn -> Enum.all?(peers, &(status(&1).health == :healthy)) end
-
     reasons =
       for {mode, _expected} <- @faults do
         FaultProxy.set_mode(proxy, mode)
@@ -206,7 +234,9 @@ defmodule AWSCluster.Strategy.EC2Test do
         assert wait_until(fn -> failing.(@prune_after + 1) end), "#{inspect(mode)} never failed"
         reason = status(hd(peers)).last_error.reason
         FaultProxy.set_mode(proxy, :pass)
-        assert wait_until(healthy), "no recovery after #{inspect(mode)}"
+        cleared = polls(peers)
+        at = polls_when(peers, current?(peers))
+        assert_current_within_two_polls(peers, cleared, at, "#{inspect(mode)} cleared")
         assert mesh?(peers), "mesh broken by #{inspect(mode)}"
         for p <- peers, do: assert(downs(p) == [], "#{inspect(mode)}: #{inspect(downs(p))}")
         {mode, reason}
@@ -226,8 +256,13 @@ defmodule AWSCluster.Strategy.EC2Test do
     newcomer = start_node(tag, 5, "127.0.3.14", endpoint, extra)
     assert status(newcomer).health in [:starting, :failing]
     FaultProxy.set_mode(proxy, :pass)
-
     all = peers ++ [newcomer]
+    cleared = polls(all)
+
+    # Everyone, the newcomer included, knows all 5 within two of its own polls; the
+    # connect round that follows each of those polls makes the mesh.
+    at = polls_when(all, current?(all))
+    assert_current_within_two_polls(all, cleared, at, "the 503s cleared")
     assert wait_until(fn -> mesh?(all) end)
     for p <- peers, do: assert(downs(p) == [])
     assert Enum.map(peers, &poller/1) == pollers
@@ -263,9 +298,82 @@ defmodule AWSCluster.Strategy.EC2Test do
       )
 
     assert_receive {:connect, :"app@127.0.3.21"}, 10_000
+    # The round's connects are done (the next poll is 10 s away): no other node was dialled.
+    assert Wait.until(fn -> not Poller.status(pid).connecting end, 10_000)
     refute_received {:connect, _}
     assert %{members: %{:"app@127.0.3.21" => 0}} = Poller.status(pid)
     assert {:ok, %{instance_id: ^b}} = AWSCluster.node_info(:"app@127.0.3.21")
+  end
+
+  test "more named instances than max_peers: refused before any name becomes an atom, the last good set kept",
+       %{tag: tag} do
+    # Names made up here and never written as atoms by this test: a refused name that
+    # exists as an atom afterwards was made by the strategy.
+    run = "cap#{System.unique_integer([:positive])}x"
+
+    named = fn prefix, ips ->
+      for {ip, i} <- Enum.with_index(ips, 1), do: {"#{run}#{prefix}#{i}", ip}
+    end
+
+    spec = fn {name, ip} -> %{ip: ip, tags: %{"cluster" => tag, "node_basename" => name}} end
+
+    good = named.("ok", ["127.0.1.41", "127.0.1.42"])
+    Moto.run_instances!(Enum.map(good, spec))
+
+    config = [
+      tags: %{"cluster" => tag},
+      node_basename: {:tag, "node_basename"},
+      region: Moto.region(),
+      endpoint: Moto.endpoint(),
+      access_key_id: "testing",
+      secret_access_key: "testing",
+      max_attempts: 1,
+      polling_interval: 200,
+      max_peers: 2
+    ]
+
+    table = Nodes.table()
+    pid = start_supervised!({EC2, [topology: :cap, config: config] ++ Nodes.mfas(self(), table)})
+    good_nodes = for {name, ip} <- good, do: String.to_atom("#{name}@#{ip}")
+    for n <- good_nodes, do: assert_receive({:connect, ^n}, 10_000)
+
+    # One more: refused, which also loads every module the refusal path uses, so the
+    # atom count below moves only with what the strategy does with the names.
+    warm = named.("warm", ["127.0.2.31"])
+    Moto.run_instances!(Enum.map(warm, spec))
+    assert refused_with(pid, 3)
+
+    # Whoever may tag instances names 20 more.
+    refused = named.("no", for(i <- 1..20, do: "127.0.2.#{40 + i}"))
+    atoms = :erlang.system_info(:atom_count)
+    Moto.run_instances!(Enum.map(refused, spec))
+    # Launched one by one, so early rounds may see only some of them.
+    status = refused_with(pid, 23)
+    assert status.last_error.details == %{count: 23, max_peers: 2}
+
+    # Refused again on later rounds, which count neither as answers nor as misses.
+    polls = status.polls
+    assert Wait.until(fn -> Poller.status(pid).polls >= polls + 3 end)
+    status = Poller.status(pid)
+    assert status.health == :failing and status.last_error.reason == :too_many_peers
+    assert status.members == Map.new(good_nodes, &{&1, 0})
+
+    assert :erlang.system_info(:atom_count) - atoms < length(refused)
+
+    for {name, ip} <- refused ++ warm do
+      assert_raise ArgumentError, fn -> String.to_existing_atom("#{name}@#{ip}") end
+    end
+
+    assert Wait.until(fn -> not Poller.status(pid).connecting end, 10_000)
+    refute_received {:disconnect, _}
+  end
+
+  # The first status refusing an answer of `count` names, or false after 20 s.
+  defp refused_with(pid, count) do
+    Wait.until(fn ->
+      s = Poller.status(pid)
+      match?(%{last_error: %{reason: :too_many_peers, details: %{count: ^count}}}, s) && s
+    end)
   end
 
   test "no region and no IMDS: start fails saying to set region:" do
