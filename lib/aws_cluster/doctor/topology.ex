@@ -1,0 +1,158 @@
+defmodule AWSCluster.Doctor.Topology do
+  @moduledoc false
+  # The doctor's per-topology checks, through the strategies' own code (AWSCluster.Probe).
+
+  import AWSCluster.Doctor, only: [check: 3, check: 4]
+
+  alias AWSCluster.{Doctor, Error, Probe}
+  alias AWSCluster.Doctor.IAM
+  alias AWSCluster.Strategy.{AutoScaling, Client, EC2, State}
+
+  @doc """
+  Per topology: its config, region, credentials, IAM actions and one discovery round
+  (AWS strategies) or its secret and port (gossip). Returns the checks and the
+  discovery results.
+  """
+  @spec checks(keyword(), map() | nil) :: {[Doctor.check()], [AWSCluster.Probe.result()]}
+  def checks(topologies, imds) do
+    {checks, results} =
+      topologies
+      |> Enum.map(fn {name, spec} -> topology(name, spec, imds) end)
+      |> Enum.unzip()
+
+    {List.flatten(checks), Enum.reject(results, &is_nil/1)}
+  end
+
+  defp topology(name, spec, imds) do
+    strategy = Doctor.spec_strategy(spec)
+
+    cond do
+      strategy in [EC2, AutoScaling] ->
+        aws_topology(name, spec, imds)
+
+      strategy == AWSCluster.Strategy.Gossip ->
+        {gossip_topology(name, spec), nil}
+
+      true ->
+        {[
+           check(
+             "topology #{name}",
+             :warn,
+             "#{inspect(strategy)} is not an aws_cluster strategy; not checked"
+           )
+         ], nil}
+    end
+  end
+
+  defp aws_topology(name, spec, imds) do
+    case Probe.validate(name, spec) do
+      {:error, e} ->
+        {[check("config [#{name}]", :fail, e.message, "fix the topology's options")], nil}
+
+      {:ok, strategy, _state, config} ->
+        {region_check, config} = region(name, config, imds)
+
+        if config.region do
+          case Client.build(config) do
+            {:ok, client, _config} ->
+              iam = IAM.checks(name, strategy, client, config)
+              {discovery_check, result} = discovery(name, spec, config)
+              {[region_check | iam] ++ [discovery_check], result}
+
+            {:error, e} ->
+              {[region_check, check("aws client [#{name}]", :fail, e.message)], nil}
+          end
+        else
+          {[region_check], nil}
+        end
+    end
+  end
+
+  defp region(name, config, imds) do
+    cond do
+      config.region ->
+        {check("region [#{name}]", :pass, "#{config.region} (from the topology config)"), config}
+
+      imds ->
+        {check("region [#{name}]", :pass, "#{imds.region} (from IMDS)"),
+         %{config | region: imds.region}}
+
+      true ->
+        {check(
+           "region [#{name}]",
+           :fail,
+           "no region: none in the config and IMDS did not answer",
+           "set region: in the topology config"
+         ), config}
+    end
+  end
+
+  defp discovery(name, spec, config) do
+    spec = Keyword.update(spec, :config, [], &Keyword.put(&1, :region, config.region))
+
+    case Probe.discover(name, spec) do
+      {:ok, result} ->
+        azs = result.peers |> Enum.map(&az/1) |> Enum.uniq() |> length()
+        status = if result.peers == [], do: :warn, else: :pass
+
+        fix =
+          if result.peers == [],
+            do:
+              "no instance matched: check the tags/filters or groups, and that instances are running"
+
+        {check(
+           "discovery [#{name}]",
+           status,
+           "#{length(result.peers)} peers in #{azs} AZs (#{inspect(result.strategy)})",
+           fix
+         ), result}
+
+      {:error, e} ->
+        {check("discovery [#{name}]", :fail, "#{e.reason}: #{e.message}", discovery_fix(e)), nil}
+    end
+  end
+
+  defp discovery_fix(%Error{details: %{action: action}} = e) do
+    if IAM.denied?(e), do: "allow #{action} (see #{Doctor.iam_policy()})", else: nil
+  end
+
+  defp discovery_fix(_), do: nil
+
+  defp az(peer), do: Map.get(peer.instance, :availability_zone)
+
+  defp gossip_topology(name, spec) do
+    gossip = AWSCluster.Strategy.Gossip
+
+    with {:ok, state} <- State.new(topology: name, config: Doctor.spec_config(spec)),
+         {:ok, config} <- gossip.validate(state) do
+      secret =
+        if config[:insecure] do
+          check(
+            "gossip secret [#{name}]",
+            :warn,
+            "insecure: true: anyone who reaches UDP #{config.port} can forge announces",
+            "set secret: (32+ random bytes, the same on every node) and drop insecure: true"
+          )
+        else
+          n = length(config.secrets)
+
+          check(
+            "gossip secret [#{name}]",
+            :pass,
+            "set (#{n} #{if n == 1, do: "key", else: "keys"}; never shown)"
+          )
+        end
+
+      [
+        secret,
+        check(
+          "gossip port [#{name}]",
+          :pass,
+          "UDP #{config.port}: must be open between the nodes' security groups; no IAM action needed"
+        )
+      ]
+    else
+      {:error, e} -> [check("config [#{name}]", :fail, e.message, "fix the topology's options")]
+    end
+  end
+end
