@@ -8,10 +8,20 @@
 # the dev profile, which the output names). Needs the venv of `bash script/setup`.
 # BENCH_CALLS (default 1000) and BENCH_DELAY_MS (default 100) change the load.
 #
-# Our path: AWSCluster.AWS.describe_instances/3 (async NIF, reply by message).
+# Our path: AWSCluster.AWS.describe_instances/3 (async NIF, reply by message). A last
+# line times the async NIF call alone (p50/p99/max), against a closed loopback port.
 # Baseline, same run, same client, same query: AWSCluster.Native.aws_describe_instances_blocking/4,
 # the same SDK call waited for on the calling (normal) scheduler thread - what a naive
 # NIF would do. Calling Native directly is deliberate: it exists only for this baseline.
+# Control, same run: the same request written by hand over :gen_tcp from pure Erlang
+# code, no NIF at all: its events are this VM's noise floor on this shared machine.
+# long_schedule counts wall time, so an OS preemption of a scheduler thread looks like
+# one; each row therefore also prints the kernel's count of involuntary context switches
+# of the scheduler threads during the load.
+#
+# moto serves 1,000 simultaneous connections slowly; when its accept queue overflows for
+# longer than the proxy's connect timeout, the proxy closes the call's connection and the
+# call fails as unreachable. Failures are printed per row with a sample message.
 #
 # The fault proxy (mode {:delay, ms}) runs in a separate BEAM (a :peer over stdio), so
 # that the blocking baseline cannot starve the proxy it waits on, and so that every
@@ -65,6 +75,7 @@ defmodule Bench.Schedulers do
     report("AWSCluster.AWS (async NIF, ours)", measure(ours, peer, proxy))
     report("blocking NIF (baseline)", measure(blocking, peer, proxy))
     report("control: :gen_tcp POST, no NIF", measure(raw, peer, proxy))
+    nif_call_times()
     IO.puts("load average at the end: #{load()}")
     Cluster.stop(peer)
   end
@@ -114,7 +125,11 @@ defmodule Bench.Schedulers do
       preempted: preempted,
       peak: peak_in_flight(done),
       ok: Enum.count(done, fn {_, _, _, o} -> o == :ok end),
-      errors: done |> Enum.map(&elem(&1, 3)) |> Enum.reject(&(&1 == :ok)) |> Enum.frequencies(),
+      errors:
+        done
+        |> Enum.map(&elem(&1, 3))
+        |> Enum.reject(&(&1 == :ok))
+        |> Enum.group_by(&elem(&1, 0), &elem(&1, 1)),
       proxied:
         peer
         |> :peer.call(FaultProxy, :requests, [proxy])
@@ -122,11 +137,36 @@ defmodule Bench.Schedulers do
     }
   end
 
+  # How long the async NIF itself holds a scheduler (validate, hand to the runtime): as
+  # many calls as the load, one after another, timed around the NIF call alone, against
+  # a closed loopback port so that the replies (unreachable) come back at once.
+  defp nif_call_times do
+    {:ok, dead} = AWS.client(Moto.client_opts(endpoint: "http://127.0.0.1:#{Moto.free_port()}"))
+
+    micros =
+      for _ <- 1..@calls do
+        ref = make_ref()
+        t0 = System.monotonic_time(:nanosecond)
+        :ok = Native.aws_describe_instances(dead.resource, ref, @filters, [], nil)
+        t = System.monotonic_time(:nanosecond) - t0
+        receive(do: ({:aws_cluster, ^ref, {:error, _}} -> :ok))
+        t / 1000
+      end
+      |> Enum.sort()
+
+    at = fn q -> Float.round(Enum.at(micros, min(@calls - 1, trunc(q * @calls))), 1) end
+
+    IO.puts(
+      "aws_describe_instances NIF call alone (#{@calls} sequential calls, replies from a " <>
+        "closed port): p50 #{at.(0.5)} us, p99 #{at.(0.99)} us, max #{at.(1.0)} us"
+    )
+  end
+
   defp outcome({:ok, @instances}), do: :ok
   defp outcome({:ok, instances}) when length(instances) == @instances, do: :ok
   defp outcome({:ok, instances}), do: {:wrong_count, length(instances)}
-  defp outcome({:error, %Error{reason: reason}}), do: reason
-  defp outcome({:error, reason}), do: reason
+  defp outcome({:error, %Error{reason: reason, message: message}}), do: {reason, message}
+  defp outcome({:error, reason}), do: {reason, inspect(reason)}
 
   # The same DescribeInstances as a hand-written HTTP request from pure Erlang code: the
   # noise floor of this VM on this (shared) machine under the same load, with no native
@@ -224,7 +264,8 @@ defmodule Bench.Schedulers do
   end
 
   defp report(name, r) do
-    errors = if r.errors == %{}, do: "", else: " errors=#{inspect(r.errors)}"
+    errors =
+      Enum.map_join(r.errors, "", fn {reason, [_ | _] = all} -> " #{reason}=#{length(all)}" end)
 
     IO.puts(
       "#{String.pad_trailing(name, 34)} long_schedule=#{r.events} " <>
@@ -233,6 +274,8 @@ defmodule Bench.Schedulers do
         "ok=#{r.ok}/#{@calls}  proxied DescribeInstances=#{r.proxied}  " <>
         "scheduler threads preempted by the OS=#{r.preempted}#{errors}"
     )
+
+    for {reason, [message | _]} <- r.errors, do: IO.puts("    #{reason}, e.g.: #{message}")
 
     for {_who, info} <- r.sample do
       IO.puts(
