@@ -98,17 +98,12 @@ defmodule AWSCluster.Strategy.Gossip do
     end
   end
 
-  @doc "A child spec whose id includes the topology."
+  @doc """
+  A child spec whose id includes the topology, with its start arguments (the secrets)
+  sealed from supervisor reports, the same as every polling strategy's.
+  """
   @spec child_spec(term()) :: Supervisor.child_spec()
-  def child_spec(arg) do
-    topology =
-      case State.new(arg) do
-        {:ok, state} -> state.topology
-        {:error, _} -> nil
-      end
-
-    %{id: {__MODULE__, topology}, start: {__MODULE__, :start_link, [arg]}, type: :worker}
-  end
+  def child_spec(arg), do: AWSCluster.Poller.child_spec(__MODULE__, arg)
 
   @doc "The name the strategy of `topology` registers under."
   @spec name(atom()) :: atom()
