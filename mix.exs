@@ -12,6 +12,8 @@ defmodule Mix.Tasks.Compile.AwsClusterNif do
     * `AWS_CLUSTER_TARGET_DIR` - cargo target dir, default `~/.cache/aws_cluster/target`,
       outside the checkout so one cold build serves mix, `cargo test` and CI.
     * `AWS_CLUSTER_NIF_PATH` - a prebuilt library to load instead; the build is skipped.
+    * `AWS_CLUSTER_NIF_FEATURES` - cargo features of the NIF crate; `bench` adds the
+      deliberately blocking baseline `bench/schedulers.exs` compares against.
   """
   use Mix.Task.Compiler
 
@@ -40,6 +42,7 @@ defmodule Mix.Tasks.Compile.AwsClusterNif do
     target_dir = target_dir()
     args = ["build", "-p", "aws_cluster_nif", "--target-dir", target_dir]
     args = if profile == "release", do: args ++ ["--release"], else: args
+    args = args ++ features()
 
     case System.cmd("cargo", args,
            cd: root,
@@ -72,6 +75,14 @@ defmodule Mix.Tasks.Compile.AwsClusterNif do
       nil -> if Mix.env() == :prod, do: "release", else: "dev"
       "" -> if Mix.env() == :prod, do: "release", else: "dev"
       other -> Mix.raise("AWS_CLUSTER_NIF_PROFILE must be dev or release, got #{inspect(other)}")
+    end
+  end
+
+  # Only `bench` exists: it adds the blocking baseline NIF bench/schedulers.exs measures.
+  defp features do
+    case System.get_env("AWS_CLUSTER_NIF_FEATURES") do
+      f when f in [nil, ""] -> []
+      f -> ["--features", f]
     end
   end
 

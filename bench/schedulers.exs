@@ -1,8 +1,11 @@
 # P1, schedulers: scheduler `long_schedule` events (>= 1 ms, :erlang.system_monitor) while
 # 1,000 DescribeInstances calls are in flight against a slowed moto.
 #
-#   MIX_ENV=test mix run bench/schedulers.exs
-#   AWS_CLUSTER_NIF_PROFILE=release MIX_ENV=test mix run bench/schedulers.exs   # release NIF
+#   AWS_CLUSTER_NIF_FEATURES=bench MIX_ENV=test mix run bench/schedulers.exs
+#   AWS_CLUSTER_NIF_FEATURES=bench AWS_CLUSTER_NIF_PROFILE=release MIX_ENV=test mix run bench/schedulers.exs
+#
+# The `bench` feature compiles the blocking baseline NIF into the library; a normal build
+# leaves it out, so run `mix compile` again without the variable afterwards.
 #
 # (a cold release build of the AWS SDK takes 20+ min on a 2-core machine; the default is
 # the dev profile, which the output names). Needs the venv of `bash script/setup`.

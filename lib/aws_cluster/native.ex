@@ -66,8 +66,9 @@ defmodule AWSCluster.Native do
       nil ->
         raise AWSCluster.Error.new(
                 :nif_not_loaded,
-                "the loaded #{@lib} has no #{fun}/#{length(args)}: it is older than this " <>
-                  "aws_cluster; rebuild it with `mix compile` or replace the prebuilt library"
+                "the loaded #{@lib} has no #{fun}/#{length(args)}: it was built without " <>
+                  "the cargo feature that adds it (AWS_CLUSTER_NIF_FEATURES) or is older " <>
+                  "than this aws_cluster; rebuild it with `mix compile`"
               )
 
       _ ->

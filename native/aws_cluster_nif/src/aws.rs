@@ -80,7 +80,10 @@ fn aws_describe_instances<'a>(
 /// Benchmark baseline only (`bench/schedulers.exs`): the same query as
 /// `aws_describe_instances`, but waited for *on the calling scheduler thread*, the very
 /// thing the async protocol exists to avoid. It answers `{:ok, %{instances, pages}}` or
-/// an error directly instead of a message. No library code calls it.
+/// an error directly instead of a message. No library code calls it, and it is only
+/// compiled with the `bench` feature (`AWS_CLUSTER_NIF_FEATURES=bench`), so a
+/// production library cannot block a scheduler through it.
+#[cfg(feature = "bench")]
 #[rustler::nif]
 fn aws_describe_instances_blocking<'a>(
     env: Env<'a>,
