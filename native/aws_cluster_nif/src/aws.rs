@@ -107,14 +107,18 @@ fn aws_describe_instances_blocking<'a>(
 }
 
 fn instance_listing(env: Env<'_>, listing: Listing<Instance>) -> Term<'_> {
-    let items: Vec<Term> = listing.items.iter().map(|i| instance(env, i)).collect();
-    map(
-        env,
-        &[
-            (keys::instances(), items.encode(env)),
-            (keys::pages(), listing.pages.encode(env)),
-        ],
-    )
+    listing_map(env, keys::instances(), &listing, instance)
+}
+
+/// `%{<key> => [item], pages: n}`: how every describe call answers.
+fn listing_map<'a, T>(
+    env: Env<'a>,
+    key: Atom,
+    listing: &Listing<T>,
+    item: fn(Env<'a>, &T) -> Term<'a>,
+) -> Term<'a> {
+    let items: Vec<Term> = listing.items.iter().map(|i| item(env, i)).collect();
+    map(env, &[(key, &items), (keys::pages(), &listing.pages)])
 }
 
 /// `aws_describe_auto_scaling_groups(client, ref, names)`: replies
@@ -131,14 +135,7 @@ fn aws_describe_auto_scaling_groups<'a>(
     runtime::started(
         env,
         runtime::spawn_reply(env, reference, work, |env, listing: Listing<Group>| {
-            let items: Vec<Term> = listing.items.iter().map(|g| group(env, g)).collect();
-            map(
-                env,
-                &[
-                    (keys::groups(), items.encode(env)),
-                    (keys::pages(), listing.pages.encode(env)),
-                ],
-            )
+            listing_map(env, keys::groups(), &listing, group)
         }),
     )
 }
@@ -202,15 +199,19 @@ pub(crate) fn invalid(message: &str) -> Error {
     Error::new(Reason::InvalidArgument, message)
 }
 
-/// A map with atom keys; keys are distinct by construction.
-pub(crate) fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
+/// A map with atom keys, each value encoded here so callers list fields, not encodings;
+/// keys are distinct by construction.
+pub(crate) fn map<'a>(env: Env<'a>, pairs: &[(Atom, &dyn Encoder)]) -> Term<'a> {
     let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-    let values: Vec<Term> = pairs.iter().map(|(_, v)| *v).collect();
+    let values: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
     match Term::map_from_term_arrays(env, &keys, &values) {
         Ok(m) => m,
-        Err(_) => pairs.iter().fold(Term::map_new(env), |m, (k, v)| {
-            m.map_put(*k, *v).unwrap_or(m)
-        }),
+        Err(_) => keys
+            .iter()
+            .zip(&values)
+            .fold(Term::map_new(env), |m, (k, v)| {
+                m.map_put(*k, *v).unwrap_or(m)
+            }),
     }
 }
 
@@ -226,18 +227,18 @@ fn instance<'a>(env: Env<'a>, i: &Instance) -> Term<'a> {
     map(
         env,
         &[
-            (keys::id(), i.id.encode(env)),
-            (keys::state(), i.state.encode(env)),
-            (keys::private_ip(), i.private_ip.encode(env)),
-            (keys::public_ip(), i.public_ip.encode(env)),
-            (keys::private_dns(), i.private_dns.encode(env)),
-            (keys::ipv6(), i.ipv6.encode(env)),
-            (keys::availability_zone(), i.availability_zone.encode(env)),
-            (keys::subnet_id(), i.subnet_id.encode(env)),
-            (keys::vpc_id(), i.vpc_id.encode(env)),
-            (keys::tags(), tags),
-            (keys::launch_time(), i.launch_time.encode(env)),
-            (keys::network_interfaces(), enis.encode(env)),
+            (keys::id(), &i.id),
+            (keys::state(), &i.state),
+            (keys::private_ip(), &i.private_ip),
+            (keys::public_ip(), &i.public_ip),
+            (keys::private_dns(), &i.private_dns),
+            (keys::ipv6(), &i.ipv6),
+            (keys::availability_zone(), &i.availability_zone),
+            (keys::subnet_id(), &i.subnet_id),
+            (keys::vpc_id(), &i.vpc_id),
+            (keys::tags(), &tags),
+            (keys::launch_time(), &i.launch_time),
+            (keys::network_interfaces(), &enis),
         ],
     )
 }
@@ -246,11 +247,11 @@ fn interface<'a>(env: Env<'a>, n: &NetworkInterface) -> Term<'a> {
     map(
         env,
         &[
-            (keys::id(), n.id.encode(env)),
-            (keys::device_index(), n.device_index.encode(env)),
-            (keys::subnet_id(), n.subnet_id.encode(env)),
-            (keys::private_ips(), n.private_ips.encode(env)),
-            (keys::ipv6(), n.ipv6.encode(env)),
+            (keys::id(), &n.id),
+            (keys::device_index(), &n.device_index),
+            (keys::subnet_id(), &n.subnet_id),
+            (keys::private_ips(), &n.private_ips),
+            (keys::ipv6(), &n.ipv6),
         ],
     )
 }
@@ -260,9 +261,9 @@ fn group<'a>(env: Env<'a>, g: &Group) -> Term<'a> {
     map(
         env,
         &[
-            (keys::name(), g.name.encode(env)),
-            (keys::desired_capacity(), g.desired_capacity.encode(env)),
-            (keys::instances(), instances.encode(env)),
+            (keys::name(), &g.name),
+            (keys::desired_capacity(), &g.desired_capacity),
+            (keys::instances(), &instances),
         ],
     )
 }
@@ -271,10 +272,10 @@ fn group_instance<'a>(env: Env<'a>, i: &GroupInstance) -> Term<'a> {
     map(
         env,
         &[
-            (keys::id(), i.id.encode(env)),
-            (keys::lifecycle_state(), i.lifecycle_state.encode(env)),
-            (keys::health_status(), i.health_status.encode(env)),
-            (keys::availability_zone(), i.availability_zone.encode(env)),
+            (keys::id(), &i.id),
+            (keys::lifecycle_state(), &i.lifecycle_state),
+            (keys::health_status(), &i.health_status),
+            (keys::availability_zone(), &i.availability_zone),
         ],
     )
 }

@@ -4,7 +4,7 @@ use crate::aws::{field, invalid, map};
 use crate::{error, runtime};
 use aws_cluster_core::imds::{self, ImdsConfig, Key, Metadata};
 use aws_cluster_core::Error;
-use rustler::{Encoder, Env, Term};
+use rustler::{Env, Term};
 use std::time::Duration;
 
 mod keys {
@@ -31,11 +31,11 @@ fn imds_fetch<'a>(env: Env<'a>, reference: Term<'a>, opts: Term<'a>) -> Term<'a>
             map(
                 env,
                 &[
-                    (keys::instance_id(), m.instance_id.encode(env)),
-                    (keys::region(), m.region.encode(env)),
-                    (keys::availability_zone(), m.availability_zone.encode(env)),
-                    (keys::auto_scaling_group(), m.auto_scaling_group.encode(env)),
-                    (keys::version(), m.version.encode(env)),
+                    (keys::instance_id(), &m.instance_id),
+                    (keys::region(), &m.region),
+                    (keys::availability_zone(), &m.availability_zone),
+                    (keys::auto_scaling_group(), &m.auto_scaling_group),
+                    (keys::version(), &m.version),
                 ],
             )
         }),
