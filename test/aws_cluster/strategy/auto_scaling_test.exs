@@ -1,7 +1,7 @@
 defmodule AWSCluster.Strategy.AutoScalingTest do
   # moto's AutoScaling groups, a fake IMDS for the node's own group, and injected
   # connect MFAs (the node set is what is asserted; the EC2 test covers real peers).
-  use ExUnit.Case, async: false
+  use AWSCluster.Test.MotoCase, async: false
 
   alias AWSCluster.{Error, Poller}
   alias AWSCluster.Strategy.AutoScaling
@@ -9,13 +9,7 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
 
   @moduletag timeout: 300_000
 
-  setup_all do
-    Moto.start!()
-    :ok
-  end
-
   setup do
-    Moto.fresh!()
     group = "asg#{System.unique_integer([:positive])}"
     ips = ["127.0.1.31", "127.0.1.32", "127.0.2.31", "127.0.2.32", "127.0.3.31"]
     ids = Moto.run_instances!(for ip <- ips, do: %{ip: ip, tags: %{"role" => "app"}})

@@ -1,7 +1,7 @@
 defmodule AWSCluster.Strategy.EC2Test do
   # Real parts only: moto_server seeded with instances at 127.0.x.y, and real BEAM peer
   # nodes named <basename>@<that ip>, each running the EC2 strategy against moto.
-  use ExUnit.Case, async: false
+  use AWSCluster.Test.MotoCase, async: false
 
   alias AWSCluster.Poller
   alias AWSCluster.Strategy.EC2
@@ -11,14 +11,8 @@ defmodule AWSCluster.Strategy.EC2Test do
   @interval 300
   @prune_after 3
 
-  setup_all do
-    Moto.start!()
-    :ok
-  end
-
+  # Unique per test: epmd keys names per machine, and moto tags scope discovery.
   setup do
-    Moto.fresh!()
-    # Unique per test: epmd keys names per machine, and moto tags scope discovery.
     %{tag: "c#{System.unique_integer([:positive])}"}
   end
 

@@ -1,19 +1,13 @@
 defmodule Mix.Tasks.AwsCluster.DoctorTest do
   # Real parts: moto_server (with its IAM enforcement for denials), a fake IMDS in v2,
   # token-hang and down modes, real peer nodes on 127.0.x.y, the real epmd.
-  use ExUnit.Case, async: false
+  use AWSCluster.Test.MotoCase, async: false
 
   alias AWSCluster.Test.{Cluster, FakeIMDS, MixTask, Moto, MotoIAM}
 
   @moduletag timeout: 300_000
 
-  setup_all do
-    Moto.start!()
-    :ok
-  end
-
   setup do
-    Moto.fresh!()
     on_exit(fn -> Application.delete_env(:aws_cluster, :topologies) end)
     %{tag: "d#{System.unique_integer([:positive])}"}
   end

@@ -1,19 +1,13 @@
 defmodule Mix.Tasks.AwsCluster.PeersTest do
   # Real parts: moto_server seeded with instances at 127.0.x.y, real peer nodes on two
   # of those addresses, moto's own IAM enforcement for the AccessDenied cases.
-  use ExUnit.Case, async: false
+  use AWSCluster.Test.MotoCase, async: false
 
   alias AWSCluster.Test.{Cluster, MixTask, Moto, MotoIAM}
 
   @moduletag timeout: 300_000
 
-  setup_all do
-    Moto.start!()
-    :ok
-  end
-
   setup do
-    Moto.fresh!()
     tag = "p#{System.unique_integer([:positive])}"
     on_exit(fn -> Application.delete_env(:aws_cluster, :topologies) end)
     %{tag: tag}
