@@ -29,6 +29,8 @@ defmodule AWSCluster.Test.FakeIMDS do
 
   use GenServer
 
+  alias AWSCluster.Test.LocalServer
+
   @paths %{
     "/latest/meta-data/instance-id" => :instance_id,
     "/latest/meta-data/placement/region" => :region,
@@ -142,35 +144,12 @@ defmodule AWSCluster.Test.FakeIMDS do
   end
 
   defp apply_mode(%{listener: nil} = state) do
-    {:ok, listener} =
-      :gen_tcp.listen(state.port, [
-        :binary,
-        ip: {127, 0, 0, 1},
-        reuseaddr: true,
-        active: false,
-        packet: :http_bin
-      ])
-
-    {:ok, port} = :inet.port(listener)
     server = self()
-    spawn_link(fn -> accept_loop(listener, server) end)
+    {listener, port} = LocalServer.listen(state.port, [packet: :http_bin], &handle(&1, server))
     %{state | listener: listener, port: port}
   end
 
   defp apply_mode(state), do: state
-
-  defp accept_loop(listener, server) do
-    case :gen_tcp.accept(listener) do
-      {:ok, socket} ->
-        pid = spawn(fn -> receive(do: (:go -> handle(socket, server))) end)
-        :ok = :gen_tcp.controlling_process(socket, pid)
-        send(pid, :go)
-        accept_loop(listener, server)
-
-      {:error, _closed} ->
-        :ok
-    end
-  end
 
   defp handle(socket, server) do
     with {:ok, {:http_request, method, {:abs_path, path}, _}} <- :gen_tcp.recv(socket, 0, 5_000),

@@ -30,6 +30,8 @@ defmodule AWSCluster.Test.FaultProxy do
 
   use GenServer
 
+  alias AWSCluster.Test.LocalServer
+
   @doc "Starts a proxy to `upstream:` (a port on 127.0.0.1), linked to the caller."
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
@@ -78,35 +80,12 @@ defmodule AWSCluster.Test.FaultProxy do
   defp listen(%{listener: nil} = state) do
     # A deep accept queue: benchmarks open 1,000 connections at once, and the default
     # backlog (5) makes the kernel drop connects, which stall for seconds or fail.
-    {:ok, listener} =
-      :gen_tcp.listen(state.port, [
-        :binary,
-        ip: {127, 0, 0, 1},
-        reuseaddr: true,
-        active: false,
-        backlog: 1024
-      ])
-
-    {:ok, port} = :inet.port(listener)
     server = self()
-    spawn_link(fn -> accept_loop(listener, server) end)
+    {listener, port} = LocalServer.listen(state.port, [backlog: 1024], &serve(&1, server))
     %{state | listener: listener, port: port}
   end
 
   defp listen(state), do: state
-
-  defp accept_loop(listener, server) do
-    case :gen_tcp.accept(listener) do
-      {:ok, socket} ->
-        pid = spawn(fn -> receive(do: (:go -> serve(socket, server))) end)
-        :ok = :gen_tcp.controlling_process(socket, pid)
-        send(pid, :go)
-        accept_loop(listener, server)
-
-      {:error, _closed} ->
-        :ok
-    end
-  end
 
   # One connection: requests in a row until either side closes.
   defp serve(socket, server) do
