@@ -15,7 +15,11 @@
 #   idle 11s  11 s later: tokio retires idle blocking-pool threads after 10 s
 # moto and the seeder are separate OS processes, started before the baseline.
 
+Code.require_file("support.exs", __DIR__)
+
 defmodule Bench.Footprint do
+  import Bench.Support, only: [mb: 1, profile: 0, status_kb: 2]
+
   alias AWSCluster.{AWS, Native}
   alias AWSCluster.Test.Moto
 
@@ -71,17 +75,12 @@ defmodule Bench.Footprint do
       end)
       |> Enum.frequencies()
 
-    %{threads: length(tasks), names: names, rss: rss_kb(), erlang: :erlang.memory(:total)}
-  end
-
-  defp rss_kb do
-    "/proc/#{System.pid()}/status"
-    |> File.read!()
-    |> String.split("\n")
-    |> Enum.find_value(fn
-      "VmRSS:" <> rest -> rest |> String.split() |> hd() |> String.to_integer()
-      _ -> nil
-    end)
+    %{
+      threads: length(tasks),
+      names: names,
+      rss: status_kb(System.pid(), "VmRSS"),
+      erlang: :erlang.memory(:total)
+    }
   end
 
   defp row(name, s) do
@@ -110,19 +109,6 @@ defmodule Bench.Footprint do
 
   defp signed_mb(bytes) when bytes >= 0, do: "+" <> mb(bytes)
   defp signed_mb(bytes), do: mb(bytes)
-
-  defp mb(bytes), do: :erlang.float_to_binary(bytes / 1_048_576, decimals: 1)
-
-  defp profile do
-    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
-      p when p in ["dev", "release"] -> p
-      _ -> if Mix.env() == :prod, do: "release", else: "dev"
-    end
-    |> case do
-      "dev" -> "dev (unoptimized + debuginfo; figures for release builds will differ)"
-      "release" -> "release"
-    end
-  end
 end
 
 Bench.Footprint.run()

@@ -31,7 +31,11 @@
 # round; the NIF's Rust allocations show only there. :erlang.memory(:total) is sampled
 # every 20 ms during our rounds.
 
+Code.require_file("support.exs", __DIR__)
+
 defmodule Bench.Scale do
+  import Bench.Support, only: [load: 0, mb: 1, profile: 0, status_kb: 2]
+
   alias AWSCluster.Probe
   alias AWSCluster.Strategy.EC2
   alias AWSCluster.Test.Moto
@@ -318,37 +322,8 @@ defmodule Bench.Scale do
 
   defp format_ms(ms), do: :erlang.float_to_binary(ms / 1, decimals: 1)
 
-  defp mb(bytes), do: :erlang.float_to_binary(bytes / 1_048_576, decimals: 1)
-
   # Resets the kernel's peak-RSS mark (VmHWM) of `pid` to its current RSS.
   defp reset_hwm(pid), do: File.write!("/proc/#{pid}/clear_refs", "5")
-
-  defp status_kb(pid, key) do
-    "/proc/#{pid}/status"
-    |> File.read!()
-    |> String.split("\n")
-    |> Enum.find_value(fn line ->
-      case String.split(line, ":", parts: 2) do
-        [^key, rest] -> rest |> String.split() |> hd() |> String.to_integer()
-        _ -> nil
-      end
-    end)
-  end
-
-  # The machine is shared: the load average says how much the figures can be trusted.
-  defp load,
-    do: "/proc/loadavg" |> File.read!() |> String.split() |> Enum.take(3) |> Enum.join(" ")
-
-  defp profile do
-    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
-      p when p in ["dev", "release"] -> p
-      _ -> if Mix.env() == :prod, do: "release", else: "dev"
-    end
-    |> case do
-      "dev" -> "dev (unoptimized + debuginfo; figures for release builds will differ)"
-      "release" -> "release"
-    end
-  end
 end
 
 Bench.Scale.run()

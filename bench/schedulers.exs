@@ -30,7 +30,11 @@
 # that the blocking baseline cannot starve the proxy it waits on, and so that every
 # event counted here comes from this VM's callers only. moto is its own OS process.
 
+Code.require_file("support.exs", __DIR__)
+
 defmodule Bench.Schedulers do
+  import Bench.Support, only: [load: 0, profile: 0]
+
   alias AWSCluster.{AWS, Error, Native}
   alias AWSCluster.Test.{Cluster, FaultProxy, Moto}
 
@@ -285,21 +289,6 @@ defmodule Bench.Schedulers do
         "    longest: #{info[:timeout]} ms, scheduled in at #{inspect(info[:in])}, " <>
           "out at #{inspect(info[:out])}"
       )
-    end
-  end
-
-  # The machine is shared: the load average says how much the figures can be trusted.
-  defp load,
-    do: "/proc/loadavg" |> File.read!() |> String.split() |> Enum.take(3) |> Enum.join(" ")
-
-  defp profile do
-    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
-      p when p in ["dev", "release"] -> p
-      _ -> if Mix.env() == :prod, do: "release", else: "dev"
-    end
-    |> case do
-      "dev" -> "dev (unoptimized + debuginfo; figures for release builds will differ)"
-      "release" -> "release"
     end
   end
 end

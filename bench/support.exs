@@ -1,0 +1,45 @@
+# Helpers shared by the benches; each bench loads this file with
+# `Code.require_file("support.exs", __DIR__)` and imports `Bench.Support`.
+
+defmodule Bench.Support do
+  @moduledoc "What every bench prints about its conditions, and /proc readings of a process."
+
+  @doc "The NIF build profile the figures come from, as a line for the report."
+  @spec profile() :: String.t()
+  def profile do
+    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
+      p when p in ["dev", "release"] -> p
+      _ -> if Mix.env() == :prod, do: "release", else: "dev"
+    end
+    |> case do
+      "dev" -> "dev (unoptimized + debuginfo; figures for release builds will differ)"
+      "release" -> "release"
+    end
+  end
+
+  @doc """
+  The 1, 5 and 15 minute load averages. The machine is shared: the load says how much
+  the figures can be trusted.
+  """
+  @spec load() :: String.t()
+  def load,
+    do: "/proc/loadavg" |> File.read!() |> String.split() |> Enum.take(3) |> Enum.join(" ")
+
+  @doc "`bytes` in MiB with one decimal."
+  @spec mb(number()) :: String.t()
+  def mb(bytes), do: :erlang.float_to_binary(bytes / 1_048_576, decimals: 1)
+
+  @doc "The kB figure of `key` (`\"VmRSS\"`, `\"VmHWM\"` ...) in /proc/<os_pid>/status."
+  @spec status_kb(String.t() | non_neg_integer(), String.t()) :: non_neg_integer() | nil
+  def status_kb(os_pid, key) do
+    "/proc/#{os_pid}/status"
+    |> File.read!()
+    |> String.split("\n")
+    |> Enum.find_value(fn line ->
+      case String.split(line, ":", parts: 2) do
+        [^key, rest] -> rest |> String.split() |> hd() |> String.to_integer()
+        _ -> nil
+      end
+    end)
+  end
+end
