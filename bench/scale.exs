@@ -34,7 +34,7 @@
 Code.require_file("support.exs", __DIR__)
 
 defmodule Bench.Scale do
-  import Bench.Support, only: [load: 0, mb: 1, profile: 0, status_kb: 2]
+  import Bench.Support, only: [ec2_request: 2, load: 0, mb: 1, profile: 0, status_kb: 2]
 
   alias AWSCluster.Probe
   alias AWSCluster.Strategy.EC2
@@ -273,16 +273,7 @@ defmodule Bench.Scale do
     port = Moto.port()
     {:ok, socket} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 5_000)
 
-    :ok =
-      :gen_tcp.send(socket, [
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:#{port}\r\nConnection: close\r\n",
-        "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
-        # moto routes by the credential scope; it does not check the signature.
-        "Authorization: AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/ec2/aws4_request, ",
-        "SignedHeaders=host, Signature=0\r\n",
-        "Content-Length: #{byte_size(body)}\r\n\r\n",
-        body
-      ])
+    :ok = :gen_tcp.send(socket, ec2_request(port, body))
 
     {:ok, response} = recv_all(socket, [])
     [head, xml] = :binary.split(response, "\r\n\r\n")

@@ -33,7 +33,7 @@
 Code.require_file("support.exs", __DIR__)
 
 defmodule Bench.Schedulers do
-  import Bench.Support, only: [load: 0, profile: 0]
+  import Bench.Support, only: [ec2_request: 2, load: 0, profile: 0]
 
   alias AWSCluster.{AWS, Error, Native}
   alias AWSCluster.Test.{Cluster, FaultProxy, Moto}
@@ -182,18 +182,8 @@ defmodule Bench.Schedulers do
     body =
       "Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag%3Aapp&Filter.1.Value.1=p1"
 
-    request = [
-      "POST / HTTP/1.1\r\nHost: 127.0.0.1:#{port}\r\nConnection: close\r\n",
-      "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
-      # moto routes by the credential scope; it does not check the signature.
-      "Authorization: AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/ec2/aws4_request, ",
-      "SignedHeaders=host, Signature=0\r\n",
-      "Content-Length: #{byte_size(body)}\r\n\r\n",
-      body
-    ]
-
     with {:ok, socket} <- :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false]),
-         :ok <- :gen_tcp.send(socket, request),
+         :ok <- :gen_tcp.send(socket, ec2_request(port, body)),
          {:ok, response} <- recv_response(socket, "") do
       :gen_tcp.close(socket)
 

@@ -29,6 +29,23 @@ defmodule Bench.Support do
   @spec mb(number()) :: String.t()
   def mb(bytes), do: :erlang.float_to_binary(bytes / 1_048_576, decimals: 1)
 
+  @doc """
+  A hand-written EC2 Query API POST of form `body` to moto on `127.0.0.1:port`, with
+  `Connection: close`: the pure-Erlang baseline the benches compare the NIF with.
+  """
+  @spec ec2_request(:inet.port_number(), binary()) :: iodata()
+  def ec2_request(port, body) do
+    [
+      "POST / HTTP/1.1\r\nHost: 127.0.0.1:#{port}\r\nConnection: close\r\n",
+      "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
+      # moto routes by the credential scope; it does not check the signature.
+      "Authorization: AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/ec2/aws4_request, ",
+      "SignedHeaders=host, Signature=0\r\n",
+      "Content-Length: #{byte_size(body)}\r\n\r\n",
+      body
+    ]
+  end
+
   @doc "The kB figure of `key` (`\"VmRSS\"`, `\"VmHWM\"` ...) in /proc/<os_pid>/status."
   @spec status_kb(String.t() | non_neg_integer(), String.t()) :: non_neg_integer() | nil
   def status_kb(os_pid, key) do
