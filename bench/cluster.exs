@@ -23,7 +23,7 @@
 #     Rust SDK), against the naive expectation nodes × 60 s / interval.
 
 defmodule Bench.Cluster do
-  alias AWSCluster.Test.{Fleet, Moto}
+  alias AWSCluster.Test.{Fleet, Moto, Wait}
 
   @nodes 16
   @host_base 101
@@ -101,7 +101,7 @@ defmodule Bench.Cluster do
       |> Task.async_stream(&start_topology(&1, topology.(&1)), timeout: 60_000)
       |> Enum.map(fn {:ok, m} -> m end)
 
-    Fleet.wait_for(fn -> Fleet.mesh?(first, Fleet.snapshots(first)) end, 60_000) ||
+    Wait.until(fn -> Fleet.mesh?(first, Fleet.snapshots(first)) end, 60_000) ||
       raise "the first #{@nodes - 1} nodes did not mesh (logs in #{dir})"
 
     %{first: first, last: last, topology: topology.(last), boot: boot, tag: tag}
@@ -119,7 +119,7 @@ defmodule Bench.Cluster do
     last = start_topology(last, topology)
 
     mesh =
-      Fleet.wait_for(
+      Wait.until(
         fn ->
           s = Fleet.snapshot(last)
           is_map(s) and Enum.all?(others, &(&1 in s.connected)) and now() - t0
@@ -129,7 +129,7 @@ defmodule Bench.Cluster do
       ) || raise "no full mesh after the last node started"
 
     known =
-      Fleet.wait_for(
+      Wait.until(
         fn ->
           snaps = Fleet.snapshots(first)
 

@@ -8,7 +8,7 @@
 # AWSCluster.Test.Moto. Everything listens on, and talks to, 127.x addresses only.
 
 defmodule Demo do
-  alias AWSCluster.Test.{Fleet, Moto}
+  alias AWSCluster.Test.{Fleet, Moto, Ports}
 
   @usage """
   usage: script/demo [--nodes N] [--strategy ec2|autoscaling|gossip] [--interval MS]
@@ -212,7 +212,7 @@ defmodule Demo do
   end
 
   defp context(%{strategy: :gossip} = opts, specs, _run) do
-    port = free_udp_port()
+    port = Ports.udp()
     # The replacement's address is a seed too: a real fleet lists stable seeds, here every
     # planned address is one.
     seeds = Enum.map(specs, & &1.ip) ++ [Fleet.spec(opts.nodes + 1, run: "x", host_base: 51).ip]
@@ -419,13 +419,6 @@ defmodule Demo do
     %{moto: port} = :sys.get_state(Moto)
     {:os_pid, pid} = Port.info(port, :os_pid)
     pid
-  end
-
-  defp free_udp_port do
-    {:ok, socket} = :gen_udp.open(0, ip: {127, 0, 0, 1})
-    {:ok, port} = :inet.port(socket)
-    :gen_udp.close(socket)
-    port
   end
 
   defp mkdtemp do

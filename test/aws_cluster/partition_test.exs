@@ -5,7 +5,7 @@ defmodule AWSCluster.PartitionTest do
   # discovery rounds, not in wall-clock time.
   use ExUnit.Case, async: false
 
-  alias AWSCluster.Test.{Firewall, Fleet, Moto}
+  alias AWSCluster.Test.{Firewall, Fleet, Moto, Wait}
 
   @moduletag timeout: 300_000
 
@@ -71,7 +71,7 @@ defmodule AWSCluster.PartitionTest do
 
     on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
 
-    assert Fleet.wait_for(fn -> Fleet.mesh?(members, Fleet.snapshots(members)) end, 60_000),
+    assert Wait.until(fn -> Fleet.mesh?(members, Fleet.snapshots(members)) end, 60_000),
            "no full mesh of #{@nodes}: #{inspect(Fleet.snapshots(members))}"
 
     members
@@ -91,7 +91,7 @@ defmodule AWSCluster.PartitionTest do
     # At least prune_after complete rounds each after the crash: an instance that is
     # still running must not be pruned, and its failing connects must not disturb anyone.
     snaps =
-      Fleet.wait_for(
+      Wait.until(
         fn ->
           snaps = Fleet.snapshots(survivors)
 
@@ -135,7 +135,7 @@ defmodule AWSCluster.PartitionTest do
 
     # Ticks stop crossing the cut: both sides declare the links down.
     cut =
-      Fleet.wait_for(
+      Wait.until(
         fn ->
           snaps = Fleet.snapshots(members)
 
@@ -157,7 +157,7 @@ defmodule AWSCluster.PartitionTest do
     polls = cut[target.node].polls
 
     during =
-      Fleet.wait_for(
+      Wait.until(
         fn ->
           snaps = Fleet.snapshots(members)
           match?(%{polls: p} when p >= polls + 2, snaps[target.node]) && snaps
@@ -176,7 +176,7 @@ defmodule AWSCluster.PartitionTest do
     Firewall.heal(table)
 
     healed =
-      Fleet.wait_for(
+      Wait.until(
         fn ->
           s = Fleet.snapshot(target)
           is_map(s) and Enum.all?(nodes(others), &(&1 in s.connected)) and s

@@ -6,7 +6,7 @@ defmodule AWSCluster.TelemetryTest do
   # `config :aws_cluster, :telemetry_module`, which AWSCluster.Telemetry honours.
   use ExUnit.Case, async: false
 
-  alias AWSCluster.Test.{Cluster, FaultProxy, Moto, TelemetryProbe}
+  alias AWSCluster.Test.{Cluster, FaultProxy, Moto, Ports, TelemetryProbe}
 
   @moduletag timeout: 120_000
 
@@ -97,7 +97,7 @@ defmodule AWSCluster.TelemetryTest do
   end
 
   test "gossip rejected: one event per dropped datagram, with its reason" do
-    port = free_udp_port()
+    port = Ports.udp()
 
     start_supervised!(
       {AWSCluster.Strategy.Gossip,
@@ -107,7 +107,7 @@ defmodule AWSCluster.TelemetryTest do
            secret: String.duplicate("k", 32),
            port: port,
            if_addr: "127.0.0.1",
-           seeds: ["127.0.0.1:#{free_udp_port()}"],
+           seeds: ["127.0.0.1:#{Ports.udp()}"],
            announce_interval: 60_000
          ]
        ]}
@@ -133,12 +133,5 @@ defmodule AWSCluster.TelemetryTest do
     stats = AWSCluster.Strategy.Gossip.stats(:tele_gossip)
     assert stats.rejected_total == 2
     for r <- reasons, do: assert(stats.rejected[r] >= 1)
-  end
-
-  defp free_udp_port do
-    {:ok, s} = :gen_udp.open(0, ip: {127, 0, 0, 1})
-    {:ok, port} = :inet.port(s)
-    :gen_udp.close(s)
-    port
   end
 end

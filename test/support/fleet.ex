@@ -278,7 +278,7 @@ defmodule AWSCluster.Test.Fleet do
       _, _ -> :ok
     end
 
-    wait_for(fn -> not os_alive?(member.os_pid) end, 10_000, 50)
+    AWSCluster.Test.Wait.until(fn -> not os_alive?(member.os_pid) end, 10_000, 50)
 
     try do
       :peer.stop(member.pid)
@@ -306,23 +306,6 @@ defmodule AWSCluster.Test.Fleet do
   def kill!(member) do
     {_, 0} = System.cmd("kill", ["-9", member.os_pid])
     :ok
-  end
-
-  @doc """
-  Polls `fun` every `every` ms until it returns a truthy value (returned) or `timeout`
-  ms pass (`nil`).
-  """
-  @spec wait_for((() -> term()), non_neg_integer(), pos_integer()) :: term()
-  def wait_for(fun, timeout, every \\ 100) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Enum.reduce_while(Stream.cycle([:tick]), nil, fn _, _ ->
-      cond do
-        value = fun.() -> {:halt, value}
-        System.monotonic_time(:millisecond) >= deadline -> {:halt, nil}
-        true -> Process.sleep(every) && {:cont, nil}
-      end
-    end)
   end
 
   # ── moto's request log ───────────────────────────────────────────────────────────

@@ -9,7 +9,7 @@ defmodule AWSCluster.Strategy.GossipTest do
   alias AWSCluster.Error
   alias AWSCluster.Gossip.Codec
   alias AWSCluster.Strategy.Gossip
-  alias AWSCluster.Test.{Cluster, Netns, Nodes, StrategyPeer, TelemetryProbe}
+  alias AWSCluster.Test.{Cluster, Netns, Nodes, Ports, StrategyPeer, TelemetryProbe, Wait}
 
   @moduletag timeout: 900_000
 
@@ -17,26 +17,8 @@ defmodule AWSCluster.Strategy.GossipTest do
 
   defp uniq, do: System.unique_integer([:positive])
 
-  defp free_port(ip \\ {127, 0, 0, 1}) do
-    {:ok, s} = :gen_udp.open(0, [:binary, ip: ip])
-    {:ok, port} = :inet.port(s)
-    :gen_udp.close(s)
-    port
-  end
-
-  # Polls `fun` until it returns a truthy value or `timeout` ms pass; returns the value
-  # or nil. Bounded in time and count.
-  defp wait_for(fun, timeout \\ 30_000, every \\ 100) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Enum.reduce_while(Stream.cycle([:tick]), nil, fn _, _ ->
-      cond do
-        value = fun.() -> {:halt, value}
-        System.monotonic_time(:millisecond) >= deadline -> {:halt, nil}
-        true -> Process.sleep(every) && {:cont, nil}
-      end
-    end)
-  end
+  # Gossip rounds are slower than the shared default bound, so 30 s here.
+  defp wait_for(fun, timeout \\ 30_000, every \\ 100), do: Wait.until(fun, timeout, every)
 
   describe "options" do
     # Errors found in init (interface, port, key ring) stop the linked process.
@@ -49,7 +31,7 @@ defmodule AWSCluster.Strategy.GossipTest do
       Gossip.start_link(topology: topology, config: config)
     end
 
-    defp base, do: [secret: secret(), seeds: ["127.0.0.1:#{free_port()}"], port: free_port()]
+    defp base, do: [secret: secret(), seeds: ["127.0.0.1:#{Ports.udp()}"], port: Ports.udp()]
 
     test "a missing secret is an error naming :secret" do
       assert {:error, %Error{reason: :invalid_config, details: %{key: :secret}} = e} =
@@ -146,7 +128,7 @@ defmodule AWSCluster.Strategy.GossipTest do
       topology = :"live#{uniq()}"
       secret = secret()
       label = Atom.to_string(topology)
-      port = free_port()
+      port = Ports.udp()
       {:ok, sink} = :gen_udp.open(0, [:binary, active: false, ip: {127, 0, 0, 1}])
       {:ok, sink_port} = :inet.port(sink)
       {:ok, sender} = :gen_udp.open(0, [:binary, active: false, ip: {127, 0, 0, 1}])
@@ -438,7 +420,7 @@ defmodule AWSCluster.Strategy.GossipTest do
              secret: ctx.secret,
              port: ctx.port,
              if_addr: "127.0.0.1",
-             seeds: ["127.0.0.1:#{free_port()}"],
+             seeds: ["127.0.0.1:#{Ports.udp()}"],
              announce_interval: 100
            ],
            connect: {Nodes, :connect, [self()]},
@@ -564,7 +546,7 @@ defmodule AWSCluster.Strategy.GossipTest do
   describe "formation" do
     test "4 peers on loopback reach a full mesh over unicast seeds, and leave gracefully" do
       members = boot_loopback(4, "gu", 10)
-      port = free_port()
+      port = Ports.udp()
       s = secret()
       members = Enum.map(members, &start_topology(&1, unicast_topology(s, &1, members, port)))
 
@@ -585,7 +567,7 @@ defmodule AWSCluster.Strategy.GossipTest do
 
     test "rotation [k1] -> [k2, k1] -> [k2], one node at a time, never splits the mesh" do
       members = boot_loopback(4, "gr", 20)
-      port = free_port()
+      port = Ports.udp()
       k1 = secret()
       k2 = secret()
       members = Enum.map(members, &start_topology(&1, unicast_topology(k1, &1, members, port)))
