@@ -145,6 +145,12 @@ defmodule AWSCluster.Strategy.GossipTest do
         if previous,
           do: Application.put_env(:aws_cluster, :telemetry_module, previous),
           else: Application.delete_env(:aws_cluster, :telemetry_module)
+
+        # The link alone ends the collector asynchronously, so the next test's setup
+        # could find its name still registered.
+        ref = Process.monitor(collector)
+        Process.exit(collector, :kill)
+        assert_receive {:DOWN, ^ref, :process, _, _}, 5_000
       end)
 
       start = fn extra ->
