@@ -1,7 +1,7 @@
 //! DescribeAutoScalingGroups, fully paginated, reduced to each group's instances.
 
-use super::failure::{from_sdk, Operation};
-use super::{AwsClient, Listing};
+use super::failure::Operation;
+use super::{query, xml, AwsClient, Listing};
 use crate::{Error, Reason, Result};
 
 /// One AutoScaling group.
@@ -40,45 +40,43 @@ impl AwsClient {
             ));
         }
         let op = Operation::DescribeAutoScalingGroups;
-        let mut request = self.autoscaling.describe_auto_scaling_groups();
-        if !names.is_empty() {
-            request = request.set_auto_scaling_group_names(Some(names.to_vec()));
+        let mut params = vec![("MaxRecords".to_string(), PAGE_SIZE.to_string())];
+        for (i, name) in names.iter().enumerate() {
+            params.push((
+                format!("AutoScalingGroupNames.member.{}", i + 1),
+                name.clone(),
+            ));
         }
-        let all_pages = async {
-            let mut stream = request.into_paginator().page_size(PAGE_SIZE).send();
-            let mut listing = Listing {
-                items: Vec::new(),
-                pages: 0,
-            };
-            while let Some(page) = stream.next().await {
-                let page = page
-                    .map_err(|e| from_sdk(op, &self.autoscaling_endpoint, self.timeout_ms(), e))?;
-                listing.pages += 1;
-                listing
-                    .items
-                    .extend(page.auto_scaling_groups().iter().map(|g| {
-                        Group {
-                            name: g.auto_scaling_group_name().unwrap_or_default().to_owned(),
-                            desired_capacity: g.desired_capacity(),
-                            instances: g
-                                .instances()
-                                .iter()
-                                .map(|i| GroupInstance {
-                                    id: i.instance_id().unwrap_or_default().to_owned(),
-                                    lifecycle_state: i
-                                        .lifecycle_state()
-                                        .map(|s| s.as_str().to_owned()),
-                                    health_status: i.health_status().map(str::to_owned),
-                                    availability_zone: i.availability_zone().map(str::to_owned),
-                                })
-                                .collect(),
-                        }
-                    }));
-            }
-            Ok(listing)
-        };
-        self.within_budget(op, &self.autoscaling_endpoint, all_pages)
-            .await
+        let endpoint = &self.autoscaling_endpoint;
+        let all_pages = self.paginate(op, query::AUTOSCALING, endpoint, params, |root| {
+            let result = root.child("DescribeAutoScalingGroupsResult");
+            let groups = result
+                .into_iter()
+                .flat_map(|r| r.list("AutoScalingGroups", "member"))
+                .map(group)
+                .collect();
+            (
+                groups,
+                result.and_then(|r| r.get("NextToken")).map(str::to_owned),
+            )
+        });
+        self.within_budget(op, endpoint, all_pages).await
+    }
+}
+
+fn group(g: &xml::Node) -> Group {
+    Group {
+        name: g.get("AutoScalingGroupName").unwrap_or_default().to_owned(),
+        desired_capacity: g.get("DesiredCapacity").and_then(|n| n.parse().ok()),
+        instances: g
+            .list("Instances", "member")
+            .map(|i| GroupInstance {
+                id: i.get("InstanceId").unwrap_or_default().to_owned(),
+                lifecycle_state: i.get("LifecycleState").map(str::to_owned),
+                health_status: i.get("HealthStatus").map(str::to_owned),
+                availability_zone: i.get("AvailabilityZone").map(str::to_owned),
+            })
+            .collect(),
     }
 }
 

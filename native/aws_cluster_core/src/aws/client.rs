@@ -1,14 +1,17 @@
 //! The SDK client, built once per topology.
 //!
 //! Building it reads no network: the region is always given (from config or IMDS) and
-//! credentials are either static keys or the SDK's default chain, which resolves lazily
-//! on the first call (env, profile, web identity, ECS task role, instance role).
+//! credentials are either static keys or aws-config's default chain, which resolves
+//! lazily on the first call (env, profile, web identity, ECS task role, instance role).
 
+use super::query::{QueryClient, Settings};
 use crate::{Error, Reason, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything needed to build an [`AwsClient`].
@@ -144,51 +147,47 @@ fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// EC2 and AutoScaling clients sharing one HTTP connection pool and credential cache.
+/// EC2 and AutoScaling calls sharing one HTTP connection pool and credential cache.
 #[derive(Debug, Clone)]
 pub struct AwsClient {
-    pub(super) ec2: aws_sdk_ec2::Client,
-    pub(super) autoscaling: aws_sdk_autoscaling::Client,
+    pub(super) query: Arc<QueryClient>,
     pub(super) ec2_endpoint: String,
     pub(super) autoscaling_endpoint: String,
     pub(super) operation_timeout: Duration,
 }
 
 impl AwsClient {
-    /// Builds the clients. Must run inside a tokio runtime.
+    /// Builds the client. Must run inside a tokio runtime: the default credential chain
+    /// is set up here (it reads nothing from the network until the first call).
     pub async fn new(cfg: ClientConfig) -> Result<Self> {
         cfg.validate()?;
-        let timeouts = TimeoutConfig::builder()
-            .operation_timeout(cfg.operation_timeout)
-            .operation_attempt_timeout(cfg.attempt_timeout.unwrap_or(cfg.operation_timeout))
-            .connect_timeout(cfg.connect_timeout)
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(cfg.region.clone()))
-            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
-            .timeout_config(timeouts);
-        if let Some(ep) = &cfg.endpoint {
-            loader = loader.endpoint_url(ep.trim_end_matches('/'));
-        }
-        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
+        let credentials = match (&cfg.access_key_id, &cfg.secret_access_key) {
+            (Some(id), Some(secret)) => SharedCredentialsProvider::new(Credentials::new(
                 id.clone(),
                 secret.clone(),
                 cfg.session_token.clone(),
                 None,
                 "aws_cluster",
-            ));
-        }
-        let shared = loader.load().await;
-        let label = |service: &str| match &cfg.endpoint {
+            )),
+            _ => default_chain(&cfg).await?,
+        };
+        let settings = Settings {
+            region: cfg.region.clone(),
+            max_attempts: cfg.max_attempts,
+            attempt_timeout: cfg.attempt_timeout.unwrap_or(cfg.operation_timeout),
+            connect_timeout: cfg.connect_timeout,
+        };
+        let endpoint = |service: &str| match &cfg.endpoint {
             Some(ep) => ep.trim_end_matches('/').to_string(),
+            None if cfg.region.starts_with("cn-") => {
+                format!("https://{service}.{}.amazonaws.com.cn", cfg.region)
+            }
             None => format!("https://{service}.{}.amazonaws.com", cfg.region),
         };
         Ok(AwsClient {
-            ec2: aws_sdk_ec2::Client::new(&shared),
-            autoscaling: aws_sdk_autoscaling::Client::new(&shared),
-            ec2_endpoint: label("ec2"),
-            autoscaling_endpoint: label("autoscaling"),
+            query: QueryClient::new(settings, credentials),
+            ec2_endpoint: endpoint("ec2"),
+            autoscaling_endpoint: endpoint("autoscaling"),
             operation_timeout: cfg.operation_timeout,
         })
     }
@@ -201,6 +200,27 @@ impl AwsClient {
     pub(super) fn timeout_ms(&self) -> u64 {
         u64::try_from(self.operation_timeout.as_millis()).unwrap_or(u64::MAX)
     }
+}
+
+/// The SDK's default chain: environment, profile files, `credential_process`, web
+/// identity, ECS task role, instance role.
+async fn default_chain(cfg: &ClientConfig) -> Result<SharedCredentialsProvider> {
+    let timeouts = TimeoutConfig::builder()
+        .operation_timeout(cfg.operation_timeout)
+        .connect_timeout(cfg.connect_timeout)
+        .build();
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(cfg.region.clone()))
+        .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    shared.credentials_provider().ok_or_else(|| {
+        Error::new(
+            Reason::Unauthorized,
+            "no AWS credential provider is available; pass access_key_id/secret_access_key",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
 //! DescribeInstances, fully paginated, reduced to the fields discovery needs.
 
-use super::failure::{from_sdk, Operation};
-use super::{AwsClient, Listing};
+use super::failure::{classify, Failure, Operation};
+use super::{query, xml, AwsClient, Listing};
 use crate::{Error, Reason, Result};
-use aws_sdk_ec2::types::{Filter, Instance as SdkInstance, InstanceNetworkInterface};
 
 /// What to ask DescribeInstances for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,46 +88,71 @@ impl AwsClient {
     pub async fn describe_instances(&self, query: &InstanceQuery) -> Result<Listing<Instance>> {
         query.validate()?;
         let op = Operation::DescribeInstances;
-        let filters: Vec<Filter> = query
-            .filters
-            .iter()
-            .map(|(name, values)| {
-                Filter::builder()
-                    .name(name)
-                    .set_values(Some(values.clone()))
-                    .build()
-            })
-            .collect();
-        let mut request = self.ec2.describe_instances();
-        if !filters.is_empty() {
-            request = request.set_filters(Some(filters));
-        }
-        if !query.instance_ids.is_empty() {
-            request = request.set_instance_ids(Some(query.instance_ids.clone()));
-        }
-        let mut paginator = request.into_paginator();
-        if let Some(n) = query.page_size {
-            paginator = paginator.page_size(n);
-        }
-        let all_pages = async {
-            let mut stream = paginator.send();
-            let mut listing = Listing {
-                items: Vec::new(),
-                pages: 0,
-            };
-            while let Some(page) = stream.next().await {
-                let page =
-                    page.map_err(|e| from_sdk(op, &self.ec2_endpoint, self.timeout_ms(), e))?;
-                listing.pages += 1;
-                for reservation in page.reservations() {
-                    listing
-                        .items
-                        .extend(reservation.instances().iter().map(convert));
-                }
+        let mut params = Vec::new();
+        for (i, (name, values)) in query.filters.iter().enumerate() {
+            params.push((format!("Filter.{}.Name", i + 1), name.clone()));
+            for (j, value) in values.iter().enumerate() {
+                params.push((format!("Filter.{}.Value.{}", i + 1, j + 1), value.clone()));
             }
-            Ok(listing)
-        };
+        }
+        for (i, id) in query.instance_ids.iter().enumerate() {
+            params.push((format!("InstanceId.{}", i + 1), id.clone()));
+        }
+        if let Some(n) = query.page_size {
+            params.push(("MaxResults".into(), n.to_string()));
+        }
+        let all_pages = self.paginate(op, query::EC2, &self.ec2_endpoint, params, |root| {
+            let items = root
+                .list("reservationSet", "item")
+                .flat_map(|r| r.list("instancesSet", "item"))
+                .map(convert)
+                .collect();
+            (items, root.get("nextToken").map(str::to_owned))
+        });
         self.within_budget(op, &self.ec2_endpoint, all_pages).await
+    }
+
+    /// Calls `op` page after page (`NextToken`) until a page has no next token. `page`
+    /// reads one strictly parsed, complete page into its items and next token.
+    pub(super) async fn paginate<T>(
+        &self,
+        op: Operation,
+        service: query::Service,
+        endpoint: &str,
+        params: Vec<(String, String)>,
+        page: impl Fn(&xml::Node) -> (Vec<T>, Option<String>),
+    ) -> Result<Listing<T>> {
+        let mut listing = Listing {
+            items: Vec::new(),
+            pages: 0,
+        };
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = params.clone();
+            if let Some(t) = &token {
+                request.push(("NextToken".into(), t.clone()));
+            }
+            let fail = |f| classify(op, endpoint, self.timeout_ms(), f);
+            let body = self
+                .query
+                .call(service, endpoint, op.name(), &request)
+                .await
+                .map_err(fail)?;
+            let root = query::page(&body, op.name(), listing.pages + 1).map_err(fail)?;
+            listing.pages += 1;
+            let (items, next) = page(&root);
+            listing.items.extend(items);
+            match next {
+                None => return Ok(listing),
+                Some(next) if token.as_deref() == Some(next.as_str()) => {
+                    return Err(fail(Failure::Response {
+                        status: Some(200),
+                        cause: format!("page {} repeats the previous NextToken", listing.pages),
+                    }))
+                }
+                Some(next) => token = Some(next),
+            }
+        }
     }
 
     /// Runs a whole paginated call under `operation_timeout`, so a caller waiting
@@ -141,18 +165,9 @@ impl AwsClient {
     ) -> Result<T> {
         match tokio::time::timeout(self.operation_timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(super::classify(
-                op,
-                endpoint,
-                self.timeout_ms(),
-                super::Failure::Timeout,
-            )),
+            Err(_) => Err(classify(op, endpoint, self.timeout_ms(), Failure::Timeout)),
         }
     }
-}
-
-fn text(s: Option<&str>) -> Option<String> {
-    s.filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 fn push_unique(list: &mut Vec<String>, value: Option<&str>) {
@@ -163,64 +178,103 @@ fn push_unique(list: &mut Vec<String>, value: Option<&str>) {
     }
 }
 
-fn convert(i: &SdkInstance) -> Instance {
-    let network_interfaces: Vec<NetworkInterface> =
-        i.network_interfaces().iter().map(interface).collect();
+fn owned(s: Option<&str>) -> Option<String> {
+    s.map(str::to_owned)
+}
+
+fn convert(i: &xml::Node) -> Instance {
+    let network_interfaces: Vec<NetworkInterface> = i
+        .list("networkInterfaceSet", "item")
+        .map(interface)
+        .collect();
     let mut ipv6 = Vec::new();
-    push_unique(&mut ipv6, i.ipv6_address());
+    push_unique(&mut ipv6, i.get("ipv6Address"));
     for eni in &network_interfaces {
         for a in &eni.ipv6 {
             push_unique(&mut ipv6, Some(a));
         }
     }
     Instance {
-        id: i.instance_id().unwrap_or_default().to_owned(),
-        state: i
-            .state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_owned()),
-        private_ip: text(i.private_ip_address()),
-        public_ip: text(i.public_ip_address()),
-        private_dns: text(i.private_dns_name()),
+        id: i.get("instanceId").unwrap_or_default().to_owned(),
+        state: owned(i.child("instanceState").and_then(|s| s.get("name"))),
+        private_ip: owned(i.get("privateIpAddress")),
+        public_ip: owned(i.get("ipAddress")),
+        private_dns: owned(i.get("privateDnsName")),
         ipv6,
-        availability_zone: text(i.placement().and_then(|p| p.availability_zone())),
-        subnet_id: text(i.subnet_id()),
-        vpc_id: text(i.vpc_id()),
+        availability_zone: owned(i.child("placement").and_then(|p| p.get("availabilityZone"))),
+        subnet_id: owned(i.get("subnetId")),
+        vpc_id: owned(i.get("vpcId")),
         tags: i
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+            .list("tagSet", "item")
+            .filter_map(|t| {
+                Some((
+                    t.get("key")?.to_owned(),
+                    t.get("value").unwrap_or("").to_owned(),
+                ))
+            })
             .collect(),
-        launch_time: i.launch_time().map(|t| t.secs()),
+        launch_time: i.get("launchTime").and_then(epoch_seconds),
         network_interfaces,
     }
 }
 
-fn interface(n: &InstanceNetworkInterface) -> NetworkInterface {
+fn interface(n: &xml::Node) -> NetworkInterface {
+    let addresses: Vec<&xml::Node> = n.list("privateIpAddressesSet", "item").collect();
     let mut private_ips = Vec::new();
     // The primary address first: it is what `{:interface, n}` should resolve to.
-    for a in n
-        .private_ip_addresses()
+    for a in addresses
         .iter()
-        .filter(|a| a.primary() == Some(true))
+        .filter(|a| a.get("primary") == Some("true"))
     {
-        push_unique(&mut private_ips, a.private_ip_address());
+        push_unique(&mut private_ips, a.get("privateIpAddress"));
     }
-    push_unique(&mut private_ips, n.private_ip_address());
-    for a in n.private_ip_addresses() {
-        push_unique(&mut private_ips, a.private_ip_address());
+    push_unique(&mut private_ips, n.get("privateIpAddress"));
+    for a in &addresses {
+        push_unique(&mut private_ips, a.get("privateIpAddress"));
     }
     let mut ipv6 = Vec::new();
-    for a in n.ipv6_addresses() {
-        push_unique(&mut ipv6, a.ipv6_address());
+    for a in n.list("ipv6AddressesSet", "item") {
+        push_unique(&mut ipv6, a.get("ipv6Address"));
     }
     NetworkInterface {
-        id: text(n.network_interface_id()),
-        device_index: n.attachment().and_then(|a| a.device_index()),
-        subnet_id: text(n.subnet_id()),
+        id: owned(n.get("networkInterfaceId")),
+        device_index: n
+            .child("attachment")
+            .and_then(|a| a.get("deviceIndex"))
+            .and_then(|d| d.parse().ok()),
+        subnet_id: owned(n.get("subnetId")),
         private_ips,
         ipv6,
     }
+}
+
+/// Unix seconds of an ISO 8601 timestamp as EC2 writes them (`2024-01-02T03:04:05.000Z`,
+/// or with a `+hh:mm` offset).
+fn epoch_seconds(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if s.get(4..5)? != "-" || !s.get(10..11)?.eq_ignore_ascii_case("T") {
+        return None;
+    }
+    let zone = s[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    let offset = match zone {
+        "Z" | "z" | "" => 0,
+        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            sign * (z.get(1..3)?.parse::<i64>().ok()? * 3600
+                + z.get(4..6)?.parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3_600 + mi * 60 + sec - offset)
 }
 
 #[cfg(test)]
@@ -336,6 +390,22 @@ mod tests {
             .expect_err("must fail");
         assert_eq!(err.reason, Reason::BadResponse);
         assert_eq!(err.detail("status"), Some("500"));
+    }
+
+    #[test]
+    fn timestamps_in_every_form_ec2_uses() {
+        assert_eq!(
+            epoch_seconds("2024-01-02T03:04:05.000Z"),
+            Some(1_704_164_645)
+        );
+        assert_eq!(epoch_seconds("2024-01-02T03:04:05Z"), Some(1_704_164_645));
+        assert_eq!(
+            epoch_seconds("2024-01-02T04:04:05+01:00"),
+            Some(1_704_164_645)
+        );
+        assert_eq!(epoch_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(epoch_seconds("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(epoch_seconds("yesterday"), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Every way an AWS call fails, reduced to one [`Reason`] and a message a person can act on.
 //!
-//! [`classify`] works on plain data ([`Failure`]) so it is tested without the SDK;
-//! [`from_sdk`] only extracts that data from an `SdkError`.
+//! [`classify`] works on plain data ([`Failure`]), which `query` produces from what the
+//! wire showed, so every rule is tested without a network.
 //!
 //! Choices worth knowing:
 //! * throttling codes (and HTTP 429) are `throttled`, whatever the status, because EC2
@@ -13,9 +13,6 @@
 //! * a request that cannot be built for lack of credentials is `unauthorized`.
 
 use crate::{Error, Reason};
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// The AWS operations aws_cluster calls, with the IAM action each one needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +47,7 @@ pub enum Failure {
         code: Option<String>,
         message: Option<String>,
     },
-    /// The SDK's operation or attempt timeout fired.
+    /// The operation or attempt timeout fired.
     Timeout,
     /// No response arrived: refused, reset, DNS, TLS, or the connect/read timeout.
     Dispatch { timed_out: bool, cause: String },
@@ -240,44 +237,8 @@ fn with_context(err: Error, op: Operation, endpoint: &str) -> Error {
         .with_detail("endpoint", endpoint)
 }
 
-/// Extracts the plain facts of an SDK error and classifies them.
-pub(crate) fn from_sdk<E>(
-    op: Operation,
-    endpoint: &str,
-    timeout_ms: u64,
-    err: SdkError<E, HttpResponse>,
-) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let failure = match &err {
-        SdkError::ServiceError(se) => Failure::Service {
-            status: se.raw().status().as_u16(),
-            code: se.err().code().map(str::to_owned),
-            message: se.err().message().map(str::to_owned),
-        },
-        SdkError::TimeoutError(_) => Failure::Timeout,
-        SdkError::DispatchFailure(d) => Failure::Dispatch {
-            timed_out: d.is_timeout(),
-            cause: causes(&err),
-        },
-        SdkError::ResponseError(r) => Failure::Response {
-            status: Some(r.raw().status().as_u16()),
-            cause: causes(&err),
-        },
-        SdkError::ConstructionFailure(_) => Failure::Construction {
-            cause: causes(&err),
-        },
-        _ => Failure::Response {
-            status: None,
-            cause: causes(&err),
-        },
-    };
-    classify(op, endpoint, timeout_ms, failure)
-}
-
-/// The Display texts of an error's source chain, most general first, without the
-/// SDK's own generic top line ("dispatch failure") and without repeats.
+/// The Display texts of an error's source chain, most general first, without the top
+/// line and without repeats.
 pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = err.source();
@@ -504,7 +465,7 @@ mod tests {
         assert_eq!(causes(&E("alone", None)), "alone");
     }
 
-    mod sdk {
+    mod wire {
         use super::super::super::fake::{client_for, Fake, Reply};
         use super::super::super::InstanceQuery;
         use super::*;

@@ -1,14 +1,16 @@
-//! AWS discovery: one SDK client per topology, fully paginated EC2 and AutoScaling
-//! queries, and the mapping of every SDK failure onto a [`Reason`] a caller can act on.
+//! AWS discovery: one client per topology, fully paginated EC2 and AutoScaling queries
+//! over the AWS Query protocol (`query`, `xml`), and the mapping of every failure onto a
+//! [`Reason`] a caller can act on.
 //!
-//! The Elixir side never sees an SDK type: instances and groups are plain structs, and
-//! failures are [`Error`]s whose `details` keep the raw AWS facts (`code`, `operation`,
-//! `action`, `status`, `endpoint`).
+//! Instances and groups are plain structs, and failures are [`Error`]s whose `details`
+//! keep the raw AWS facts (`code`, `operation`, `action`, `status`, `endpoint`).
 
 mod autoscaling;
 mod client;
 mod ec2;
 mod failure;
+mod query;
+mod xml;
 
 #[cfg(test)]
 mod fake;
