@@ -1,3 +1,3 @@
 [
-  inputs: ["{mix,.formatter}.exs", "{config,lib,test,bench,demo}/**/*.{ex,exs}"]
+  inputs: ["{mix,.formatter}.exs", "native/*.exs", "{config,lib,test,bench,demo}/**/*.{ex,exs}"]
 ]

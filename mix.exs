@@ -1,100 +1,36 @@
+Code.require_file("native/build.exs", __DIR__)
+
 defmodule Mix.Tasks.Compile.AwsClusterNif do
-  @shortdoc "Builds the aws_cluster Rust NIF with cargo and copies it to priv/native"
+  @shortdoc "Builds or fetches the aws_cluster Rust NIF and installs it in the app's priv/native"
   @moduledoc """
-  Builds `native/aws_cluster_nif` with cargo and installs the library as
-  `priv/native/libaws_cluster_nif.so`.
+  Installs `libaws_cluster_nif.so` into `Mix.Project.app_path()/priv/native`, where
+  `:code.priv_dir(:aws_cluster)` and `mix release` find it, for this project and when
+  aws_cluster is a dependency. The logic is in `native/build.exs`.
 
   Environment:
 
-    * `AWS_CLUSTER_NIF_PROFILE` - `dev` or `release`. Defaults to `release` when
-      `MIX_ENV=prod`, `dev` otherwise (a cold dev build of the AWS SDK takes minutes,
-      release several times that).
-    * `AWS_CLUSTER_TARGET_DIR` - cargo target dir, default `~/.cache/aws_cluster/target`,
-      outside the checkout so one cold build serves mix, `cargo test` and CI.
-    * `AWS_CLUSTER_NIF_PATH` - a prebuilt library to load instead; the build is skipped.
+    * `AWS_CLUSTER_NIF_PROFILE` - cargo profile, `dev` or `release`. Default: `release`
+      when the app being built is in `prod` (as `MIX_ENV=prod mix release`), `dev`
+      otherwise; for a dependency that is the consuming app's env, not Mix's `:prod`.
+    * `AWS_CLUSTER_TARGET_DIR` - cargo target dir, default `~/.cache/aws_cluster/target`.
+    * `AWS_CLUSTER_NIF_BASE_URL` (or `config :aws_cluster, nif_base_url:`) - fetch the
+      prebuilt artifact for this target from there instead of running cargo; its sha256
+      must match `native/checksums.txt`.
+    * `AWS_CLUSTER_FORCE_BUILD=1` - build with cargo even when a base URL is set.
+    * `AWS_CLUSTER_NIF_PATH` - load this library at run time instead; nothing is built.
     * `AWS_CLUSTER_NIF_FEATURES` - cargo features of the NIF crate; `bench` adds the
       deliberately blocking baseline `bench/schedulers.exs` compares against.
   """
   use Mix.Task.Compiler
 
-  @lib "libaws_cluster_nif"
+  @impl true
+  def run(_args), do: AWSCluster.NativeBuild.run(__DIR__, Mix.Project.config()[:version])
 
   @impl true
-  def run(_args) do
-    cond do
-      System.get_env("AWS_CLUSTER_NIF_PATH") not in [nil, ""] ->
-        {:noop, []}
+  def manifests, do: [AWSCluster.NativeBuild.manifest()]
 
-      System.find_executable("cargo") == nil ->
-        Mix.raise(
-          "aws_cluster needs cargo to build its NIF (install Rust from your package manager " <>
-            "or rustup), or set AWS_CLUSTER_NIF_PATH to a prebuilt #{@lib}.so"
-        )
-
-      true ->
-        build()
-    end
-  end
-
-  defp build do
-    root = __DIR__
-    profile = profile()
-    target_dir = target_dir()
-    args = ["build", "-p", "aws_cluster_nif", "--target-dir", target_dir]
-    args = if profile == "release", do: args ++ ["--release"], else: args
-    args = args ++ features()
-
-    case System.cmd("cargo", args,
-           cd: root,
-           into: IO.stream(:stdio, :line),
-           stderr_to_stdout: true
-         ) do
-      {_, 0} -> install(Path.join([target_dir, dir(profile), @lib <> ".so"]), root)
-      {_, code} -> Mix.raise("cargo build of the aws_cluster NIF failed (exit #{code})")
-    end
-  end
-
-  # The loaded .so must never be overwritten in place: a running VM that has it mapped
-  # crashes. Removing first gives the new file a new inode.
-  defp install(built, root) do
-    dest = Path.join([root, "priv", "native", @lib <> ".so"])
-
-    if File.exists?(dest) and File.read!(dest) == File.read!(built) do
-      {:noop, []}
-    else
-      File.mkdir_p!(Path.dirname(dest))
-      File.rm(dest)
-      File.cp!(built, dest)
-      {:ok, []}
-    end
-  end
-
-  defp profile do
-    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
-      p when p in ["dev", "release"] -> p
-      nil -> if Mix.env() == :prod, do: "release", else: "dev"
-      "" -> if Mix.env() == :prod, do: "release", else: "dev"
-      other -> Mix.raise("AWS_CLUSTER_NIF_PROFILE must be dev or release, got #{inspect(other)}")
-    end
-  end
-
-  # Only `bench` exists: it adds the blocking baseline NIF bench/schedulers.exs measures.
-  defp features do
-    case System.get_env("AWS_CLUSTER_NIF_FEATURES") do
-      f when f in [nil, ""] -> []
-      f -> ["--features", f]
-    end
-  end
-
-  defp dir("dev"), do: "debug"
-  defp dir("release"), do: "release"
-
-  defp target_dir do
-    case System.get_env("AWS_CLUSTER_TARGET_DIR") do
-      dir when dir in [nil, ""] -> Path.expand("~/.cache/aws_cluster/target")
-      dir -> Path.expand(dir)
-    end
-  end
+  @impl true
+  def clean, do: AWSCluster.NativeBuild.clean()
 end
 
 defmodule AWSCluster.MixProject do
@@ -111,7 +47,8 @@ defmodule AWSCluster.MixProject do
       deps: [],
       package: [
         files:
-          ~w(lib native/aws_cluster_core native/aws_cluster_nif Cargo.toml Cargo.lock mix.exs README.md)
+          ~w(lib native/aws_cluster_core native/aws_cluster_nif native/build.exs native/checksums.txt
+             Cargo.toml Cargo.lock mix.exs README.md)
       ]
     ]
   end

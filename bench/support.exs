@@ -7,12 +7,10 @@ defmodule Bench.Support do
   @doc "The NIF build profile the figures come from, as a line for the report."
   @spec profile() :: String.t()
   def profile do
-    case System.get_env("AWS_CLUSTER_NIF_PROFILE") do
-      p when p in ["dev", "release"] -> p
-      _ -> if Mix.env() == :prod, do: "release", else: "dev"
-    end
-    |> case do
-      "dev" -> "dev (unoptimized + debuginfo; figures for release builds will differ)"
+    # The compiler's own rule (native/build.exs, loaded by mix.exs), so the report names
+    # the library this run really loaded.
+    case AWSCluster.NativeBuild.profile() do
+      "dev" -> "dev (SDK code unoptimized; figures for release builds will differ)"
       "release" -> "release"
     end
   end
