@@ -323,7 +323,7 @@ fn backoff(attempt: u32) -> Duration {
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);
     let mut r = [0u8; 8];
-    let fraction = match getrandom::getrandom(&mut r) {
+    let fraction = match aws_lc_rs::rand::fill(&mut r) {
         Ok(()) => u64::from_le_bytes(r) as f64 / u64::MAX as f64,
         Err(_) => 0.5,
     };

@@ -6,9 +6,8 @@
 
 use super::{KEY_ID_LEN, LABEL_TAG_LEN};
 use crate::{Error, Reason, Result};
-use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit};
-use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
+use aws_lc_rs::aead::{LessSafeKey, UnboundKey, CHACHA20_POLY1305};
+use aws_lc_rs::{digest, hkdf};
 use std::fmt;
 
 /// Secrets shorter than this are refused unless the caller says `insecure`: 32 random
@@ -27,7 +26,7 @@ const LABEL_TAG_PREFIX: &[u8] = b"aws_cluster/gossip/v1/label:";
 
 pub(crate) struct RingKey {
     pub(crate) id: [u8; KEY_ID_LEN],
-    pub(crate) cipher: ChaCha20Poly1305,
+    pub(crate) cipher: LessSafeKey,
 }
 
 /// Derived keys for one cluster label. Never prints key material.
@@ -99,30 +98,43 @@ impl Keyring {
 
 /// The 4 bytes after the version byte: which cluster a packet claims to belong to.
 pub fn label_tag(label: &[u8]) -> [u8; LABEL_TAG_LEN] {
-    let mut hasher = Sha256::new();
+    let mut hasher = digest::Context::new(&digest::SHA256);
     hasher.update(LABEL_TAG_PREFIX);
     hasher.update(label);
-    let digest = hasher.finalize();
+    let digest = hasher.finish();
     let mut tag = [0u8; LABEL_TAG_LEN];
-    tag.copy_from_slice(&digest[..LABEL_TAG_LEN]);
+    tag.copy_from_slice(&digest.as_ref()[..LABEL_TAG_LEN]);
     tag
 }
 
+/// An HKDF output length, as aws-lc-rs asks for one.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
 fn derive(secret: &[u8], label: &[u8]) -> Result<RingKey> {
-    let hk = Hkdf::<Sha256>::new(Some(SALT), secret);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(secret);
     let mut id = [0u8; KEY_ID_LEN];
     let mut key = [0u8; 32];
-    let mut info = Vec::with_capacity(INFO_AEAD.len() + label.len());
-    info.extend_from_slice(INFO_AEAD);
-    info.extend_from_slice(label);
-    // Both lengths are far below HKDF-SHA256's 8,160-byte limit; the error is unreachable
-    // but still reported rather than unwrapped.
-    hk.expand(INFO_KEY_ID, &mut id)
-        .and_then(|_| hk.expand(&info, &mut key))
-        .map_err(|_| Error::new(Reason::Internal, "HKDF expand refused its output length"))?;
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
+    let failed = |_| Error::new(Reason::Internal, "HKDF expand refused its output length");
+    prk.expand(&[INFO_KEY_ID], Len(KEY_ID_LEN))
+        .and_then(|okm| okm.fill(&mut id))
+        .map_err(failed)?;
+    prk.expand(&[INFO_AEAD, label], Len(key.len()))
+        .and_then(|okm| okm.fill(&mut key))
+        .map_err(failed)?;
+    let cipher = UnboundKey::new(&CHACHA20_POLY1305, &key)
+        .map(LessSafeKey::new)
+        .map_err(|_| Error::new(Reason::Internal, "ChaCha20-Poly1305 refused a 32-byte key"));
     key.fill(0);
-    Ok(RingKey { id, cipher })
+    Ok(RingKey {
+        id,
+        cipher: cipher?,
+    })
 }
 
 fn validate_secret(index: usize, secret: &[u8], insecure: bool) -> Result<()> {

@@ -147,7 +147,7 @@ fn mutated_packets_never_panic_and_never_authenticate() {
     let iters = env_u64("AWS_CLUSTER_FUZZ_ITERS").unwrap_or(DEFAULT_ITERS);
     let seed = env_u64("AWS_CLUSTER_FUZZ_SEED").unwrap_or_else(|| {
         let mut b = [0u8; 8];
-        getrandom::getrandom(&mut b).unwrap();
+        aws_lc_rs::rand::fill(&mut b).unwrap();
         u64::from_le_bytes(b)
     });
     let mut rng = Rng(seed);

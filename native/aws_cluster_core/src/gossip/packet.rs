@@ -6,7 +6,7 @@ use super::{
     TAG_LEN, VERSION,
 };
 use crate::{Error, Reason, Result};
-use chacha20poly1305::{AeadInPlace, Nonce, Tag};
+use aws_lc_rs::aead::{Aad, Nonce};
 
 pub const MAX_NAME: usize = 255;
 pub const MIN_NAME: usize = 3;
@@ -242,13 +242,10 @@ impl<'a> Reader<'a> {
 impl Keyring {
     /// Seals `message` with the first key and a fresh random nonce.
     pub fn seal(&self, message: &Message) -> Result<Vec<u8>> {
+        // aws-lc's DRBG: seeded from the OS, no system call per nonce.
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce).map_err(|e| {
-            Error::new(
-                Reason::Internal,
-                format!("no randomness for a gossip nonce: {e}"),
-            )
-        })?;
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| Error::new(Reason::Internal, "no randomness for a gossip nonce"))?;
         self.seal_payload(&message.encode()?, nonce)
     }
 
@@ -271,13 +268,17 @@ impl Keyring {
         out.extend_from_slice(&self.label_tag);
         out.extend_from_slice(&key.id);
         out.extend_from_slice(&nonce);
-        let aad = self.aad(&out);
+        let (aad, aad_len) = self.aad(&out);
         out.extend_from_slice(payload);
         let tag = key
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[HEADER_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..aad_len]),
+                &mut out[HEADER_LEN..],
+            )
             .map_err(|_| Error::new(Reason::Internal, "ChaCha20-Poly1305 refused to seal"))?;
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -306,26 +307,27 @@ impl Keyring {
             return Err(Reject::WrongLabel);
         }
         let key_id = &packet[id_at..nonce_at];
-        let header = &packet[..HEADER_LEN];
-        let body = &packet[HEADER_LEN..packet.len() - TAG_LEN];
-        let tag = Tag::from_slice(&packet[packet.len() - TAG_LEN..]);
-        let nonce = Nonce::from_slice(&packet[nonce_at..HEADER_LEN]);
-        let aad = self.aad(header);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&packet[nonce_at..HEADER_LEN]);
+        let (aad, aad_len) = self.aad(&packet[..HEADER_LEN]);
         let mut candidates = self.keys.iter().filter(|k| k.id == key_id).peekable();
         if candidates.peek().is_none() {
             return Err(Reject::UnknownKey);
         }
-        // Two secrets may share a 4-byte id; each candidate gets its try.
-        let mut buf = Vec::with_capacity(body.len());
+        // Two secrets may share a 4-byte id; each candidate gets its try. The buffer holds
+        // ciphertext and tag, and keeps only the plaintext once one key opens it.
+        let mut buf = Vec::with_capacity(packet.len() - HEADER_LEN);
         let mut opened = false;
         for key in candidates {
             buf.clear();
-            buf.extend_from_slice(body);
-            if key
+            buf.extend_from_slice(&packet[HEADER_LEN..]);
+            let nonce = Nonce::assume_unique_for_key(nonce);
+            if let Ok(plain) = key
                 .cipher
-                .decrypt_in_place_detached(nonce, &aad, &mut buf, tag)
-                .is_ok()
+                .open_in_place(nonce, Aad::from(&aad[..aad_len]), &mut buf)
             {
+                let len = plain.len();
+                buf.truncate(len);
                 opened = true;
                 break;
             }
@@ -345,11 +347,13 @@ impl Keyring {
         Ok(message)
     }
 
-    fn aad(&self, header: &[u8]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(header.len() + self.label.len());
-        aad.extend_from_slice(header);
-        aad.extend_from_slice(&self.label);
-        aad
+    /// Header plus the full label, on the stack: at most 21 + 128 bytes.
+    fn aad(&self, header: &[u8]) -> ([u8; HEADER_LEN + super::MAX_LABEL], usize) {
+        let mut aad = [0u8; HEADER_LEN + super::MAX_LABEL];
+        let len = header.len() + self.label.len();
+        aad[..header.len()].copy_from_slice(header);
+        aad[header.len()..len].copy_from_slice(&self.label);
+        (aad, len)
     }
 }
 
@@ -388,6 +392,25 @@ pub(crate) mod tests {
         m.kind = Kind::Leave;
         m.meta.push(("zone_id".into(), "use1-az1".into()));
         let packet = r.seal(&m).unwrap();
+        assert_eq!(r.open(&packet, NOW, WINDOW), Ok(m));
+    }
+
+    /// The wire format must not move when the crypto library does: this packet was sealed
+    /// by the RustCrypto implementation this code replaced (fixed nonce 07 x 12).
+    #[test]
+    fn known_answer_from_the_previous_implementation() {
+        let r = ring(&[S1], "prod");
+        let m = message("chat@10.0.1.5", 7);
+        let packet = r
+            .seal_payload(&m.encode().unwrap(), [7u8; NONCE_LEN])
+            .unwrap();
+        let hex: String = packet.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "010d121e3094c6b7ea070707070707070707070707230b6fa269962234e644a68fc0166e970d86\
+             98f84abd1cf41ab047dc5e443437432bf8387949d7a84d3b84054d861bd77224600547b7a73e9\
+             731330a3b1e9ab593fa40a53fd4eb"
+        );
         assert_eq!(r.open(&packet, NOW, WINDOW), Ok(m));
     }
 
