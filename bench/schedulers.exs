@@ -144,9 +144,10 @@ defmodule Bench.Schedulers do
     }
   end
 
-  # How long the async NIF itself holds a scheduler (validate, hand to the runtime): as
-  # many calls as the load, one after another, timed around the NIF call alone, against
-  # a closed loopback port so that the replies (unreachable) come back at once.
+  # How long the async NIF call takes the caller (to a dirty IO scheduler and back,
+  # validate, hand to the runtime; no normal scheduler is held meanwhile): as many calls
+  # as the load, one after another, timed around the NIF call alone, against a closed
+  # loopback port so that the replies (unreachable) come back at once.
   defp nif_call_times do
     {:ok, dead} = AWS.client(Moto.client_opts(endpoint: "http://127.0.0.1:#{Moto.free_port()}"))
 
@@ -164,7 +165,8 @@ defmodule Bench.Schedulers do
     at = fn q -> Float.round(Enum.at(micros, min(@calls - 1, trunc(q * @calls))), 1) end
 
     IO.puts(
-      "aws_describe_instances NIF call alone (#{@calls} sequential calls, replies from a " <>
+      "aws_describe_instances NIF call alone, dirty IO hop included (#{@calls} sequential " <>
+        "calls, replies from a " <>
         "closed port): p50 #{at.(0.5)} us, p99 #{at.(0.99)} us, max #{at.(1.0)} us"
     )
   end

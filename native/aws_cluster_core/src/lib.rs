@@ -7,5 +7,6 @@ pub mod error;
 pub mod gossip;
 pub mod imds;
 pub mod interface;
+pub mod sched;
 
 pub use error::{Error, Reason, Result};

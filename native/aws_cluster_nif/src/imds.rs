@@ -18,7 +18,7 @@ mod keys {
 /// auto_scaling_group, version}}` (values binaries or nil). `opts` is a map with
 /// `endpoint` (binary), `connect_timeout_ms`, `timeout_ms`, `attempts` (integers) and
 /// `keys`, the list of values to read as binaries (`"region"` ...); nil means default.
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyIo")]
 fn imds_fetch<'a>(env: Env<'a>, reference: Term<'a>, opts: Term<'a>) -> Term<'a> {
     let (cfg, wanted) = match config(opts) {
         Ok(parsed) => parsed,

@@ -27,6 +27,10 @@ pub(crate) fn runtime() -> Result<&'static Runtime, Error> {
                 .worker_threads(WORKERS)
                 .max_blocking_threads(2)
                 .thread_name("aws_cluster")
+                // Best effort: on failure the threads keep the default policy.
+                .on_thread_start(|| {
+                    aws_cluster_core::sched::batch_current_thread();
+                })
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())
@@ -52,9 +56,11 @@ where
     let pid = env.pid();
     let mut owned = OwnedEnv::new();
     let saved = owned.save(reference);
-    let task = rt.spawn(work);
+    // One hand-off from the scheduler thread (one queue push, at most one wake-up); the
+    // work itself is spawned from inside the runtime, where a spawn is a local push, so
+    // that a panic in it is caught as a JoinError and still answered.
     rt.spawn(async move {
-        let outcome = match task.await {
+        let outcome = match tokio::spawn(work).await {
             Ok(result) => result,
             Err(join) if join.is_panic() => Err(Error::new(
                 Reason::Internal,
@@ -97,7 +103,7 @@ pub fn started<'a>(env: Env<'a>, result: Result<(), Error>) -> Term<'a> {
 /// Exercises the reply protocol without any AWS: replies `{:ok, delay_ms}` after
 /// `delay_ms`, or panics inside the task when `panic` is true. Used by the test suite
 /// and the scheduler benchmark as the smallest possible async call.
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyIo")]
 fn runtime_probe<'a>(env: Env<'a>, reference: Term<'a>, delay_ms: u64, panic: bool) -> Term<'a> {
     let work = async move {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
