@@ -2,7 +2,7 @@ defmodule AWSCluster.AWS do
   @moduledoc """
   EC2 and AutoScaling queries, the only module that calls the AWS NIFs.
 
-  A client is built once per topology and reused; it holds the SDK's connection pool
+  A client is built once per topology and reused; it holds one connection pool
   and credential cache. Every call runs on the NIF's tokio runtime and answers with a
   message (see `AWSCluster.Async`), so no scheduler waits on AWS.
 
@@ -16,8 +16,9 @@ defmodule AWSCluster.AWS do
     * `:endpoint` - `http(s)://host[:port]` of moto, LocalStack or a VPC endpoint.
       Default: the regional AWS endpoints.
     * `:access_key_id`, `:secret_access_key`, `:session_token` - static credentials.
-      Default: the SDK's chain (env, profile, web identity, ECS task role, instance role).
-    * `:max_attempts` - attempts per request with the SDK's standard retry, 1..20. Default 3.
+      Default: aws-config's chain (env, profile, web identity, ECS task role, instance role).
+    * `:max_attempts` - attempts per request (throttling, 5xx and transport failures are retried
+      with full-jitter backoff), 1..20. Default 3.
     * `:operation_timeout` - ms one call may take, all pages and retries included.
       Default 10_000.
     * `:attempt_timeout` - ms one attempt may take. Default: `:operation_timeout`.
@@ -99,7 +100,7 @@ defmodule AWSCluster.AWS do
     :connect_timeout
   ]
 
-  # Building the SDK config reads TLS roots and profile files; generous but bounded.
+  # Building the client reads TLS roots and profile files; generous but bounded.
   @build_timeout 15_000
   # The NIF enforces operation_timeout itself; this margin only covers message delivery.
   @reply_margin 1_000

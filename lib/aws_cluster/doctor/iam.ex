@@ -120,7 +120,7 @@ defmodule AWSCluster.Doctor.IAM do
       System.get_env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") -> "ECS task role"
       System.get_env("AWS_CONTAINER_CREDENTIALS_FULL_URI") -> "container credentials endpoint"
       profile = System.get_env("AWS_PROFILE") -> "profile #{profile}"
-      true -> "SDK default chain: ~/.aws files or the instance role"
+      true -> "default chain: ~/.aws files or the instance role"
     end
   end
 end

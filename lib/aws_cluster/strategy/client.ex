@@ -18,7 +18,7 @@ defmodule AWSCluster.Strategy.Client do
     access_key_id: [
       type: :non_empty_string,
       sensitive: true,
-      doc: "Static credentials; default is the SDK's chain (env, profile, roles)."
+      doc: "Static credentials; default is aws-config's chain (env, profile, roles)."
     ],
     secret_access_key: [type: :non_empty_string, sensitive: true, doc: "Static credentials."],
     session_token: [type: :non_empty_string, sensitive: true, doc: "Static credentials."],

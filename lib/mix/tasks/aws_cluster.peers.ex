@@ -36,7 +36,7 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   VM a member of the cluster; those connections are closed again at the end. In a VM
   without distribution the column shows `-`.
 
-  Credentials come from the AWS SDK's default chain (environment, profile, instance or
+  Credentials come from aws-config's default chain (environment, profile, instance or
   task role). On failure the task prints the error and exits with status 1; an
   AccessDenied/UnauthorizedOperation names the IAM action the credentials lack.
   """
