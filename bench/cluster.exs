@@ -20,7 +20,7 @@
 #     runs is their maximum). The baseline is the other interval in the same run.
 # P3: DescribeInstances calls per minute from the 16-node cluster over the window,
 #     counted in moto's request log (moto's recorder; requests whose User-Agent is the
-#     Rust SDK), against the naive expectation nodes × 60 s / interval.
+#     aws-cluster/<version> User-Agent), against the naive expectation nodes × 60 s / interval.
 
 defmodule Bench.Cluster do
   alias AWSCluster.Test.{Fleet, Moto, Wait}

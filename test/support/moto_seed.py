@@ -259,8 +259,8 @@ def op_recorded_calls(req):
 
     The log is moto's own (POST /moto-api/recorder/start-recording, file
     MOTO_RECORDER_FILEPATH in moto's environment). A caller is "sdk" when the
-    User-Agent is the Rust SDK's (aws_cluster nodes), "other" otherwise (this seeder's
-    boto3). Keys are "caller:Action".
+    User-Agent is aws_cluster's own (aws-cluster/<version>: the nodes), "other"
+    otherwise (this seeder's boto3). Keys are "caller:Action".
     """
     import base64
     import urllib.parse
@@ -276,7 +276,7 @@ def op_recorded_calls(req):
         entry = json.loads(line)
         headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
         agent = headers.get("user-agent", "") + " " + headers.get("x-amz-user-agent", "")
-        caller = "sdk" if "aws-sdk-rust" in agent.lower() else "other"
+        caller = "sdk" if "aws-cluster/" in agent.lower() else "other"
         body = entry.get("body") or ""
         if entry.get("body_encoded"):
             body = base64.b64decode(body).decode("utf-8", "replace")

@@ -29,6 +29,8 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Cached credentials are refreshed this long before they expire, and at least this often.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 const REFRESH_EVERY: Duration = Duration::from_secs(900);
+/// How AWS (and CloudTrail's userAgent field) sees these calls.
+const USER_AGENT: &str = concat!("aws-cluster/", env!("CARGO_PKG_VERSION"));
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(20);
 
@@ -225,6 +227,7 @@ impl QueryClient {
             .uri(uri)
             .header("host", host)
             .header("content-type", content_type)
+            .header("user-agent", USER_AGENT)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| construction("invalid request", &e))?;
         instructions.apply_to_request_http1x(&mut request);
