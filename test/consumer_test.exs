@@ -39,6 +39,11 @@ defmodule AWSCluster.ConsumerTest do
     installed = Path.join(ctx.app, "_build/dev/lib/aws_cluster/priv/native/" <> @lib)
     assert {:ok, %File.Stat{type: :regular}} = File.lstat(installed)
 
+    # The consumer's dev build got the dev profile, although Mix compiled the dependency
+    # with Mix.env() == :prod.
+    manifest = Path.join(ctx.app, "_build/dev/lib/aws_cluster/.mix/compile.aws_cluster_nif")
+    assert {:cargo, "dev", _stat} = manifest |> File.read!() |> :erlang.binary_to_term()
+
     # The next compile has nothing to do and says nothing about cargo.
     {again, 0} = mix(ctx.app, ["compile"])
     refute again =~ "aws_cluster: building"
@@ -213,11 +218,11 @@ defmodule AWSCluster.ConsumerTest do
     app = copy_fixture(ctx.root, "consumer_prebuilt")
 
     # No cargo on PATH, and an empty cargo target dir: nothing can be built.
-    no_cargo = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-    assert System.find_executable("cargo")
-           |> Path.dirname()
-           |> then(&(&1 not in String.split(no_cargo, ":")))
+    path = String.split(System.get_env("PATH", ""), ":")
+    no_cargo = Enum.reject(path, &File.exists?(Path.join(&1, "cargo")))
+    mix_dir = Path.dirname(System.find_executable("mix"))
+    assert mix_dir in no_cargo, "cargo and mix share #{mix_dir}: cannot hide cargo from mix"
+    no_cargo = Enum.join(no_cargo, ":")
 
     env = [
       {"AWS_CLUSTER_PATH", pkg},

@@ -50,7 +50,7 @@ defmodule Mix.Tasks.AwsCluster.Nif.Package do
     :ok =
       :erl_tar.create(
         String.to_charlist(tarball),
-        [{~c"libaws_cluster_nif.so", String.to_charlist(lib)}],
+        [{String.to_charlist(build.lib_file()), String.to_charlist(lib)}],
         [
           :compressed
         ]

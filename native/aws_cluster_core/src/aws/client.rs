@@ -4,7 +4,9 @@
 //! credentials are either static keys or aws-config's default chain, which resolves
 //! lazily on the first call (env, profile, web identity, ECS task role, instance role).
 
-use super::query::{QueryClient, Settings};
+use super::failure::{classify, Failure, Operation};
+use super::query::{self, QueryClient, Settings};
+use super::{xml, Listing};
 use crate::{Error, Reason, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -190,6 +192,65 @@ impl AwsClient {
             autoscaling_endpoint: endpoint("autoscaling"),
             operation_timeout: cfg.operation_timeout,
         })
+    }
+
+    /// Calls `op` page after page (`NextToken`) until a page has no next token. `page`
+    /// reads one strictly parsed, complete page into its items and next token.
+    pub(super) async fn paginate<T>(
+        &self,
+        op: Operation,
+        service: query::Service,
+        endpoint: &str,
+        params: Vec<(String, String)>,
+        page: impl Fn(&xml::Node) -> (Vec<T>, Option<String>),
+    ) -> Result<Listing<T>> {
+        let mut listing = Listing {
+            items: Vec::new(),
+            pages: 0,
+        };
+        let mut token: Option<String> = None;
+        // A next token seen before would page forever (until operation_timeout).
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let mut request = params.clone();
+            if let Some(t) = &token {
+                request.push(("NextToken".into(), t.clone()));
+            }
+            let fail = |f| classify(op, endpoint, self.timeout_ms(), f);
+            let body = self
+                .query
+                .call(service, endpoint, op.name(), &request)
+                .await
+                .map_err(fail)?;
+            let root = query::page(&body, op.name(), listing.pages + 1).map_err(fail)?;
+            listing.pages += 1;
+            let (items, next) = page(&root);
+            listing.items.extend(items);
+            match next {
+                None => return Ok(listing),
+                Some(next) if !seen.insert(next.clone()) => {
+                    return Err(fail(Failure::Response {
+                        status: Some(200),
+                        cause: format!("page {} repeats an earlier NextToken", listing.pages),
+                    }))
+                }
+                Some(next) => token = Some(next),
+            }
+        }
+    }
+
+    /// Runs a whole paginated call under `operation_timeout`, so a caller waiting
+    /// slightly longer always gets an answer.
+    pub(super) async fn within_budget<T>(
+        &self,
+        op: Operation,
+        endpoint: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.operation_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(classify(op, endpoint, self.timeout_ms(), Failure::Timeout)),
+        }
     }
 
     /// The budget of one call, all pages included.

@@ -1,6 +1,6 @@
 //! DescribeInstances, fully paginated, reduced to the fields discovery needs.
 
-use super::failure::{classify, Failure, Operation};
+use super::failure::Operation;
 use super::{query, xml, AwsClient, Listing};
 use crate::{Error, Reason, Result};
 
@@ -110,63 +110,6 @@ impl AwsClient {
             (items, root.get("nextToken").map(str::to_owned))
         });
         self.within_budget(op, &self.ec2_endpoint, all_pages).await
-    }
-
-    /// Calls `op` page after page (`NextToken`) until a page has no next token. `page`
-    /// reads one strictly parsed, complete page into its items and next token.
-    pub(super) async fn paginate<T>(
-        &self,
-        op: Operation,
-        service: query::Service,
-        endpoint: &str,
-        params: Vec<(String, String)>,
-        page: impl Fn(&xml::Node) -> (Vec<T>, Option<String>),
-    ) -> Result<Listing<T>> {
-        let mut listing = Listing {
-            items: Vec::new(),
-            pages: 0,
-        };
-        let mut token: Option<String> = None;
-        loop {
-            let mut request = params.clone();
-            if let Some(t) = &token {
-                request.push(("NextToken".into(), t.clone()));
-            }
-            let fail = |f| classify(op, endpoint, self.timeout_ms(), f);
-            let body = self
-                .query
-                .call(service, endpoint, op.name(), &request)
-                .await
-                .map_err(fail)?;
-            let root = query::page(&body, op.name(), listing.pages + 1).map_err(fail)?;
-            listing.pages += 1;
-            let (items, next) = page(&root);
-            listing.items.extend(items);
-            match next {
-                None => return Ok(listing),
-                Some(next) if token.as_deref() == Some(next.as_str()) => {
-                    return Err(fail(Failure::Response {
-                        status: Some(200),
-                        cause: format!("page {} repeats the previous NextToken", listing.pages),
-                    }))
-                }
-                Some(next) => token = Some(next),
-            }
-        }
-    }
-
-    /// Runs a whole paginated call under `operation_timeout`, so a caller waiting
-    /// slightly longer always gets an answer.
-    pub(super) async fn within_budget<T>(
-        &self,
-        op: Operation,
-        endpoint: &str,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.operation_timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(classify(op, endpoint, self.timeout_ms(), Failure::Timeout)),
-        }
     }
 }
 
@@ -390,6 +333,53 @@ mod tests {
             .expect_err("must fail");
         assert_eq!(err.reason, Reason::BadResponse);
         assert_eq!(err.detail("status"), Some("500"));
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_token_cycles_refused() {
+        use super::super::fake::client_with_attempts;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let fake = Fake::start(move |_: &str| match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::status(
+                503,
+                "<Response><Errors><Error><Code>Unavailable</Code></Error></Errors></Response>",
+            ),
+            1 => Reply::Truncated("x".repeat(200)),
+            _ => page(&reservation(FULL), None),
+        })
+        .await;
+        let client = client_with_attempts(&fake.endpoint(), 10_000, 3).await;
+        let listing = client
+            .describe_instances(&InstanceQuery::default())
+            .await
+            .expect("third try");
+        assert_eq!((listing.items.len(), listing.pages), (1, 1));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // A -> B -> A would page until the operation timeout.
+        let fake = Fake::start(|request: &str| {
+            let next = if request.contains("NextToken=A") {
+                "B"
+            } else {
+                "A"
+            };
+            page(&reservation(FULL), Some(next))
+        })
+        .await;
+        let client = client_for(&fake.endpoint(), 10_000).await;
+        let err = client
+            .describe_instances(&InstanceQuery::default())
+            .await
+            .expect_err("cycle");
+        assert_eq!(err.reason, Reason::BadResponse);
+        assert!(
+            err.message.contains("repeats an earlier NextToken"),
+            "{}",
+            err.message
+        );
+        assert_eq!(fake.requests().len(), 3);
     }
 
     #[test]

@@ -142,11 +142,15 @@ async fn read_request(socket: &mut TcpStream) -> Option<String> {
 
 /// A client for `endpoint` with static test keys and a single attempt.
 pub async fn client_for(endpoint: &str, timeout_ms: u64) -> AwsClient {
+    client_with_attempts(endpoint, timeout_ms, 1).await
+}
+
+pub async fn client_with_attempts(endpoint: &str, timeout_ms: u64, attempts: u32) -> AwsClient {
     let mut cfg = ClientConfig::new("us-east-1");
     cfg.endpoint = Some(endpoint.to_owned());
     cfg.access_key_id = Some("testing".into());
     cfg.secret_access_key = Some("testing".into());
-    cfg.max_attempts = 1;
+    cfg.max_attempts = attempts;
     cfg.operation_timeout = Duration::from_millis(timeout_ms);
     AwsClient::new(cfg).await.expect("client")
 }

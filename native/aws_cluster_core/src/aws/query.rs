@@ -29,6 +29,9 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Cached credentials are refreshed this long before they expire, and at least this often.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 const REFRESH_EVERY: Duration = Duration::from_secs(900);
+/// Codes AWS documents as transient besides throttling.
+const TRANSIENT: &[&str] = &["RequestTimeout", "RequestTimeoutException", "InternalError"];
+
 /// How AWS (and CloudTrail's userAgent field) sees these calls.
 const USER_AGENT: &str = concat!("aws-cluster/", env!("CARGO_PKG_VERSION"));
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -246,13 +249,24 @@ impl QueryClient {
                 return Ok(creds.clone());
             }
         }
-        let creds =
-            self.credentials
-                .provide_credentials()
-                .await
-                .map_err(|e| Failure::Construction {
+        let fresh = self.credentials.provide_credentials().await;
+        let creds = match (fresh, cached.as_ref()) {
+            (Ok(creds), _) => creds,
+            // A failed refresh (STS or the ECS agent hiccups) must not fail calls while
+            // the credentials in hand are still valid.
+            (Err(_), Some((old, _)))
+                if old
+                    .expiry()
+                    .is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(30)) =>
+            {
+                return Ok(old.clone());
+            }
+            (Err(e), _) => {
+                return Err(Failure::Construction {
                     cause: format!("loading credentials failed: {}", causes_with_top(&e)),
-                })?;
+                })
+            }
+        };
         *cached = Some((creds.clone(), Instant::now()));
         Ok(creds)
     }
@@ -311,12 +325,17 @@ fn service_failure(status: u16, body: &str) -> Failure {
 fn retryable(failure: &Failure) -> bool {
     match failure {
         Failure::Service { status, code, .. } => {
+            let code = code.as_deref().unwrap_or("");
             *status >= 500
                 || *status == 429
-                || code.as_deref().is_some_and(super::failure::is_throttling)
+                || super::failure::is_throttling(code)
+                || TRANSIENT.contains(&code)
         }
-        Failure::Timeout | Failure::Dispatch { .. } => true,
-        Failure::Response { .. } | Failure::Construction { .. } => false,
+        // Inside `call`, a Response failure is a body that could not be read (cut off, not
+        // UTF-8): transient, as for the SDK. Pages that do not parse are judged by the
+        // caller and never retried.
+        Failure::Timeout | Failure::Dispatch { .. } | Failure::Response { .. } => true,
+        Failure::Construction { .. } => false,
     }
 }
 
@@ -449,9 +468,13 @@ mod tests {
         assert!(retryable(&service(400, Some("Throttling"))));
         assert!(retryable(&service(429, None)));
         assert!(!retryable(&service(403, Some("UnauthorizedOperation"))));
-        assert!(!retryable(&Failure::Response {
+        assert!(retryable(&service(400, Some("RequestTimeout"))));
+        assert!(retryable(&Failure::Response {
             status: Some(200),
             cause: "cut".into()
+        }));
+        assert!(!retryable(&Failure::Construction {
+            cause: "no credentials".into()
         }));
         assert!(retryable(&Failure::Timeout));
     }
@@ -462,5 +485,10 @@ mod tests {
             assert!(backoff(attempt) <= BACKOFF_MAX);
         }
         assert!(backoff(1) <= BACKOFF_BASE);
+        // Full jitter: the largest of many draws approaches each attempt's cap.
+        let most = |attempt| (0..200).map(|_| backoff(attempt)).max().unwrap_or_default();
+        assert!(most(1) > BACKOFF_BASE / 2);
+        assert!(most(4) > BACKOFF_BASE * 4);
+        assert!(most(30) > BACKOFF_MAX / 2);
     }
 }

@@ -9,6 +9,10 @@
 use std::borrow::Cow;
 use xmlparser::{ElementEnd, Token, Tokenizer};
 
+/// Deeper than any AWS answer (DescribeInstances nests about 8 levels). The tree's
+/// drop and `find` recurse, so a hostile endpoint must not choose the depth.
+pub const MAX_DEPTH: usize = 64;
+
 /// One element: its local name (namespace prefix dropped), text and child elements.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Node<'a> {
@@ -66,6 +70,9 @@ pub fn parse(doc: &str) -> Result<Node<'_>, String> {
             Token::ElementStart { local, .. } => {
                 if root.is_some() {
                     return Err("content after the root element".into());
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(format!("elements nested deeper than {MAX_DEPTH}"));
                 }
                 stack.push(Node {
                     name: local.as_str(),
@@ -167,6 +174,14 @@ mod tests {
         assert_eq!(root.get("t"), Some("x"));
         assert!(root.find("e").is_some());
         assert_eq!(root.get("missing"), None);
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!("{}{}", "<a>".repeat(MAX_DEPTH), "</a>".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        let deep = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));
+        assert!(parse(&deep).unwrap_err().contains("nested deeper"));
     }
 
     #[test]
