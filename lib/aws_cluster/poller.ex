@@ -3,6 +3,7 @@ defmodule AWSCluster.Poller do
   require Logger
 
   alias AWSCluster.{Config, Connector, Error, Peers, Redacted}
+  alias AWSCluster.Poller.PruneGuard
   alias AWSCluster.Strategy.State
 
   @schema [
@@ -17,6 +18,19 @@ defmodule AWSCluster.Poller do
       doc:
         "Complete answers a peer must be missing from before it is disconnected; " <>
           "`false` never prunes."
+    ],
+    prune_guard: [
+      type: {:or, [{:integer, 1..100}, {:literal, false}]},
+      default: 30,
+      doc:
+        "A complete answer that would prune more than this percent of the known peers at " <>
+          "once is held until the next complete answer confirms it " <>
+          "(`AWSCluster.Poller.PruneGuard`); `false` turns the guard off."
+    ],
+    prune_guard_min: [
+      type: :pos_integer,
+      default: 2,
+      doc: "The guard never holds fewer prunes than this in one answer."
     ],
     connect_timeout: [
       type: :pos_integer,
@@ -55,7 +69,8 @@ defmodule AWSCluster.Poller do
       failed.
     * A peer is pruned only after `:prune_after` consecutive complete answers without it,
       or at once when the strategy reports it as terminating. `prune_after: false` never
-      prunes.
+      prunes. An answer that would prune over `:prune_guard` percent of the known peers
+      at once is held for one more complete answer (`AWSCluster.Poller.PruneGuard`).
     * Connects and disconnects run through the state's MFAs in a separate process, via
       `AWSCluster.Connector`, concurrently and bounded by `:connect_timeout`.
     * Discovery runs in its own monitored process, killed after `:discovery_timeout`,
@@ -178,6 +193,7 @@ defmodule AWSCluster.Poller do
           discovery: nil,
           round: nil,
           round_pending: false,
+          held: MapSet.new(),
           to_disconnect: []
         }
 
@@ -207,7 +223,8 @@ defmodule AWSCluster.Poller do
       polls: s.polls,
       connecting: s.round != nil or s.round_pending,
       next_delay: s.next_delay,
-      members: Map.new(s.members, fn {node, m} -> {node, m.misses} end)
+      members: Map.new(s.members, fn {node, m} -> {node, m.misses} end),
+      held: Enum.sort(s.held)
     }
 
     {:reply, reply, s}
@@ -378,10 +395,10 @@ defmodule AWSCluster.Poller do
 
         cond do
           prune_after != false and gone?(node, m.peer, gone) ->
-            {kept, [{node, "reported terminating"} | pruned]}
+            {kept, [{node, :gone, "reported terminating"} | pruned]}
 
           prune_after != false and misses >= prune_after ->
-            {kept, [{node, "missing from #{misses} consecutive answers"} | pruned]}
+            {kept, [{node, :missed, "missing from #{misses} consecutive answers"} | pruned]}
 
           true ->
             {Map.put(kept, node, %{m | misses: misses}), pruned}
@@ -394,7 +411,7 @@ defmodule AWSCluster.Poller do
           reason = "reported terminating"
 
           if Map.has_key?(s.members, node),
-            do: {kept, [{node, reason} | pruned]},
+            do: {kept, [{node, :gone, reason} | pruned]},
             else: {kept, pruned}
         else
           {Map.put(kept, node, %{peer: peer, misses: 0}), pruned}
@@ -403,11 +420,25 @@ defmodule AWSCluster.Poller do
 
     topology = s.state.topology
 
+    {members, pruned, held, holding} =
+      PruneGuard.apply(s.config, s.members, members, pruned, s.held)
+
+    if holding do
+      log(
+        :warning,
+        topology,
+        "holding the prune of #{holding.held} of #{holding.known} peers (over " <>
+          "#{holding.percent}% at once) until the next complete answer confirms it"
+      )
+
+      AWSCluster.Telemetry.execute([:aws_cluster, :discovery, :prune_held], holding, meta(s))
+    end
+
     for {node, _} <- members,
         not Map.has_key?(s.members, node),
         do: log(:info, topology, "new peer #{node}")
 
-    for {node, why} <- pruned, do: log(:info, topology, "pruning #{node}: #{why}")
+    for {node, _kind, why} <- pruned, do: log(:info, topology, "pruning #{node}: #{why}")
 
     case s.health do
       :starting ->
@@ -433,6 +464,7 @@ defmodule AWSCluster.Poller do
         last_error: nil,
         failures: 0,
         throttles: 0,
+        held: held,
         to_disconnect: s.to_disconnect ++ Enum.map(pruned, &elem(&1, 0))
     }
     |> start_round()

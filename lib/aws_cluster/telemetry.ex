@@ -21,6 +21,12 @@ defmodule AWSCluster.Telemetry do
       `AWSCluster.Error` reason (`:throttled`, `:unauthorized`, `:unreachable`,
       `:timeout`, `:bad_response`, ...).
 
+    * `[:aws_cluster, :discovery, :prune_held]` - a complete answer would have pruned
+      over `:prune_guard` percent of the known peers at once; those prunes wait for the
+      next complete answer (`AWSCluster.Poller.PruneGuard`).
+      Measurements: `%{held: pos_integer, known: pos_integer, percent: pos_integer}`.
+      Metadata: `%{topology: atom, strategy: module}`.
+
   ## Connections (every strategy, from `AWSCluster.Connector`)
 
     * `[:aws_cluster, :node, :connect]` - the topology's connect MFA succeeded for a

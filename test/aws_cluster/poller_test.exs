@@ -103,6 +103,53 @@ defmodule AWSCluster.PollerTest do
     refute_received {:disconnect, @a}
   end
 
+  describe "the prune guard" do
+    @five [:a, :b, :c, :d, :e]
+
+    defp five(config) do
+      %{pid: pid} = start(Keyword.merge([prune_after: 1], config))
+      req = step(await_request(), {:ok, Enum.map(@five, &peer/1)})
+      for n <- @five, do: assert_receive({:connect, _}, 5_000) && n
+      {pid, req}
+    end
+
+    test "holds a prune of over 30% for one complete answer, then prunes what is still missing" do
+      {pid, req} = five([])
+      log = capture_log(fn -> send(self(), {:req, step(req, {:ok, [peer(:a), peer(:b)]})}) end)
+      assert_received {:req, req}
+      assert log =~ "holding the prune of 3 of 5 peers (over 30% at once)"
+      assert Poller.status(pid).held == [@c, :"d@127.0.0.1", :"e@127.0.0.1"]
+      assert map_size(members(pid)) == 5
+      settle(pid)
+      refute_received {:disconnect, _}
+
+      # The next complete answer confirms c and d; e came back.
+      _ = step(req, {:ok, [peer(:a), peer(:b), peer(:e)]})
+      assert Map.keys(members(pid)) |> Enum.sort() == [@a, @b, :"e@127.0.0.1"]
+      assert Poller.status(pid).held == []
+      assert_receive {:disconnect, @c}, 5_000
+      assert_receive {:disconnect, :"d@127.0.0.1"}, 5_000
+      settle(pid)
+      refute_received {:disconnect, _}
+    end
+
+    test "a shrink under the share, a single peer, terminating reports and prune_guard: false go at once" do
+      {pid, req} = five([])
+      # 1 of 5 (20%): under the share.
+      req = step(req, {:ok, Enum.map([:a, :b, :c, :d], &peer/1)})
+      assert_receive {:disconnect, :"e@127.0.0.1"}, 5_000
+      # 3 of 4, reported terminating: not a guess from a short answer.
+      _ = step(req, {:ok, [peer(:a)], ["i-b", "i-c", "i-d"]})
+      for n <- [@b, @c, :"d@127.0.0.1"], do: assert_receive({:disconnect, ^n}, 5_000)
+      assert Map.keys(members(pid)) == [@a]
+
+      {pid, req} = five(prune_guard: false)
+      _ = step(req, {:ok, [peer(:a)]})
+      assert Map.keys(members(pid)) == [@a]
+      assert Poller.status(pid).held == []
+    end
+  end
+
   test "a peer seen again starts counting misses from zero" do
     %{pid: pid} = start(prune_after: 2)
     req = step(await_request(), {:ok, [peer(:a), peer(:b)]})

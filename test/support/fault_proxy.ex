@@ -22,7 +22,15 @@ defmodule AWSCluster.Test.FaultProxy do
     * `:truncate` - forward, then send the headers and only half of the body (the
       Content-Length still announces all of it) and close;
     * `{:slow_body, ms}` - forward, send the headers and half the body, wait `ms`,
-      send the rest.
+      send the rest;
+    * `{:page, which, damage}` - forward, and damage the answer if it is the `which`
+      page of a paginated call (`:first`: the request has no `NextToken`; `:last`: the
+      answer has none; `:middle`: both have one), then close. `damage` is `:cut` (half
+      the body, delimited by the close, no Content-Length), `:drop_next_token` (whole,
+      well-formed XML that ends the listing early) or `:wrong_root` (well-formed XML
+      answering another action). Other pages pass.
+    * `{:once, mode}` - `mode` for the first request it damages (for `{:page, ...}`, the
+      first matching page), then `:pass`.
 
   `requests/1` returns the `Action` of every request received, in order, whatever the
   mode - a count independent of the code under test (pages, retries, polls).
@@ -77,6 +85,12 @@ defmodule AWSCluster.Test.FaultProxy do
     {:reply, {state.mode, state.upstream}, %{state | log: [action | state.log]}}
   end
 
+  # A one-shot mode has been used up.
+  def handle_call({:spent, mode}, _from, %{mode: {:once, mode}} = state),
+    do: {:reply, :ok, %{state | mode: :pass}}
+
+  def handle_call({:spent, _}, _from, state), do: {:reply, :ok, state}
+
   defp listen(%{listener: nil} = state) do
     # A deep accept queue: benchmarks open 1,000 connections at once, and the default
     # backlog (5) makes the kernel drop connects, which stall for seconds or fail.
@@ -91,7 +105,7 @@ defmodule AWSCluster.Test.FaultProxy do
   defp serve(socket, server) do
     with {:ok, request} <- read_message(socket, "", :request),
          {:ok, {mode, upstream}} <- ask(server, {:request, action(request)}),
-         :continue <- respond(mode, socket, request, upstream) do
+         :continue <- respond_once(mode, server, socket, request, upstream) do
       serve(socket, server)
     else
       _ -> :gen_tcp.close(socket)
@@ -102,6 +116,57 @@ defmodule AWSCluster.Test.FaultProxy do
     {:ok, GenServer.call(server, request)}
   catch
     :exit, _ -> :closed
+  end
+
+  # `respond/4` answers `{:passed, result}` when it let a request through undamaged.
+  defp respond_once({:once, inner}, server, socket, request, upstream) do
+    case respond(inner, socket, request, upstream) do
+      {:passed, result} ->
+        result
+
+      result ->
+        ask(server, {:spent, inner})
+        result
+    end
+  end
+
+  defp respond_once(mode, _server, socket, request, upstream) do
+    case respond(mode, socket, request, upstream) do
+      {:passed, result} -> result
+      result -> result
+    end
+  end
+
+  defp respond({:page, which, damage}, socket, request, upstream) do
+    with {:ok, response} <- forward(request, upstream) do
+      {head, body} = split(response)
+      asked_next? = request =~ "NextToken="
+      has_next? = body =~ "<nextToken>"
+
+      page =
+        cond do
+          not asked_next? -> :first
+          not has_next? -> :last
+          true -> :middle
+        end
+
+      if page == which do
+        [status_line | _] = String.split(head, "\r\n", parts: 2)
+
+        :gen_tcp.send(socket, [
+          status_line,
+          "\r\nContent-Type: text/xml;charset=UTF-8\r\nConnection: close\r\n\r\n",
+          damage(damage, body)
+        ])
+
+        :close
+      else
+        :gen_tcp.send(socket, response)
+        {:passed, keep_alive(response)}
+      end
+    else
+      :error -> :close
+    end
   end
 
   defp respond(:pass, socket, request, upstream) do
@@ -167,6 +232,14 @@ defmodule AWSCluster.Test.FaultProxy do
 
     :close
   end
+
+  defp damage(:cut, body), do: binary_part(body, 0, div(byte_size(body), 2))
+
+  defp damage(:drop_next_token, body),
+    do: Regex.replace(~r{<nextToken>.*?</nextToken>}s, body, "")
+
+  defp damage(:wrong_root, body),
+    do: String.replace(body, "DescribeInstancesResponse", "DescribeVolumesResponse")
 
   defp send_response(socket, code, type, body) do
     :gen_tcp.send(socket, [

@@ -34,6 +34,12 @@ defmodule AWSCluster.Strategy.EC2 do
               doc:
                 "Security group ids (`sg-...`, filter `instance.group-id`) or names " <>
                   "(`instance.group-name`), not both."
+            ],
+            page_size: [
+              type: {:integer, 5..1000},
+              doc:
+                "DescribeInstances MaxResults per page; default AWS's own. Every page is " <>
+                  "read before an answer counts."
             ]
           ] ++ AWSCluster.Strategy.Naming.schema() ++ AWSCluster.Strategy.Client.schema()
 
@@ -92,7 +98,10 @@ defmodule AWSCluster.Strategy.EC2 do
 
   @impl true
   def discover(%{client: client, filters: filters, config: config}) do
-    with {:ok, instances} <- AWS.describe_instances(client, filters, states: ["running"]) do
+    opts =
+      [states: ["running"]] ++ if(config[:page_size], do: [page_size: config.page_size], else: [])
+
+    with {:ok, instances} <- AWS.describe_instances(client, filters, opts) do
       Naming.peers(instances, config)
     end
   end
