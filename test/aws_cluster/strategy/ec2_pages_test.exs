@@ -117,8 +117,7 @@ defmodule AWSCluster.Strategy.EC2PagesTest do
       secret_access_key: "testing",
       max_attempts: 1,
       polling_interval: 500,
-      prune_after: 1,
-      prune_guard: false
+      prune_after: 1
     ]
 
     topology = :"pages_#{System.unique_integer([:positive])}"
