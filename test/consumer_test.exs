@@ -228,7 +228,10 @@ defmodule AWSCluster.ConsumerTest do
       {"AWS_CLUSTER_PATH", pkg},
       {"AWS_CLUSTER_NIF_BASE_URL", base_url},
       {"PATH", no_cargo},
-      {"AWS_CLUSTER_TARGET_DIR", Path.join(ctx.root, "empty_target")}
+      {"AWS_CLUSTER_TARGET_DIR", Path.join(ctx.root, "empty_target")},
+      # The artifact server is on loopback: no proxy of this machine's may sit between.
+      {"HTTP_PROXY", nil},
+      {"http_proxy", nil}
       | for({v, _} <- @vendor, do: {v, nil})
     ]
 
