@@ -27,16 +27,16 @@ defmodule AWSCluster.ConsumerTest do
     %{root: root, app: app, compile: {status, out}}
   end
 
-  setup do
+  # Every test builds on the one compile: if it failed, each says so with its output.
+  setup %{compile: {status, out}} do
+    assert status == 0, out
     on_exit(fn -> stop_nodes() end)
     :ok
   end
 
   test "one mix compile from an empty _build installs the NIF, and mix run meshes with real nodes",
        ctx do
-    {status, out} = ctx.compile
-    assert status == 0, out
-    installed = Path.join(ctx.app, "_build/dev/lib/aws_cluster/priv/native/" <> @lib)
+    installed = installed(ctx.app)
     assert {:ok, %File.Stat{type: :regular}} = File.lstat(installed)
 
     # The consumer's dev build got the dev profile, although Mix compiled the dependency
@@ -143,8 +143,6 @@ defmodule AWSCluster.ConsumerTest do
 
   test "EC2 and Gossip strategies under libcluster's Cluster.Supervisor, -connect_all false",
        ctx do
-    {status, out} = ctx.compile
-    assert status == 0, out
     run = System.unique_integer([:positive])
 
     # EC2 on moto.
@@ -184,9 +182,7 @@ defmodule AWSCluster.ConsumerTest do
 
   test "prebuilt NIF: installed without cargo from a verified artifact; a tampered one fails",
        ctx do
-    {status, out} = ctx.compile
-    assert status == 0, out
-    built = Path.join(ctx.app, "_build/dev/lib/aws_cluster/priv/native/" <> @lib)
+    built = installed(ctx.app)
 
     # The package as hex would ship it, with the checksum the package task records.
     pkg = Path.join(ctx.root, "aws_cluster_pkg")
@@ -253,7 +249,7 @@ defmodule AWSCluster.ConsumerTest do
 
     # Tampered: another library behind the same name. Removing the installed copy makes
     # the compiler fetch again, as a fresh machine would.
-    installed = Path.join(app, "_build/dev/lib/aws_cluster/priv/native/" <> @lib)
+    installed = installed(app)
     File.rm!(installed)
     File.write!(artifact, :zlib.gzip("not the artifact"))
     actual = :crypto.hash(:sha256, File.read!(artifact)) |> Base.encode16(case: :lower)
@@ -282,6 +278,8 @@ defmodule AWSCluster.ConsumerTest do
     Enum.each(~w(_build deps), &File.rm_rf!(Path.join(app, &1)))
     app
   end
+
+  defp installed(app), do: Path.join(app, "_build/dev/lib/aws_cluster/priv/native/" <> @lib)
 
   defp mix(dir, args, extra \\ []) do
     System.cmd(System.find_executable("mix"), args,

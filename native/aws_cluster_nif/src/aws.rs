@@ -26,7 +26,7 @@ mod keys {
     }
 }
 
-/// The SDK clients of one topology, shared by every call made with it.
+/// The AWS client of one topology, shared by every call made with it.
 pub struct ClientResource {
     client: AwsClient,
 }

@@ -1,7 +1,7 @@
 //! DescribeAutoScalingGroups, fully paginated, reduced to each group's instances.
 
 use super::failure::Operation;
-use super::{query, xml, AwsClient, Listing};
+use super::{xml, AwsClient, Listing};
 use crate::{Error, Reason, Result};
 
 /// One AutoScaling group.
@@ -39,7 +39,6 @@ impl AwsClient {
                 ),
             ));
         }
-        let op = Operation::DescribeAutoScalingGroups;
         let mut params = vec![("MaxRecords".to_string(), PAGE_SIZE.to_string())];
         for (i, name) in names.iter().enumerate() {
             params.push((
@@ -47,8 +46,7 @@ impl AwsClient {
                 name.clone(),
             ));
         }
-        let endpoint = &self.autoscaling_endpoint;
-        let all_pages = self.paginate(op, query::AUTOSCALING, endpoint, params, |root| {
+        self.paginate(Operation::DescribeAutoScalingGroups, params, |root| {
             let result = root.child("DescribeAutoScalingGroupsResult");
             let groups = result
                 .into_iter()
@@ -59,8 +57,8 @@ impl AwsClient {
                 groups,
                 result.and_then(|r| r.get("NextToken")).map(str::to_owned),
             )
-        });
-        self.within_budget(op, endpoint, all_pages).await
+        })
+        .await
     }
 }
 

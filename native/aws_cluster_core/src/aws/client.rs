@@ -1,4 +1,4 @@
-//! The SDK client, built once per topology.
+//! The AWS client, built once per topology.
 //!
 //! Building it reads no network: the region is always given (from config or IMDS) and
 //! credentials are either static keys or aws-config's default chain, which resolves
@@ -25,7 +25,7 @@ pub struct ClientConfig {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
-    /// Attempts per request including the first (SDK standard retry mode).
+    /// Attempts per request including the first (see `query` for what is retried).
     pub max_attempts: u32,
     /// The most one call may take, all its pages and retries included.
     pub operation_timeout: Duration,
@@ -194,62 +194,62 @@ impl AwsClient {
         })
     }
 
-    /// Calls `op` page after page (`NextToken`) until a page has no next token. `page`
-    /// reads one strictly parsed, complete page into its items and next token.
+    /// Calls `op` page after page (`NextToken`) until a page has no next token, all of it
+    /// under `operation_timeout` so a caller waiting slightly longer always gets an
+    /// answer. `page` reads one strictly parsed, complete page into its items and next
+    /// token.
     pub(super) async fn paginate<T>(
         &self,
         op: Operation,
-        service: query::Service,
-        endpoint: &str,
         params: Vec<(String, String)>,
         page: impl Fn(&xml::Node) -> (Vec<T>, Option<String>),
     ) -> Result<Listing<T>> {
-        let mut listing = Listing {
-            items: Vec::new(),
-            pages: 0,
+        let (service, endpoint) = match op {
+            Operation::DescribeInstances => (query::EC2, self.ec2_endpoint.as_str()),
+            Operation::DescribeAutoScalingGroups => {
+                (query::AUTOSCALING, self.autoscaling_endpoint.as_str())
+            }
         };
-        let mut token: Option<String> = None;
-        // A next token seen before would page forever (until operation_timeout).
-        let mut seen = std::collections::HashSet::new();
-        loop {
-            let mut request = params.clone();
-            if let Some(t) = &token {
-                request.push(("NextToken".into(), t.clone()));
-            }
-            let fail = |f| classify(op, endpoint, self.timeout_ms(), f);
-            let body = self
-                .query
-                .call(service, endpoint, op.name(), &request)
-                .await
-                .map_err(fail)?;
-            let root = query::page(&body, op.name(), listing.pages + 1).map_err(fail)?;
-            listing.pages += 1;
-            let (items, next) = page(&root);
-            listing.items.extend(items);
-            match next {
-                None => return Ok(listing),
-                Some(next) if !seen.insert(next.clone()) => {
-                    return Err(fail(Failure::Response {
-                        status: Some(200),
-                        cause: format!("page {} repeats an earlier NextToken", listing.pages),
-                    }))
+        let fail = |f| classify(op, endpoint, self.timeout_ms(), f);
+        let all_pages = async {
+            let mut listing = Listing {
+                items: Vec::new(),
+                pages: 0,
+            };
+            let mut token: Option<String> = None;
+            // A next token seen before would page forever (until operation_timeout).
+            let mut seen = std::collections::HashSet::new();
+            loop {
+                let mut params = params.clone();
+                if let Some(t) = &token {
+                    params.push(("NextToken".into(), t.clone()));
                 }
-                Some(next) => token = Some(next),
+                let call = query::Call {
+                    service,
+                    endpoint,
+                    action: op.name(),
+                    params: &params,
+                };
+                let body = self.query.call(&call).await.map_err(fail)?;
+                let root = query::page(&body, op.name(), listing.pages + 1).map_err(fail)?;
+                listing.pages += 1;
+                let (items, next) = page(&root);
+                listing.items.extend(items);
+                match next {
+                    None => return Ok(listing),
+                    Some(next) if !seen.insert(next.clone()) => {
+                        return Err(fail(Failure::Response {
+                            status: Some(200),
+                            cause: format!("page {} repeats an earlier NextToken", listing.pages),
+                        }))
+                    }
+                    Some(next) => token = Some(next),
+                }
             }
-        }
-    }
-
-    /// Runs a whole paginated call under `operation_timeout`, so a caller waiting
-    /// slightly longer always gets an answer.
-    pub(super) async fn within_budget<T>(
-        &self,
-        op: Operation,
-        endpoint: &str,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.operation_timeout, work).await {
+        };
+        match tokio::time::timeout(self.operation_timeout, all_pages).await {
             Ok(result) => result,
-            Err(_) => Err(classify(op, endpoint, self.timeout_ms(), Failure::Timeout)),
+            Err(_) => Err(fail(Failure::Timeout)),
         }
     }
 
@@ -263,7 +263,7 @@ impl AwsClient {
     }
 }
 
-/// The SDK's default chain: environment, profile files, `credential_process`, web
+/// aws-config's default chain: environment, profile files, `credential_process`, web
 /// identity, ECS task role, instance role.
 async fn default_chain(cfg: &ClientConfig) -> Result<SharedCredentialsProvider> {
     let timeouts = TimeoutConfig::builder()

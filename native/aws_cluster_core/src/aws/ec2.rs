@@ -1,7 +1,7 @@
 //! DescribeInstances, fully paginated, reduced to the fields discovery needs.
 
 use super::failure::Operation;
-use super::{query, xml, AwsClient, Listing};
+use super::{xml, AwsClient, Listing};
 use crate::{Error, Reason, Result};
 
 /// What to ask DescribeInstances for.
@@ -87,7 +87,6 @@ impl AwsClient {
     /// a partial answer would make peers look gone.
     pub async fn describe_instances(&self, query: &InstanceQuery) -> Result<Listing<Instance>> {
         query.validate()?;
-        let op = Operation::DescribeInstances;
         let mut params = Vec::new();
         for (i, (name, values)) in query.filters.iter().enumerate() {
             params.push((format!("Filter.{}.Name", i + 1), name.clone()));
@@ -101,15 +100,15 @@ impl AwsClient {
         if let Some(n) = query.page_size {
             params.push(("MaxResults".into(), n.to_string()));
         }
-        let all_pages = self.paginate(op, query::EC2, &self.ec2_endpoint, params, |root| {
+        self.paginate(Operation::DescribeInstances, params, |root| {
             let items = root
                 .list("reservationSet", "item")
                 .flat_map(|r| r.list("instancesSet", "item"))
                 .map(convert)
                 .collect();
             (items, root.get("nextToken").map(str::to_owned))
-        });
-        self.within_budget(op, &self.ec2_endpoint, all_pages).await
+        })
+        .await
     }
 }
 

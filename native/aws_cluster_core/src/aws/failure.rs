@@ -8,7 +8,7 @@
 //!   sends `RequestLimitExceeded` with 503 and the caller must back off rather than retry;
 //! * any other 5xx, with or without an AWS code, is `bad_response`: the endpoint answered,
 //!   so it is not `unreachable`, but the answer is unusable. `status` is in `details`;
-//! * a timeout of the SDK (operation or attempt) or of the connection is `timeout`;
+//! * a timeout of the operation, an attempt or the connection is `timeout`;
 //!   connect/reset/DNS/TLS failures without any response are `unreachable`;
 //! * a request that cannot be built for lack of credentials is `unauthorized`.
 

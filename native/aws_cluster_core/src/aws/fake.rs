@@ -1,4 +1,4 @@
-//! A scripted HTTP/1.1 server on 127.0.0.1 for the SDK-level tests: enough to answer
+//! A scripted HTTP/1.1 server on 127.0.0.1 for the wire-level tests: enough to answer
 //! EC2/AutoScaling query requests, fail in chosen ways, and record what was asked.
 
 use super::{AwsClient, ClientConfig};

@@ -54,6 +54,15 @@ pub const AUTOSCALING: Service = Service {
     version: "2011-01-01",
 };
 
+/// One request: `action` of `service`, at `endpoint`, with form `params`.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub service: Service,
+    pub endpoint: &'a str,
+    pub action: &'a str,
+    pub params: &'a [(String, String)],
+}
+
 type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Where a call goes and how long it may take.
@@ -118,26 +127,17 @@ impl QueryClient {
         })
     }
 
-    /// Calls `action` on `endpoint` with `params` and returns the parsed answer's body,
+    /// Makes `call` and returns the answer's body,
     /// retrying what AWS documents as retryable.
-    pub async fn call(
-        &self,
-        service: Service,
-        endpoint: &str,
-        action: &str,
-        params: &[(String, String)],
-    ) -> Result<String, Failure> {
+    pub async fn call(&self, call: &Call<'_>) -> Result<String, Failure> {
         let mut attempt = 1;
         loop {
-            let outcome = match tokio::time::timeout(
-                self.settings.attempt_timeout,
-                self.attempt(service, endpoint, action, params),
-            )
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Failure::Timeout),
-            };
+            let outcome =
+                match tokio::time::timeout(self.settings.attempt_timeout, self.attempt(call)).await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Failure::Timeout),
+                };
             match outcome {
                 Err(f) if attempt < self.settings.max_attempts && retryable(&f) => {
                     tokio::time::sleep(backoff(attempt)).await;
@@ -148,16 +148,10 @@ impl QueryClient {
         }
     }
 
-    async fn attempt(
-        &self,
-        service: Service,
-        endpoint: &str,
-        action: &str,
-        params: &[(String, String)],
-    ) -> Result<String, Failure> {
+    async fn attempt(&self, call: &Call<'_>) -> Result<String, Failure> {
         let credentials = self.credentials().await?;
-        let body = form(action, service.version, params);
-        let request = self.signed(service, endpoint, body, credentials)?;
+        let body = form(call.action, call.service.version, call.params);
+        let request = self.signed(call.service, call.endpoint, body, credentials)?;
         let response = self
             .http
             .request(request)
