@@ -12,7 +12,21 @@ defmodule AWSCluster.Connector do
   `list_nodes` MFA already reports; `disconnect/3` only touches reported nodes.
 
   Each success emits `[:aws_cluster, :node, :connect]` or `[:aws_cluster, :node, :disconnect]`
-  with measurements `%{count: 1}` and metadata `%{topology: atom, node: node}`.
+  with measurements `%{count: 1}` and metadata `%{topology: atom, node: node}`. When the
+  state came from libcluster, each attempt goes through `Cluster.Strategy.connect_nodes/4`
+  or `disconnect_nodes/4`, so libcluster's own telemetry and log lines appear as well.
+
+  ## Why a prune does not disconnect by default
+
+  Since OTP 25, `global` keeps the mesh free of overlapping partitions
+  (`prevent_overlapping_partitions`, on by default). When one node disconnects a peer
+  that is still alive and still linked to the others, `global` on those others sees a
+  partial partition and disconnects *the node that cut the link*: measured here, within
+  about 30 ms every pruner lost its links to the whole mesh, and every process monitor,
+  `pg` group and `global` name across those links fired or moved. So `prune/4` only
+  forgets a node unless cutting its link is safe: the link is hidden, or this VM runs
+  with `connect_all false` or `prevent_overlapping_partitions false`. A peer that really
+  went away drops out by itself, through `nodedown` or `net_ticktime`.
   """
 
   alias AWSCluster.Strategy.State
@@ -24,6 +38,9 @@ defmodule AWSCluster.Connector do
   @type failure :: false | :ignored | :timeout | {:exit, term()} | term()
   @type result :: %{ok: [node()], failed: [{node(), failure()}]}
   @type option :: {:timeout, pos_integer()} | {:max_concurrency, pos_integer()}
+
+  @typedoc "When a prune also cuts the link (the poller's `:prune_disconnect` option)."
+  @type prune_mode :: :when_safe | :always | :never
 
   @doc """
   Connects to every node of `nodes` not yet connected. Options: `:timeout` per attempt
@@ -51,6 +68,39 @@ defmodule AWSCluster.Connector do
   end
 
   @doc """
+  Handles pruned `nodes` under `mode`: `:never` leaves every link up, `:always`
+  disconnects them all, `:when_safe` (the default) only those whose disconnect cannot
+  make `global` expel this node (see "Why a prune does not disconnect by default").
+  """
+  @spec prune(State.t(), [node()], prune_mode(), [option()]) :: result()
+  def prune(state, nodes, mode, opts \\ [])
+  def prune(_state, _nodes, :never, _opts), do: %{ok: [], failed: []}
+  def prune(state, nodes, :always, opts), do: disconnect(state, nodes, opts)
+
+  def prune(state, nodes, :when_safe, opts) do
+    if overlap_guarded?() do
+      hidden = MapSet.new(:erlang.nodes(:hidden))
+      disconnect(state, Enum.filter(nodes, &MapSet.member?(hidden, &1)), opts)
+    else
+      disconnect(state, nodes, opts)
+    end
+  end
+
+  @doc """
+  Whether `global` on this VM guards against overlapping partitions, so a disconnect of
+  a live, visible peer gets this node expelled: `connect_all` is not `false` and
+  `prevent_overlapping_partitions` is not `false` (both kernel settings, OTP 25 defaults).
+  """
+  @spec overlap_guarded?() :: boolean()
+  def overlap_guarded? do
+    connect_all? =
+      Application.get_env(:kernel, :connect_all) != false and
+        :init.get_argument(:connect_all) != {:ok, [[~c"false"]]}
+
+    connect_all? and Application.get_env(:kernel, :prevent_overlapping_partitions) != false
+  end
+
+  @doc """
   The nodes the state's `list_nodes` MFA reports. An MFA that raises or returns a
   non-list counts as reporting none, so connects are retried rather than skipped.
   """
@@ -73,7 +123,7 @@ defmodule AWSCluster.Connector do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
     nodes
-    |> Task.async_stream(fn node -> attempt(m, f, a, node) end,
+    |> Task.async_stream(fn node -> attempt(state, action, {m, f, a}, node) end,
       max_concurrency: Keyword.get(opts, :max_concurrency, @default_max_concurrency),
       timeout: timeout,
       on_timeout: :kill_task,
@@ -97,16 +147,33 @@ defmodule AWSCluster.Connector do
   end
 
   # The MFA runs inside a task linked to the caller, so anything it raises is turned into
-  # a failure here instead of taking the poller down with it.
-  defp attempt(m, f, a, node) do
-    case apply(m, f, a ++ [node]) do
-      true -> {node, :ok}
-      other -> {node, other}
-    end
+  # a failure here instead of taking the poller down with it. libcluster's helpers take
+  # one node at a time here, so attempts still run side by side and bounded.
+  defp attempt(state, action, mfa, node) do
+    {node, call(state, action, mfa, node)}
   rescue
     e -> {node, {:exit, Exception.message(e)}}
   catch
     kind, reason -> {node, {:exit, {kind, reason}}}
+  end
+
+  # libcluster's helpers get one node at a time, so attempts still run side by side and
+  # bounded; the module is named at run time because aws_cluster does not depend on it.
+  defp call(%State{libcluster: true} = state, action, mfa, node) do
+    args = [state.topology, mfa, state.list_nodes, [node]]
+
+    case apply(Cluster.Strategy, :"#{action}_nodes", args) do
+      :ok -> :ok
+      {:error, [{_node, reason} | _]} -> reason
+      other -> other
+    end
+  end
+
+  defp call(_state, _action, {m, f, a}, node) do
+    case apply(m, f, a ++ [node]) do
+      true -> :ok
+      other -> other
+    end
   end
 
   defp emit(state, action, node) do

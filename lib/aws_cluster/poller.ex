@@ -1,9 +1,8 @@
 defmodule AWSCluster.Poller do
   use GenServer
-  require Logger
 
-  alias AWSCluster.{Config, Connector, Error, Peers, Redacted}
-  alias AWSCluster.Poller.PruneGuard
+  alias AWSCluster.{Config, Error, Loop, Membership, Peers, Redacted}
+  alias AWSCluster.Loop.Round
   alias AWSCluster.Strategy.State
 
   @schema [
@@ -16,8 +15,19 @@ defmodule AWSCluster.Poller do
       type: {:or, [:pos_integer, {:literal, false}]},
       default: 3,
       doc:
-        "Complete answers a peer must be missing from before it is disconnected; " <>
+        "Complete answers a peer must be missing from before it is pruned; " <>
           "`false` never prunes."
+    ],
+    prune_disconnect: [
+      type: {:in, [:when_safe, :always, :never]},
+      default: :when_safe,
+      doc:
+        "Whether a prune also cuts the peer's link. `:when_safe` only cuts hidden links, " <>
+          "or all of them when this VM runs with `connect_all false` or " <>
+          "`prevent_overlapping_partitions false`; otherwise the peer is only forgotten and " <>
+          "its link ends when the node does (see \"Pruning\" above). `:always` cuts every " <>
+          "pruned link: on OTP 25+ with default kernel settings that makes `global` expel " <>
+          "this node from the mesh. `:never` only forgets."
     ],
     prune_guard: [
       type: {:or, [{:integer, 1..100}, {:literal, false}]},
@@ -25,7 +35,7 @@ defmodule AWSCluster.Poller do
       doc:
         "A complete answer that would prune more than this percent of the known peers at " <>
           "once is held until the next complete answer confirms it " <>
-          "(`AWSCluster.Poller.PruneGuard`); `false` turns the guard off."
+          "(`AWSCluster.Membership.PruneGuard`); `false` turns the guard off."
     ],
     prune_guard_min: [
       type: :pos_integer,
@@ -52,6 +62,26 @@ defmodule AWSCluster.Poller do
       type: :pos_integer,
       default: 5_000,
       doc: "Answers with more peers are rejected (node names are atoms)."
+    ],
+    name_budget: [
+      type: {:or, [:pos_integer, {:literal, nil}]},
+      default: nil,
+      doc:
+        "New node names (atoms) this topology may mint over its life before refill; " <>
+          "`nil` is twice `:max_peers` (`AWSCluster.Membership.NameBudget`)."
+    ],
+    name_budget_per_day: [
+      type: {:or, [:non_neg_integer, {:literal, nil}]},
+      default: nil,
+      doc: "Names the budget regains a day, continuously; `nil` is `:max_peers`."
+    ],
+    block_startup: [
+      type: {:or, [{:integer, 1..600_000}, {:literal, false}]},
+      default: false,
+      doc:
+        "Milliseconds `start_link` may wait for the first discovery round and its " <>
+          "connects, so what starts next (Mnesia, Horde) sees a formed cluster; " <>
+          "`false` returns at once."
     ]
   ]
 
@@ -70,7 +100,7 @@ defmodule AWSCluster.Poller do
     * A peer is pruned only after `:prune_after` consecutive complete answers without it,
       or at once when the strategy reports it as terminating. `prune_after: false` never
       prunes. An answer that would prune over `:prune_guard` percent of the known peers
-      at once is held for one more complete answer (`AWSCluster.Poller.PruneGuard`).
+      at once is held for one more complete answer (`AWSCluster.Membership.PruneGuard`).
     * Connects and disconnects run through the state's MFAs in a separate process, via
       `AWSCluster.Connector`, concurrently and bounded by `:connect_timeout`.
     * Discovery runs in its own monitored process, killed after `:discovery_timeout`,
@@ -79,16 +109,15 @@ defmodule AWSCluster.Poller do
     * Logs once when discovery starts failing and once when it recovers, not every poll.
 
   Telemetry (see `AWSCluster.Telemetry`): `[:aws_cluster, :discovery, :start]`,
-  `[:aws_cluster, :discovery, :stop]` (measurements `duration`, `peers`) and
+  `[:aws_cluster, :discovery, :stop]` (measurements `duration`, `peers`),
   `[:aws_cluster, :discovery, :exception]` (metadata `reason`, the error's reason atom)
-  for every failed round.
+  for every failed round, and `[:aws_cluster, :discovery, :names_refused]` when the name
+  budget refuses new names.
 
   Options common to every strategy:
 
   #{Config.docs(@schema)}
   """
-
-  @jitter 0.1
 
   @typedoc "What `status/1` reports."
   @type status :: %{
@@ -100,7 +129,10 @@ defmodule AWSCluster.Poller do
           polls: non_neg_integer(),
           connecting: boolean(),
           next_delay: non_neg_integer() | nil,
-          members: %{node() => non_neg_integer()}
+          members: %{node() => non_neg_integer()},
+          held: [node()],
+          names_left: non_neg_integer(),
+          connect_failures: %{node() => term()}
         }
 
   @doc "The options every polling strategy accepts, as an `AWSCluster.Config` schema."
@@ -111,13 +143,23 @@ defmodule AWSCluster.Poller do
   Validates `arg` (libcluster's `[state]` or a keyword list, see `AWSCluster.Strategy.State`)
   against the poller's and `strategy`'s schemas, then starts the loop. Invalid options
   return `{:error, %AWSCluster.Error{reason: :invalid_config}}` without starting anything.
+  With `block_startup: ms`, returns once the first round's connects are done, or after
+  `ms`.
   """
   @spec start_link(module(), term()) :: GenServer.on_start()
   def start_link(strategy, arg) do
     with {:ok, state} <- State.new(arg),
-         {:ok, config} <- validate(strategy, state) do
-      GenServer.start_link(__MODULE__, {strategy, state, config})
+         {:ok, config} <- validate(strategy, state),
+         {:ok, pid} <- GenServer.start_link(__MODULE__, {strategy, state, config}) do
+      if config.block_startup, do: await_first_round(pid, config.block_startup)
+      {:ok, pid}
     end
+  end
+
+  defp await_first_round(pid, ms) do
+    GenServer.call(pid, {:await_first_round, ms}, ms + 5_000)
+  catch
+    :exit, _ -> :ok
   end
 
   @doc "A child spec for `strategy`; the id holds the topology so topologies can share a module."
@@ -138,7 +180,9 @@ defmodule AWSCluster.Poller do
   end
 
   @doc """
-  The loop's current view: health, counters, the next delay and each member's misses.
+  The loop's current view: health, counters, the next delay, each member's misses, the
+  prunes the guard holds, the new names the budget still allows and the nodes whose last
+  connect failed (with why).
 
   `polls` counts finished discovery rounds. Connects and disconnects run after a round
   in a separate process; `connecting` is `true` while such a round runs or waits.
@@ -169,46 +213,75 @@ defmodule AWSCluster.Poller do
 
   @impl true
   def init({strategy, state, config}) do
+    # Links, not monitors, tie the discovery and connect processes to this loop's life;
+    # their exits arrive as messages.
+    Process.flag(:trap_exit, true)
     Logger.metadata(aws_cluster_topology: state.topology)
+    Peers.ensure_started()
+    Peers.register(state.topology, self())
 
-    case strategy.init(config, state) do
+    s = %{
+      strategy: strategy,
+      strategy_state: nil,
+      state: state,
+      config: config,
+      membership: Membership.new(config, now()),
+      health: :starting,
+      last_error: nil,
+      failures: 0,
+      throttles: 0,
+      polls: 0,
+      next_delay: nil,
+      discovery: nil,
+      round: nil,
+      round_pending: false,
+      to_prune: [],
+      connect_failures: %{},
+      refusing: false,
+      waiters: [],
+      rounds_done: 0
+    }
+
+    case start_strategy(s) do
+      {:ok, s} -> {:ok, s, {:continue, :poll}}
+      {:stop, error} -> {:stop, error}
+      {:retry, s} -> {:ok, s}
+    end
+  end
+
+  # Only an invalid config stops the start; any other fault is retried with backoff, so
+  # a host app boots while IMDS or an interface is not there yet.
+  defp start_strategy(s) do
+    case s.strategy.init(s.config, s.state) do
       {:ok, strategy_state} ->
-        Peers.ensure_started()
-        Peers.register(state.topology, self())
+        {:ok, %{s | strategy_state: strategy_state}}
 
-        # Secrets (static AWS keys) are only needed by init/2 to build the client; keep
-        # none past this point, so no crash report, stacktrace or status can show one.
-        s = %{
-          strategy: strategy,
-          strategy_state: Config.redact(strategy_state),
-          state: Config.redact(state),
-          config: Config.redact(config),
-          members: %{},
-          health: :starting,
-          last_error: nil,
-          failures: 0,
-          throttles: 0,
-          polls: 0,
-          next_delay: nil,
-          discovery: nil,
-          round: nil,
-          round_pending: false,
-          held: MapSet.new(),
-          to_disconnect: []
-        }
-
-        {:ok, s, {:continue, :poll}}
+      {:error, %Error{reason: :invalid_config} = error} ->
+        Loop.log(:error, s.state.topology, "could not start: #{error.message}")
+        {:stop, error}
 
       {:error, %Error{} = error} ->
-        log(:error, state.topology, "could not start: #{error.message}")
-        {:stop, error}
+        if s.health != :failing do
+          Loop.log(
+            :warning,
+            s.state.topology,
+            "cannot start discovery yet, retrying: #{error.message}"
+          )
+        end
+
+        s = %{s | health: :failing, last_error: error, failures: s.failures + 1}
+        s = release_waiters(s)
+        delay = Loop.backoff(s.config.polling_interval, s.failures - 1, s.config.max_backoff)
+        Process.send_after(self(), :init_strategy, delay)
+        {:retry, %{s | next_delay: delay}}
     end
   end
 
   @impl true
   def handle_continue(:poll, s), do: {:noreply, start_discovery(s)}
 
-  # The state holds no secrets (see init/1); this keeps it so if that ever changes.
+  # What is printed (crash reports, :sys.get_status/1) is redacted; what runs is not,
+  # so a user's connect MFA keeps its arguments and a retried init keeps its keys.
   @impl true
   def format_status(_reason, [_pdict, s]), do: Config.redact(s)
 
@@ -223,15 +296,36 @@ defmodule AWSCluster.Poller do
       polls: s.polls,
       connecting: s.round != nil or s.round_pending,
       next_delay: s.next_delay,
-      members: Map.new(s.members, fn {node, m} -> {node, m.misses} end),
-      held: Enum.sort(s.held)
+      members: Membership.misses(s.membership),
+      held: Enum.sort(s.membership.held),
+      names_left: Membership.names_left(s.membership, now()),
+      connect_failures: s.connect_failures
     }
 
     {:reply, reply, s}
   end
 
+  def handle_call({:await_first_round, ms}, from, s) do
+    if s.rounds_done > 0 do
+      {:reply, :ok, s}
+    else
+      Process.send_after(self(), :release_waiters, ms)
+      {:noreply, %{s | waiters: [from | s.waiters]}}
+    end
+  end
+
   @impl true
   def handle_info(:poll, s), do: {:noreply, start_discovery(s)}
+
+  def handle_info(:init_strategy, s) do
+    case start_strategy(s) do
+      {:ok, s} -> {:noreply, start_discovery(s)}
+      {:stop, error} -> {:stop, error, s}
+      {:retry, s} -> {:noreply, s}
+    end
+  end
+
+  def handle_info(:release_waiters, s), do: {:noreply, release_waiters(s)}
 
   def handle_info({:discovered, ref, result}, %{discovery: %{ref: ref}} = s) do
     d = s.discovery
@@ -243,6 +337,7 @@ defmodule AWSCluster.Poller do
   def handle_info({:discovery_timeout, ref}, %{discovery: %{ref: ref}} = s) do
     d = s.discovery
     Process.demonitor(d.monitor, [:flush])
+    Process.unlink(d.pid)
     Process.exit(d.pid, :kill)
     timeout = s.config.discovery_timeout
 
@@ -267,18 +362,35 @@ defmodule AWSCluster.Poller do
     {:noreply, finish(%{s | discovery: nil}, d, {:error, error})}
   end
 
-  def handle_info({:DOWN, mon, :process, _pid, _reason}, %{round: mon} = s) do
+  def handle_info({Round, ref, result}, %{round: %{ref: ref}} = s) do
+    failures = Round.report(s.state.topology, s.connect_failures, result)
+    s = %{s | round: nil, connect_failures: failures, rounds_done: s.rounds_done + 1}
+    s = release_waiters(s)
+    {:noreply, if(s.round_pending, do: start_round(s), else: s)}
+  end
+
+  def handle_info({:EXIT, pid, reason}, %{round: %{pid: pid}} = s) when reason != :normal do
+    Loop.log(:error, s.state.topology, "connect round crashed: #{inspect(reason)}")
     s = %{s | round: nil}
     {:noreply, if(s.round_pending, do: start_round(s), else: s)}
   end
 
-  # Replies of rounds we gave up on, and stray async-NIF replies, land here.
+  # Normal exits of linked helpers, replies of rounds we gave up on, and stray async-NIF
+  # replies land here.
   def handle_info(_other, s), do: {:noreply, s}
 
-  defp start_discovery(%{discovery: nil} = s) do
+  defp release_waiters(%{waiters: []} = s), do: s
+
+  defp release_waiters(s) do
+    for from <- s.waiters, do: GenServer.reply(from, :ok)
+    %{s | waiters: []}
+  end
+
+  defp start_discovery(%{discovery: nil, strategy_state: strategy_state} = s)
+       when strategy_state != nil do
     parent = self()
     ref = make_ref()
-    %{strategy: strategy, strategy_state: strategy_state} = s
+    strategy = s.strategy
 
     AWSCluster.Telemetry.execute(
       [:aws_cluster, :discovery, :start],
@@ -287,9 +399,10 @@ defmodule AWSCluster.Poller do
     )
 
     {pid, monitor} =
-      spawn_monitor(fn ->
-        send(parent, {:discovered, ref, discover(strategy, strategy_state)})
-      end)
+      Process.spawn(
+        fn -> send(parent, {:discovered, ref, discover(strategy, strategy_state)}) end,
+        [:link, :monitor]
+      )
 
     timer = Process.send_after(self(), {:discovery_timeout, ref}, s.config.discovery_timeout)
 
@@ -336,7 +449,7 @@ defmodule AWSCluster.Poller do
           meta(s)
         )
 
-        s |> succeed(peers, gone) |> schedule(jitter(s.config.polling_interval))
+        s |> succeed(peers, gone) |> schedule(Loop.jitter(s.config.polling_interval))
 
       {:error, error} ->
         AWSCluster.Telemetry.execute(
@@ -353,7 +466,7 @@ defmodule AWSCluster.Poller do
 
   defp normalize({:ok, peers, gone}, s) when is_list(peers) and is_list(gone) do
     cond do
-      not Enum.all?(peers, &match?(%{node: n, instance: i} when is_atom(n) and is_map(i), &1)) ->
+      not Enum.all?(peers, &peer?/1) ->
         {:error,
          Error.new(:bad_response, "#{inspect(s.strategy)}.discover/1 returned a malformed peer")}
 
@@ -366,7 +479,7 @@ defmodule AWSCluster.Poller do
          )}
 
       true ->
-        {:ok, Enum.reject(peers, &(&1.node == node())), gone}
+        {:ok, peers, gone}
     end
   end
 
@@ -382,49 +495,18 @@ defmodule AWSCluster.Poller do
      )}
   end
 
+  # A node name is an atom, or a string the membership turns into one within its budget.
+  defp peer?(%{node: n, instance: i}) when is_map(i), do: is_atom(n) or is_binary(n)
+  defp peer?(_), do: false
+
   defp succeed(s, peers, gone) do
-    seen = Map.new(peers, &{&1.node, &1})
-    gone = MapSet.new(gone)
-    prune_after = s.config.prune_after
-
-    {members, pruned} =
-      s.members
-      |> Enum.reject(fn {node, _} -> Map.has_key?(seen, node) end)
-      |> Enum.reduce({%{}, []}, fn {node, m}, {kept, pruned} ->
-        misses = m.misses + 1
-
-        cond do
-          prune_after != false and gone?(node, m.peer, gone) ->
-            {kept, [{node, :gone, "reported terminating"} | pruned]}
-
-          prune_after != false and misses >= prune_after ->
-            {kept, [{node, :missed, "missing from #{misses} consecutive answers"} | pruned]}
-
-          true ->
-            {Map.put(kept, node, %{m | misses: misses}), pruned}
-        end
-      end)
-
-    {members, pruned} =
-      Enum.reduce(seen, {members, pruned}, fn {node, peer}, {kept, pruned} ->
-        if prune_after != false and gone?(node, peer, gone) do
-          reason = "reported terminating"
-
-          if Map.has_key?(s.members, node),
-            do: {kept, [{node, :gone, reason} | pruned]},
-            else: {kept, pruned}
-        else
-          {Map.put(kept, node, %{peer: peer, misses: 0}), pruned}
-        end
-      end)
-
     topology = s.state.topology
+    known = map_size(s.membership.members)
+    {membership, outcome} = Membership.answer(s.membership, peers, gone, now())
+    size = map_size(membership.members)
 
-    {members, pruned, held, holding} =
-      PruneGuard.apply(s.config, s.members, members, pruned, s.held)
-
-    if holding do
-      log(
+    if holding = outcome.holding do
+      Loop.log(
         :warning,
         topology,
         "holding the prune of #{holding.held} of #{holding.known} peers (over " <>
@@ -434,76 +516,87 @@ defmodule AWSCluster.Poller do
       AWSCluster.Telemetry.execute([:aws_cluster, :discovery, :prune_held], holding, meta(s))
     end
 
-    for {node, _} <- members,
-        not Map.has_key?(s.members, node),
-        do: log(:info, topology, "new peer #{node}")
+    s = refused(s, outcome.refused)
+    for node <- outcome.joined, do: Loop.log(:info, topology, "new peer #{node}")
 
-    for {node, _kind, why} <- pruned, do: log(:info, topology, "pruning #{node}: #{why}")
+    for {node, _kind, why} <- outcome.pruned,
+        do: Loop.log(:info, topology, "pruning #{node}: #{why}")
 
     case s.health do
       :starting ->
-        log(:info, topology, "discovery is up: #{map_size(members)} peers")
-
-      :failing ->
-        log(
-          :info,
-          topology,
-          "discovery recovered after #{s.failures} failed polls: #{map_size(members)} peers"
-        )
+        Loop.log(:info, topology, "discovery is up: #{size} peers")
 
       :healthy ->
         :ok
+
+      :failing ->
+        Loop.log(
+          :info,
+          topology,
+          "discovery recovered after #{s.failures} failed polls: #{size} peers (#{known} before)"
+        )
     end
 
-    Peers.replace(topology, Enum.map(members, fn {node, m} -> info(topology, node, m.peer) end))
+    Peers.replace(
+      topology,
+      Enum.map(membership.members, fn {node, m} -> info(topology, node, m.peer) end)
+    )
 
     %{
       s
-      | members: members,
+      | membership: membership,
         health: :healthy,
         last_error: nil,
         failures: 0,
         throttles: 0,
-        held: held,
-        to_disconnect: s.to_disconnect ++ Enum.map(pruned, &elem(&1, 0))
+        to_prune: s.to_prune ++ Enum.map(outcome.pruned, &elem(&1, 0))
     }
     |> start_round()
   end
 
-  defp gone?(node, peer, gone) do
-    MapSet.member?(gone, node) or MapSet.member?(gone, Map.get(peer.instance, :id))
+  defp refused(s, 0), do: %{s | refusing: false}
+
+  defp refused(s, count) do
+    unless s.refusing do
+      Loop.log(
+        :error,
+        s.state.topology,
+        "refusing #{count} new node names: the name budget (name_budget) is spent; " <>
+          "known peers are kept. Names are atoms, which are never freed: who can tag " <>
+          "instances here?"
+      )
+    end
+
+    AWSCluster.Telemetry.execute(
+      [:aws_cluster, :discovery, :names_refused],
+      %{count: count},
+      meta(s)
+    )
+
+    %{s | refusing: true}
   end
 
   defp fail(s, error) do
     if s.health != :failing do
-      log(
+      Loop.log(
         :warning,
         s.state.topology,
         "discovery failing (#{error.reason}): #{error.message}; " <>
-          "keeping #{map_size(s.members)} known peers"
+          "keeping #{map_size(s.membership.members)} known peers"
       )
     end
 
     throttles = if error.reason == :throttled, do: s.throttles + 1, else: s.throttles
     s = %{s | health: :failing, last_error: error, failures: s.failures + 1, throttles: throttles}
+    c = s.config
 
     delay =
       if error.reason == :throttled,
-        do: backoff(s.config, throttles),
-        else: jitter(s.config.polling_interval)
+        do: Loop.backoff(c.polling_interval, throttles, c.max_backoff),
+        else: Loop.jitter(c.polling_interval)
 
     # Reconnecting the last good set heals links that dropped while AWS is unreachable.
-    s |> start_round() |> schedule(delay)
-  end
-
-  defp backoff(config, throttles) do
-    base = config.polling_interval * Integer.pow(2, min(throttles, 30))
-    min(config.max_backoff, jitter(min(base, config.max_backoff)))
-  end
-
-  defp jitter(ms) do
-    spread = ms * @jitter
-    max(1, round(ms - spread + :rand.uniform() * 2 * spread))
+    s |> release_waiters() |> start_round() |> schedule(delay)
   end
 
   defp schedule(s, delay) do
@@ -511,33 +604,19 @@ defmodule AWSCluster.Poller do
     %{s | next_delay: delay}
   end
 
-  # Connects run outside the loop: a round may take up to connect_timeout, and the loop
-  # must keep answering. One round at a time; a request during a round runs after it.
+  # One round at a time; a request during a round runs after it.
   defp start_round(%{round: nil} = s) do
-    state = s.state
-    nodes = Map.keys(s.members)
-    drop = s.to_disconnect
+    opts = [
+      timeout: s.config.connect_timeout,
+      max_concurrency: s.config.max_concurrency,
+      prune_mode: s.config.prune_disconnect
+    ]
 
-    opts = [timeout: s.config.connect_timeout, max_concurrency: s.config.max_concurrency]
-
-    {_pid, monitor} =
-      spawn_monitor(fn ->
-        Logger.metadata(aws_cluster_topology: state.topology)
-        report(state.topology, :disconnect, Connector.disconnect(state, drop, opts))
-        report(state.topology, :connect, Connector.connect(state, nodes, opts))
-      end)
-
-    %{s | round: monitor, round_pending: false, to_disconnect: []}
+    round = Round.start(s.state, Membership.nodes(s.membership), s.to_prune, opts)
+    %{s | round: round, round_pending: false, to_prune: []}
   end
 
   defp start_round(s), do: %{s | round_pending: true}
-
-  defp report(topology, action, %{ok: ok, failed: failed}) do
-    for node <- ok, do: log(:debug, topology, "#{action}ed #{node}")
-
-    for {node, why} <- failed,
-        do: log(:debug, topology, "could not #{action} #{node}: #{inspect(why)}")
-  end
 
   defp info(topology, node, peer) do
     instance = peer.instance
@@ -553,8 +632,5 @@ defmodule AWSCluster.Poller do
   end
 
   defp meta(s), do: %{topology: s.state.topology, strategy: s.strategy}
-
-  defp log(level, topology, text) do
-    Logger.log(level, fn -> "[aws_cluster:#{topology}] #{text}" end)
-  end
+  defp now, do: System.monotonic_time(:millisecond)
 end

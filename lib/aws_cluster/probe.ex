@@ -107,13 +107,20 @@ defmodule AWSCluster.Probe do
     task = Task.async(fn -> Poller.discover(strategy, strategy_state) end)
 
     case Task.yield(task, timeout) || Task.shutdown(task, :brutal_kill) do
-      {:ok, {:ok, peers}} -> {:ok, peers, []}
-      {:ok, {:ok, peers, gone}} -> {:ok, peers, gone}
+      {:ok, {:ok, peers}} -> {:ok, named(peers), []}
+      {:ok, {:ok, peers, gone}} -> {:ok, named(peers), gone}
       {:ok, {:error, %Error{}} = error} -> error
       {:ok, other} -> {:error, bad_answer(strategy, other)}
       {:exit, reason} -> {:error, exited(strategy, reason)}
       nil -> {:error, Error.new(:timeout, "discovery gave no answer within #{timeout} ms")}
     end
+  end
+
+  # A one-shot diagnostic of at most max_peers names: it may make their atoms (it dials
+  # them), unlike the loop, which answers to the name budget.
+  defp named(peers) do
+    for %{node: node} = peer <- peers,
+        do: if(is_binary(node), do: %{peer | node: String.to_atom(node)}, else: peer)
   end
 
   defp bad_answer(strategy, other) do

@@ -30,10 +30,12 @@ defmodule AWSCluster.Strategy do
 
   @typedoc """
   One discovered peer: its node name, the instance it runs on (the map from
-  `AWSCluster.AWS`, or any map), and the address used in the node name.
+  `AWSCluster.AWS`, or any map), and the address used in the node name. A name taken
+  from an outside source should stay a string: the poller makes the atom, within the
+  topology's name budget (`AWSCluster.Membership.NameBudget`).
   """
   @type peer :: %{
-          required(:node) => node(),
+          required(:node) => node() | String.t(),
           required(:instance) => map(),
           optional(:address) => String.t()
         }

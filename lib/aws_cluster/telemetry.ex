@@ -23,7 +23,7 @@ defmodule AWSCluster.Telemetry do
 
     * `[:aws_cluster, :discovery, :prune_held]` - a complete answer would have pruned
       over `:prune_guard` percent of the known peers at once; those prunes wait for the
-      next complete answer (`AWSCluster.Poller.PruneGuard`).
+      next complete answer (`AWSCluster.Membership.PruneGuard`).
       Measurements: `%{held: pos_integer, known: pos_integer, percent: pos_integer}`.
       Metadata: `%{topology: atom, strategy: module}`.
 

@@ -17,7 +17,7 @@ defmodule AWSCluster.PollerTelemetryTest do
 
   test "discovery start/stop/exception and node connect/disconnect events" do
     table = Nodes.table()
-    config = [test_pid: self(), polling_interval: 10, prune_after: 1]
+    config = [test_pid: self(), polling_interval: 10, prune_after: 1, prune_disconnect: :always]
     start_supervised!({Discovery, [topology: :tele, config: config] ++ Nodes.mfas(self(), table)})
 
     meta = %{topology: :tele, strategy: Discovery}

@@ -81,7 +81,7 @@ defmodule AWSCluster.PollerTest do
   end
 
   test "prunes after exactly prune_after complete answers without the peer; errors do not count" do
-    %{pid: pid} = start(prune_after: 3)
+    %{pid: pid} = start(prune_after: 3, prune_disconnect: :always)
     req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
     assert_receive {:connect, @b}, 5_000
 
@@ -107,7 +107,7 @@ defmodule AWSCluster.PollerTest do
     @five [:a, :b, :c, :d, :e]
 
     defp five(config) do
-      %{pid: pid} = start(Keyword.merge([prune_after: 1], config))
+      %{pid: pid} = start(Keyword.merge([prune_after: 1, prune_disconnect: :always], config))
       req = step(await_request(), {:ok, Enum.map(@five, &peer/1)})
       for n <- @five, do: assert_receive({:connect, _}, 5_000) && n
       {pid, req}
@@ -176,7 +176,7 @@ defmodule AWSCluster.PollerTest do
   end
 
   test "a peer reported terminating is pruned at once, by instance id or by node" do
-    %{pid: pid} = start(prune_after: 5)
+    %{pid: pid} = start(prune_after: 5, prune_disconnect: :always)
     req = step(await_request(), {:ok, [peer(:a), peer(:b), peer(:c)]})
     assert_receive {:connect, @b}, 5_000
     assert_receive {:connect, @c}, 5_000
@@ -354,15 +354,59 @@ defmodule AWSCluster.PollerTest do
     refute_received {:discovery_init, _, _}
   end
 
-  test "a strategy whose init fails does not start and says why" do
+  test "an init that fails on invalid options does not start, and says why" do
     Process.flag(:trap_exit, true)
-    error = Error.new(:not_found, "no region; set region:")
+    error = Error.new(:invalid_config, "invalid option :filters: no such filter")
 
     assert {:error, ^error} =
              Discovery.start_link(
                topology: :bad_init,
                config: [test_pid: self(), init_error: error]
              )
+  end
+
+  test "an init that fails on a transient fault starts failing, logs once, retries, then forms" do
+    fault = :counters.new(1, [])
+    :counters.put(fault, 1, 1)
+    error = Error.new(:unreachable, "IMDS: connection refused; set region:")
+    init_error = fn -> if :counters.get(fault, 1) == 1, do: error end
+
+    log =
+      capture_log(fn ->
+        %{pid: pid} = start(init_error: init_error, polling_interval: 20, max_backoff: 40)
+
+        for _ <- 1..3, do: assert_receive({:discovery_init_failed, ^pid, ^error}, 5_000)
+        status = Poller.status(pid)
+        assert status.health == :failing and status.last_error == error
+        assert status.failures >= 3
+        refute_received {:discover, _, _}
+
+        :counters.put(fault, 1, 0)
+        assert_receive {:discovery_init, ^pid, _state}, 5_000
+        answer({:ok, [peer(:a)]})
+        assert_receive {:connect, @a}, 5_000
+        send(self(), {:status, Poller.status(pid)})
+      end)
+
+    assert_received {:status, %{health: :healthy, last_error: nil}}
+    assert length(String.split(log, "cannot start discovery yet")) == 2
+  end
+
+  test "by default a prune forgets the peer and leaves its link up (OTP 25's overlap guard)" do
+    assert AWSCluster.Connector.overlap_guarded?()
+    %{pid: pid, table: table} = start(prune_after: 1)
+    req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+    for n <- [@a, @b], do: assert_receive({:connect, ^n}, 5_000)
+    req = step(req, {:ok, [peer(:a)]})
+    assert Map.keys(members(pid)) == [@a]
+    settle(pid)
+    refute_received {:disconnect, _}
+
+    # When b's link drops by itself, b is not dialed again: it is no longer a member.
+    :ets.delete(table, @b)
+    _ = step(req, {:ok, [peer(:a)]})
+    settle(pid)
+    refute_received {:connect, @b}
   end
 
   test "node_info/1 and nodes_by_az/0 describe the current peers" do

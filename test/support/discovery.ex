@@ -15,17 +15,26 @@ defmodule AWSCluster.Test.Discovery do
   def schema do
     [
       test_pid: [type: {:custom, "a pid", &is_pid/1}, required: true, doc: "Who answers."],
-      init_error: [type: :any, doc: "An error init/2 returns."]
+      init_error: [
+        type: :any,
+        doc: "An error init/2 returns, or a function asked at every init (nil: no error)."
+      ]
     ]
   end
 
   @impl true
-  def init(%{init_error: nil} = config, state) do
-    send(config.test_pid, {:discovery_init, self(), state})
-    {:ok, config.test_pid}
-  end
+  def init(config, state) do
+    error =
+      if is_function(config.init_error, 0), do: config.init_error.(), else: config.init_error
 
-  def init(%{init_error: error}, _state), do: {:error, error}
+    if error do
+      send(config.test_pid, {:discovery_init_failed, self(), error})
+      {:error, error}
+    else
+      send(config.test_pid, {:discovery_init, self(), state})
+      {:ok, config.test_pid}
+    end
+  end
 
   @impl true
   def discover(test_pid) do

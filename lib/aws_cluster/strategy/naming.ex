@@ -8,8 +8,9 @@ defmodule AWSCluster.Strategy.Naming do
   and `{:tag, key}` a DNS name. An instance that fails is skipped, not guessed at.
 
   A valid name can still be chosen by whoever may tag instances, so the number of
-  distinct names in one answer is checked against `:max_peers` before any of them
-  becomes an atom.
+  distinct names in one answer is checked against `:max_peers`, and the names are
+  returned as strings: only `AWSCluster.Membership` turns them into atoms, within the
+  topology's lifetime name budget.
   """
 
   alias AWSCluster.{Config, Distribution, Error}
@@ -66,9 +67,9 @@ defmodule AWSCluster.Strategy.Naming do
   @doc """
   The peers of `instances`, skipping those that cannot be named, first name wins.
 
-  More distinct names than `config.max_peers` is a `:too_many_peers` error, returned
-  before any name becomes an atom: atoms are never collected, so a flood of tagged
-  instances must not grow the atom table.
+  More distinct names than `config.max_peers` is a `:too_many_peers` error. No name
+  becomes an atom here: atoms are never collected, so a flood of tagged instances must
+  not grow the atom table (see `AWSCluster.Membership.NameBudget`).
   """
   @spec peers([map()], map()) :: {:ok, [AWSCluster.Strategy.peer()]} | {:error, Error.t()}
   def peers(instances, %{max_peers: max_peers} = config) when is_integer(max_peers) do
@@ -105,8 +106,7 @@ defmodule AWSCluster.Strategy.Naming do
     end
   end
 
-  defp to_peer(name, address, instance),
-    do: %{node: String.to_atom(name), address: address, instance: instance}
+  defp to_peer(name, address, instance), do: %{node: name, address: address, instance: instance}
 
   defp address(instance, kind) do
     raw =

@@ -24,7 +24,8 @@ defmodule AWSCluster.Strategy.State do
             disconnect: @default_disconnect,
             list_nodes: @default_list_nodes,
             config: [],
-            meta: nil
+            meta: nil,
+            libcluster: false
 
   @type t :: %__MODULE__{
           topology: atom(),
@@ -32,7 +33,8 @@ defmodule AWSCluster.Strategy.State do
           disconnect: mfa_tuple(),
           list_nodes: mfa_tuple(),
           config: keyword(),
-          meta: term()
+          meta: term(),
+          libcluster: boolean()
         }
   @type mfa_tuple :: {module(), atom(), [term()]}
 
@@ -49,16 +51,27 @@ defmodule AWSCluster.Strategy.State do
   Normalizes a strategy's start argument: `[state]` (libcluster), a state map or struct,
   or a keyword list with `:topology`, `:config` and optional `:connect`, `:disconnect`,
   `:list_nodes`, `:meta`. A `nil` MFA (libcluster leaves `list_nodes` unset in old
-  releases) takes the default.
+  releases) takes the default. A `%Cluster.Strategy.State{}` sets `libcluster: true`:
+  connects and disconnects then go through libcluster's `Cluster.Strategy` helpers.
   """
   @spec new(term()) :: {:ok, t()} | {:error, Error.t()}
   def new([state]) when is_map(state), do: new(state)
 
   def new(state) when is_map(state) do
-    state
-    |> Map.take(Keyword.keys(@schema))
-    |> Enum.reject(fn {_key, value} -> is_nil(value) end)
-    |> new()
+    libcluster? =
+      case state do
+        %__MODULE__{libcluster: libcluster?} -> libcluster?
+        %{__struct__: Cluster.Strategy.State} -> Code.ensure_loaded?(Cluster.Strategy)
+        _ -> false
+      end
+
+    with {:ok, state} <-
+           state
+           |> Map.take(Keyword.keys(@schema))
+           |> Enum.reject(fn {_key, value} -> is_nil(value) end)
+           |> new() do
+      {:ok, %{state | libcluster: libcluster?}}
+    end
   end
 
   def new(opts) when is_list(opts) do

@@ -21,14 +21,14 @@ defmodule AWSCluster.Strategy.NamingTest do
     do: Naming.peer(@instance, %{address: address, node_basename: basename})
 
   test "every address kind" do
-    assert {:ok, %{node: :"app@127.0.1.10", address: "127.0.1.10"}} = name(:private_ip)
-    assert {:ok, %{node: :"app@127.0.9.9"}} = name(:public_ip)
-    assert {:ok, %{node: :"app@ip-127-0-1-10.ec2.internal"}} = name(:private_dns)
-    assert {:ok, %{node: :"app@fd00::10"}} = name(:ipv6)
-    assert {:ok, %{node: :"app@127.0.3.10"}} = name({:interface, 1})
-    assert {:ok, %{node: :"app@127.0.1.10"}} = name({:interface, 0})
-    assert {:ok, %{node: :"app@127.0.3.10"}} = name({:subnet, "subnet-c"})
-    assert {:ok, %{node: :"app@127.0.1.77"}} = name({:tag, "addr"})
+    assert {:ok, %{node: "app@127.0.1.10", address: "127.0.1.10"}} = name(:private_ip)
+    assert {:ok, %{node: "app@127.0.9.9"}} = name(:public_ip)
+    assert {:ok, %{node: "app@ip-127-0-1-10.ec2.internal"}} = name(:private_dns)
+    assert {:ok, %{node: "app@fd00::10"}} = name(:ipv6)
+    assert {:ok, %{node: "app@127.0.3.10"}} = name({:interface, 1})
+    assert {:ok, %{node: "app@127.0.1.10"}} = name({:interface, 0})
+    assert {:ok, %{node: "app@127.0.3.10"}} = name({:subnet, "subnet-c"})
+    assert {:ok, %{node: "app@127.0.1.77"}} = name({:tag, "addr"})
   end
 
   test "a missing or invalid address skips the instance" do
@@ -48,8 +48,8 @@ defmodule AWSCluster.Strategy.NamingTest do
   end
 
   test "basename from a string, a tag or a function, validated before any atom is made" do
-    assert {:ok, %{node: :"web-1@127.0.1.10"}} = name(:private_ip, {:tag, "name"})
-    assert {:ok, %{node: :"i-1@127.0.1.10"}} = name(:private_ip, & &1.id)
+    assert {:ok, %{node: "web-1@127.0.1.10"}} = name(:private_ip, {:tag, "name"})
+    assert {:ok, %{node: "i-1@127.0.1.10"}} = name(:private_ip, & &1.id)
     assert {:skip, _} = name(:private_ip, {:tag, "bad"})
     assert {:skip, _} = name(:private_ip, {:tag, "missing"})
     assert {:skip, _} = name(:private_ip, fn _ -> "a@b" end)
@@ -63,7 +63,7 @@ defmodule AWSCluster.Strategy.NamingTest do
 
     config = %{address: :private_ip, node_basename: "a", max_peers: 1}
 
-    assert {:ok, [%{node: :"a@127.0.1.10", instance: %{id: "i-1"}}]} =
+    assert {:ok, [%{node: "a@127.0.1.10", instance: %{id: "i-1"}}]} =
              Naming.peers([@instance, other, nameless], config)
   end
 

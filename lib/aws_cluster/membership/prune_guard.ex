@@ -1,4 +1,4 @@
-defmodule AWSCluster.Poller.PruneGuard do
+defmodule AWSCluster.Membership.PruneGuard do
   @moduledoc """
   Holds a prune that would drop too much of the cluster at once.
 
@@ -14,7 +14,7 @@ defmodule AWSCluster.Poller.PruneGuard do
   Only prunes for missing from answers are held; a peer the source reports as
   terminating is pruned at once.
 
-  Pure functions, used by `AWSCluster.Poller`.
+  Pure functions, used by `AWSCluster.Membership`.
   """
 
   @typedoc "A peer the poller knows: its discovery map and consecutive misses."

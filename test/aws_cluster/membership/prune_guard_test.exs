@@ -1,7 +1,7 @@
-defmodule AWSCluster.Poller.PruneGuardTest do
+defmodule AWSCluster.Membership.PruneGuardTest do
   use ExUnit.Case, async: true
 
-  alias AWSCluster.Poller.PruneGuard
+  alias AWSCluster.Membership.PruneGuard
 
   @config [prune_guard: 30, prune_guard_min: 2]
 

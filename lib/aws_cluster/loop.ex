@@ -1,0 +1,35 @@
+defmodule AWSCluster.Loop do
+  @moduledoc """
+  What the two discovery loops (`AWSCluster.Poller` and `AWSCluster.Strategy.Gossip`)
+  share besides their connect round (`AWSCluster.Loop.Round`): timer jitter, backoff
+  and the topology-prefixed log line.
+  """
+
+  require Logger
+
+  @jitter 0.1
+
+  @doc """
+  `ms` ±10%, at least 1: a fleet started together must not poll or announce in lockstep
+  (DescribeInstances throttles per account and region).
+  """
+  @spec jitter(pos_integer()) :: pos_integer()
+  def jitter(ms) do
+    spread = ms * @jitter
+    max(1, round(ms - spread + :rand.uniform() * 2 * spread))
+  end
+
+  @doc "`base` doubled per consecutive failure, jittered, at most `max`."
+  @spec backoff(pos_integer(), non_neg_integer(), pos_integer()) :: pos_integer()
+  def backoff(base, failures, max) do
+    min(max, jitter(min(base * Integer.pow(2, min(failures, 30)), max)))
+  end
+
+  @doc "Logs `text` at `level` as `[aws_cluster:<topology>] text`, built only when logged."
+  @spec log(Logger.level(), atom(), String.t() | (() -> String.t())) :: :ok
+  def log(level, topology, text) do
+    Logger.log(level, fn ->
+      "[aws_cluster:#{topology}] #{if is_function(text), do: text.(), else: text}"
+    end)
+  end
+end

@@ -1,0 +1,80 @@
+defmodule AWSCluster.Loop.Round do
+  @moduledoc """
+  One connect round of a discovery loop, and what its results mean for the log.
+
+  A round may take up to `:connect_timeout` per node, and the loop must keep answering,
+  so it runs in its own process. That process is **linked** to the loop: when a
+  topology stops, its round dies with it and can connect nothing afterwards. It sends
+  `{#{inspect(__MODULE__)}, ref, result}` to the loop when done.
+
+  Failed connects are logged at warning **once per node and state change**: the first
+  failure, a change of reason, and (at info) the recovery. A node that keeps failing the
+  same way is not logged again, so a dead peer does not fill the log each poll.
+  """
+
+  alias AWSCluster.{Connector, Loop}
+  alias AWSCluster.Strategy.State
+
+  @typedoc "A running round."
+  @type t :: %{ref: reference(), pid: pid()}
+
+  @typedoc "What a round did: connects, and prunes that cut a link."
+  @type result :: %{connect: Connector.result(), prune: Connector.result()}
+
+  @typedoc "The nodes whose last connect failed, and why."
+  @type failures :: %{node() => Connector.failure()}
+
+  @doc """
+  Starts a round that first handles `prune` (under `prune_mode`, see
+  `AWSCluster.Connector.prune/4`) then connects `connect`. Options: `:timeout`,
+  `:max_concurrency`, `:prune_mode` (default `:never`).
+  """
+  @spec start(State.t(), [node()], [node()], keyword()) :: t()
+  def start(%State{} = state, connect, prune, opts) do
+    parent = self()
+    ref = make_ref()
+    {mode, opts} = Keyword.pop(opts, :prune_mode, :never)
+
+    pid =
+      spawn_link(fn ->
+        Logger.metadata(aws_cluster_topology: state.topology)
+        pruned = Connector.prune(state, prune, mode, opts)
+        connected = Connector.connect(state, connect, opts)
+        send(parent, {__MODULE__, ref, %{connect: connected, prune: pruned}})
+      end)
+
+    %{ref: ref, pid: pid}
+  end
+
+  @doc """
+  Logs what `result` changed against `failures` (the last round's), and returns the
+  failures to compare the next round with.
+  """
+  @spec report(atom(), failures(), result()) :: failures()
+  def report(topology, failures, %{connect: connect, prune: prune}) do
+    for node <- prune.ok, do: Loop.log(:info, topology, "disconnected pruned #{node}")
+
+    for {node, why} <- prune.failed,
+        do: Loop.log(:warning, topology, "could not disconnect #{node}: #{inspect(why)}")
+
+    for node <- connect.ok do
+      if Map.has_key?(failures, node),
+        do: Loop.log(:info, topology, "connected to #{node} after failing"),
+        else: Loop.log(:debug, topology, "connected to #{node}")
+    end
+
+    now = Map.new(connect.failed)
+
+    for {node, why} <- now, Map.get(failures, node) != why do
+      Loop.log(:warning, topology, "cannot connect to #{node}: #{describe(why)}")
+    end
+
+    # Nodes not attempted this round are connected (or no longer wanted).
+    now
+  end
+
+  defp describe(false), do: "refused or unreachable (cookie, port, firewall, or down)"
+  defp describe(:ignored), do: "distribution is not started on this node"
+  defp describe(:timeout), do: "no answer within connect_timeout"
+  defp describe(other), do: inspect(other)
+end
