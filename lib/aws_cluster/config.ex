@@ -13,10 +13,26 @@ defmodule AWSCluster.Config do
     * `:required` - the key must be present (default `false`).
     * `:default` - the value used when the key is absent.
     * `:doc` - one line for the generated docs.
-    * `:sensitive` - never echo the value in an error message (secrets).
+
+  Secrets are marked in one place, by key: the value of any key in `secret_keys/0` is
+  never echoed in an error message and is replaced by `redact/1`.
   """
 
   alias AWSCluster.Error
+
+  @secret_keys [
+    :secret,
+    :secrets,
+    :access_key_id,
+    :secret_access_key,
+    :session_token,
+    :cookie,
+    :password
+  ]
+
+  @doc "The keys whose values are secrets, wherever they appear."
+  @spec secret_keys() :: [atom()]
+  def secret_keys, do: @secret_keys
 
   @typedoc """
   Types a value is checked against. `{:custom, description, fun}` takes a one-arity
@@ -95,7 +111,6 @@ defmodule AWSCluster.Config do
     end)
   end
 
-  @secret_keys [:secret, :secrets, :secret_access_key, :session_token, :cookie]
   @redacted "**redacted**"
 
   @doc """
@@ -176,7 +191,9 @@ defmodule AWSCluster.Config do
 
           :error ->
             shown =
-              if spec[:sensitive], do: "a value that is not shown", else: inspect(redact(value))
+              if key in @secret_keys,
+                do: "a value that is not shown",
+                else: inspect(redact(value))
 
             {:error, error(key, "expected #{describe(spec[:type])}, got #{shown}")}
         end

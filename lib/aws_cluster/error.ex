@@ -7,7 +7,9 @@ defmodule AWSCluster.Error do
 
   Reasons include `:invalid_argument`, `:invalid_config`, `:no_such_interface`,
   `:no_address`, `:throttled`, `:unauthorized`, `:unreachable`, `:timeout`,
-  `:not_found`, `:bad_response`, `:already_started`, `:nif_not_loaded` and `:internal`.
+  `:not_found`, `:bad_response`, `:already_started`, `:unavailable` (a local resource,
+  such as an interface or a port, that a later try may find), `:nif_not_loaded` and
+  `:internal`.
   """
 
   defexception [:reason, :message, details: %{}]

@@ -220,11 +220,15 @@ defmodule AWSCluster.Poller do
     Peers.ensure_started()
     Peers.register(state.topology, self())
 
+    # What runs keeps its values: the state's MFAs are the user's, arguments and all.
+    # The options' secrets are only needed to build the strategy state (init/2, retried
+    # below), so they stay sealed in a closure, which no report or stacktrace prints.
     s = %{
       strategy: strategy,
       strategy_state: nil,
-      state: state,
-      config: config,
+      state: %{state | config: Config.redact(state.config)},
+      config: Config.redact(config),
+      sealed_config: fn -> config end,
       membership: Membership.new(config, now()),
       health: :starting,
       last_error: nil,
@@ -252,9 +256,9 @@ defmodule AWSCluster.Poller do
   # Only an invalid config stops the start; any other fault is retried with backoff, so
   # a host app boots while IMDS or an interface is not there yet.
   defp start_strategy(s) do
-    case s.strategy.init(s.config, s.state) do
+    case s.strategy.init(s.sealed_config.(), s.state) do
       {:ok, strategy_state} ->
-        {:ok, %{s | strategy_state: strategy_state}}
+        {:ok, %{s | strategy_state: Config.redact(strategy_state), sealed_config: nil}}
 
       {:error, %Error{reason: :invalid_config} = error} ->
         Loop.log(:error, s.state.topology, "could not start: #{error.message}")
@@ -271,7 +275,10 @@ defmodule AWSCluster.Poller do
 
         s = %{s | health: :failing, last_error: error, failures: s.failures + 1}
         s = release_waiters(s)
-        delay = Loop.backoff(s.config.polling_interval, s.failures - 1, s.config.max_backoff)
+        # From an eighth of the interval up to one: once the fault clears, the next
+        # try comes within an interval and the cluster forms in the round after it.
+        interval = s.config.polling_interval
+        delay = Loop.backoff(max(1, div(interval, 8)), s.failures - 1, interval)
         Process.send_after(self(), :init_strategy, delay)
         {:retry, %{s | next_delay: delay}}
     end
@@ -281,7 +288,7 @@ defmodule AWSCluster.Poller do
   def handle_continue(:poll, s), do: {:noreply, start_discovery(s)}
 
   # What is printed (crash reports, :sys.get_status/1) is redacted; what runs is not,
-  # so a user's connect MFA keeps its arguments and a retried init keeps its keys.
+  # so a user's connect MFA keeps its arguments.
   @impl true
   def format_status(_reason, [_pdict, s]), do: Config.redact(s)
 
@@ -312,6 +319,12 @@ defmodule AWSCluster.Poller do
       Process.send_after(self(), :release_waiters, ms)
       {:noreply, %{s | waiters: [from | s.waiters]}}
     end
+  end
+
+  # An unknown call is answered, not crashed on: a crash would print the state in the
+  # FunctionClauseError's arguments, where format_status/2 does not reach.
+  def handle_call(request, _from, s) do
+    {:reply, {:error, Error.new(:invalid_argument, "unknown call #{inspect(request)}")}, s}
   end
 
   @impl true

@@ -140,9 +140,12 @@ defmodule AWSCluster.SecretsTest do
               refute_secrets(Poller.status(pid), "Poller.status/1 under #{inspect(mode)}")
             end
 
-            # A crash of the poller prints its state in the crash report.
+            # A crash of the poller prints its state in the crash report. (An unknown
+            # call is answered with an error; a cast has no clause.)
             Process.unlink(sup)
-            catch_exit(GenServer.call(pid, :no_such_request))
+            ref = Process.monitor(pid)
+            GenServer.cast(pid, :no_such_request)
+            assert_receive {:DOWN, ^ref, :process, ^pid, _}, 5_000
             Process.exit(sup, :shutdown)
           after
             MotoIAM.relax!()
@@ -156,36 +159,36 @@ defmodule AWSCluster.SecretsTest do
     refute_secrets(log, "the log")
   end
 
-  test "EC2: a start that fails (no region, IMDS down) and its supervisor report", %{tag: tag} do
+  test "EC2: a start with IMDS down boots failing and says to set region:, showing no secret",
+       %{tag: tag} do
     down = "http://127.0.0.1:#{Moto.free_port()}"
     config = ec2_config(tag, Moto.endpoint(), imds_endpoint: down) |> Keyword.delete(:region)
 
-    {result, log} =
+    {status, log} =
       capture(
         fn ->
-          Process.flag(:trap_exit, true)
-
-          with_sasl_reports(fn ->
+          {:ok, sup} =
             AWSCluster.Supervisor.start_link(topologies: [sec: [strategy: EC2, config: config]])
-          end)
+
+          pid = poller(sup)
+          assert Wait.until(fn -> Poller.status(pid).health == :failing end)
+          status = Poller.status(pid)
+          Supervisor.stop(sup)
+          status
         end,
-        ["[aws_cluster:sec] could not start", "Start Call:"]
+        ["[aws_cluster:sec] cannot start discovery yet"]
       )
 
-    assert {:error, reason} = result
-    assert inspect(reason) =~ "region"
-    refute_secrets(reason, "the start error")
-    assert log =~ "[aws_cluster:sec] could not start"
-    # The supervisor's report, with the child's start arguments minus the secrets.
-    assert log =~ "Start Call: AWSCluster.Redacted.start_child(AWSCluster.Strategy.EC2"
-    assert log =~ ~s(secret_access_key: "**redacted**")
+    assert status.last_error.message =~ "region:"
+    refute_secrets(status, "Poller.status/1")
+    assert log =~ "[aws_cluster:sec] cannot start discovery yet"
     refute_secrets(log, "the log")
   end
 
   test "child specs that fail to start under any supervisor report redacted start arguments",
        %{tag: tag} do
-    down = "http://127.0.0.1:#{Moto.free_port()}"
-    config = ec2_config(tag, Moto.endpoint(), imds_endpoint: down) |> Keyword.delete(:region)
+    # Invalid options are what still fails a start.
+    config = ec2_config(tag, Moto.endpoint(), polling_interval: 0)
 
     children = [
       {AWSCluster.Distribution, basename: "x", ip: "1.2.3", cookie: @cookie},
@@ -301,6 +304,17 @@ defmodule AWSCluster.SecretsTest do
           assert {:error, e} = Gossip.rotate(pid, ["short"])
           refute_secrets(e, "a rotation error")
           assert :ok = Gossip.rotate(pid, [@gossip_old, @gossip_secret])
+
+          # The exits of a rotation that never reached the process carry the request:
+          # the secrets in it are sealed.
+          noproc = catch_exit(Gossip.rotate(:no_such_gossip_topology, [@gossip_secret]))
+          assert {:noproc, _} = noproc
+          refute_secrets(noproc, "rotate's :noproc exit")
+          :sys.suspend(pid)
+          timeout = catch_exit(Gossip.rotate(pid, [@gossip_secret, @gossip_old], 100))
+          :sys.resume(pid)
+          assert {:timeout, _} = timeout
+          refute_secrets(timeout, "rotate's :timeout exit")
 
           catch_exit(GenServer.call(pid, :no_such_request))
           assert_receive {:EXIT, ^pid, _}, 5_000

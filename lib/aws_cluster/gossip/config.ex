@@ -6,19 +6,19 @@ defmodule AWSCluster.Gossip.Config do
 
   alias AWSCluster.{Config, Error}
 
-  @default_port 45_892
+  # Not libcluster's 45892: its Gossip receiver decrypts without a rescue and crashes on
+  # any datagram it cannot open, so the two must not share a port during a migration.
+  @default_port 45_910
 
   @schema [
     secret: [
       type: :non_empty_string,
-      sensitive: true,
       doc:
         "The shared secret, at least 32 bytes (e.g. `:crypto.strong_rand_bytes(32) |> " <>
           "Base.encode64()`). Shorthand for `secrets: [secret]`."
     ],
     secrets: [
       type: {:list, :non_empty_string},
-      sensitive: true,
       doc:
         "Secrets for key rotation: the first seals, all open (see the rotation runbook). " <>
           "At most 8."
@@ -69,7 +69,7 @@ defmodule AWSCluster.Gossip.Config do
       type: {:list, {:custom, "an address", &__MODULE__.parse_seed/1}},
       default: [],
       doc:
-        "Unicast targets: `\"10.0.1.5\"`, `\"10.0.1.5:45892\"`, `\"[fd00::5]:45892\"`, " <>
+        "Unicast targets: `\"10.0.1.5\"`, `\"10.0.1.5:45910\"`, `\"[fd00::5]:45910\"`, " <>
           "`\"host:port\"` (resolved at start) or `{ip_tuple, port}`. Peers heard from are " <>
           "added while they keep announcing."
     ],
@@ -92,10 +92,30 @@ defmodule AWSCluster.Gossip.Config do
         "Packets whose timestamp is further than this many ms from the local clock are " <>
           "dropped; keep clocks in sync (NTP / Amazon Time Sync)."
     ],
+    allow_nat: [
+      type: :boolean,
+      default: false,
+      doc:
+        "Accept packets whose node name's host is not the packet's source address (peers " <>
+          "behind NAT, or named by DNS names). Off, a packet captured and replayed from " <>
+          "another host is dropped (`:source_mismatch`)."
+    ],
     max_peers: [
       type: :pos_integer,
       default: 1_024,
       doc: "Most distinct peers tracked; node names become atoms, so this bounds them."
+    ],
+    name_budget: [
+      type: {:or, [:pos_integer, {:literal, nil}]},
+      default: nil,
+      doc:
+        "New node names (atoms) this topology may mint over its life before refill; " <>
+          "`nil` is twice `:max_peers` (`AWSCluster.Membership.NameBudget`)."
+    ],
+    name_budget_per_day: [
+      type: {:or, [:non_neg_integer, {:literal, nil}]},
+      default: nil,
+      doc: "Names the budget regains a day, continuously; `nil` is `:max_peers`."
     ],
     peer_timeout: [
       type: :pos_integer,

@@ -21,7 +21,11 @@ defmodule AWSCluster.Gossip.Transport do
   @ipv6_multicast_loop 19
   @ipv6_add_membership 20
 
-  @doc "Opens the socket described by a validated config."
+  @doc """
+  Opens the socket described by a validated config. What a later try may fix is an
+  error with reason `:unavailable` (a missing interface, an address not yet on the host,
+  a port still held); `details.key` names the option involved.
+  """
   @spec open(map()) :: {:ok, :gen_udp.socket()} | {:error, Error.t()}
   def open(c) do
     with {:ok, mcast} <- multicast_opts(c) do
@@ -41,7 +45,10 @@ defmodule AWSCluster.Gossip.Transport do
         {:error, why} ->
           {:error,
            Error.new(
-             :invalid_config,
+             if(why in [:eaddrinuse, :eaddrnotavail, :enodev],
+               do: :unavailable,
+               else: :invalid_config
+             ),
              "cannot open UDP port #{c.port} on #{:inet.ntoa(c.if_addr)}: #{:inet.format_error(why)}",
              %{key: :port, posix: why}
            )}
@@ -108,7 +115,7 @@ defmodule AWSCluster.Gossip.Transport do
         {:ok, index}
 
       {:error, _} ->
-        {:error, Config.error(:multicast_if, "no interface named #{inspect(name)} on this host")}
+        {:error, unavailable("no interface named #{inspect(name)} on this host")}
     end
   end
 
@@ -121,9 +128,17 @@ defmodule AWSCluster.Gossip.Transport do
         {:error, if_error(e)}
 
       nil ->
-        {:error, Config.error(:multicast_if, "no interface has the address #{:inet.ntoa(ip)}")}
+        {:error, unavailable("no interface has the address #{:inet.ntoa(ip)}")}
     end
   end
 
+  defp if_error(%Error{reason: reason} = e) when reason in [:no_such_interface, :no_address],
+    do: unavailable(e.message)
+
   defp if_error(%Error{} = e), do: Config.error(:multicast_if, e.message)
+
+  # Weave creates ethwe after the app may start, and an ENI may attach late.
+  defp unavailable(text) do
+    Error.new(:unavailable, "option :multicast_if: #{text}", %{key: :multicast_if})
+  end
 end

@@ -17,11 +17,10 @@ defmodule AWSCluster.Strategy.Client do
     ],
     access_key_id: [
       type: :non_empty_string,
-      sensitive: true,
       doc: "Static credentials; default is aws-config's chain (env, profile, roles)."
     ],
-    secret_access_key: [type: :non_empty_string, sensitive: true, doc: "Static credentials."],
-    session_token: [type: :non_empty_string, sensitive: true, doc: "Static credentials."],
+    secret_access_key: [type: :non_empty_string, doc: "Static credentials."],
+    session_token: [type: :non_empty_string, doc: "Static credentials."],
     max_attempts: [type: {:integer, 1..20}, default: 3, doc: "Attempts per AWS request."],
     operation_timeout: [
       type: {:integer, 1..3_600_000},

@@ -27,11 +27,20 @@ defmodule AWSCluster.Strategy.Gossip do
   layout is documented in `native/aws_cluster_core/src/gossip/mod.rs`). A receiver drops,
   counts and never acts on anything that is malformed, foreign, forged, stale, from the
   future or replayed; a datagram can never crash it. Node names become atoms only after
-  authentication and validation (`base@host`, at most 255 bytes) and at most `:max_peers`
-  distinct peers are tracked.
+  authentication and validation (`base@host`, at most 255 bytes), at most `:max_peers`
+  distinct peers are tracked, and new names are minted only within `:name_budget`.
+  A valid packet is still bound to where it came from: the name's host must be the
+  source address unless `allow_nat: true`, and after a leave only a newer boot or seq
+  counts (`AWSCluster.Gossip.Membership`).
 
   On shutdown a sealed leave packet tells the others to stop redialing this node; it
-  does not disconnect anybody.
+  does not disconnect anybody, and neither does forgetting a silent peer (on OTP 25 a
+  disconnect of a live peer gets the disconnecting node expelled by `global`).
+
+  A fault a later try may fix (the `:multicast_if` interface not there yet, as with
+  Weave's `ethwe` before Weave starts; the address or port not available yet) does not
+  fail the start: the strategy runs in `:failing` health (`stats/1`), logs once, and
+  opens the socket when it can. Only invalid options fail the start.
 
   ## Options
 
@@ -72,13 +81,11 @@ defmodule AWSCluster.Strategy.Gossip do
   """
 
   use GenServer
-  require Logger
 
-  alias AWSCluster.{Connector, Error, Peers, Telemetry}
-  alias AWSCluster.Gossip.{Codec, Config, Stats, Transport}
+  alias AWSCluster.{Error, Loop, Peers, Telemetry}
+  alias AWSCluster.Gossip.{Codec, Config, Membership, Stats, Transport}
+  alias AWSCluster.Loop.Round
   alias AWSCluster.Strategy.State
-
-  @jitter 0.1
 
   @typedoc "A running gossip strategy: its pid, or its topology name."
   @type server :: pid() | atom()
@@ -131,7 +138,9 @@ defmodule AWSCluster.Strategy.Gossip do
 
   @doc """
   Packet counters: `accepted` (`announces` + `leaves`), `own` (our packets looped back),
-  `rejected` by reason, `rejected_total`, `send_errors`, plus `peers` (count) and `key_ids`.
+  `rejected` by reason, `rejected_total`, `send_errors`, plus `peers` (count), `key_ids`,
+  `health` (`:healthy`, or `:failing` while the socket cannot be opened), `last_error`
+  and `names_left` (new names the budget still allows).
   """
   @spec stats(server()) :: map()
   def stats(server), do: GenServer.call(via(server), :stats)
@@ -145,10 +154,12 @@ defmodule AWSCluster.Strategy.Gossip do
 
   @doc """
   Replaces the key ring: `secrets` is one secret or a list, first seals, all open. See
-  the rotation runbook above.
+  the rotation runbook above. The secrets travel sealed in a closure, so an exit of this
+  call (`:noproc`, `:timeout`) or a crash report cannot print them.
   """
-  @spec rotate(server(), binary() | [binary()]) :: :ok | {:error, Error.t()}
-  def rotate(server, secrets), do: GenServer.call(via(server), {:rotate, secrets})
+  @spec rotate(server(), binary() | [binary()], timeout()) :: :ok | {:error, Error.t()}
+  def rotate(server, secrets, timeout \\ 5_000),
+    do: GenServer.call(via(server), {:rotate, fn -> secrets end}, timeout)
 
   defp via(pid) when is_pid(pid), do: pid
   defp via(topology) when is_atom(topology), do: name(topology)
@@ -159,10 +170,9 @@ defmodule AWSCluster.Strategy.Gossip do
     Logger.metadata(aws_cluster_topology: state.topology)
 
     with {:ok, ring} <- keyring(c.secrets, c),
-         :ok <- check_metadata(ring, c),
-         {:ok, socket} <- Transport.open(c) do
+         :ok <- check_metadata(ring, c) do
       if c.insecure do
-        log(
+        Loop.log(
           :warning,
           state.topology,
           "gossip runs with insecure: true; anyone who can reach UDP port #{c.port} may be " <>
@@ -174,36 +184,86 @@ defmodule AWSCluster.Strategy.Gossip do
       Peers.register(state.topology, self())
 
       # The key ring holds the keys from here on: keep no secret in the state, so no
-      # crash report, stacktrace or :sys.get_status/1 can print one.
+      # crash report, stacktrace or :sys.get_status/1 can print one. The MFAs run as
+      # given.
+      c = Map.drop(c, [:secret, :secrets])
+
       s = %{
-        state: AWSCluster.Config.redact(state),
-        config: AWSCluster.Config.redact(c),
+        state: %{state | config: AWSCluster.Config.redact(state.config)},
+        config: c,
         ring: ring,
         guard: Codec.replay_guard(2 * c.max_peers + 16, c.timestamp_window),
-        socket: socket,
+        socket: nil,
+        health: :starting,
+        last_error: nil,
+        open_failures: 0,
         boot_id: :binary.decode_unsigned(:crypto.strong_rand_bytes(8)),
         seq: 0,
         own: own_name(),
         warned_offline: false,
-        peers: %{},
+        members: Membership.new(c, mono()),
         stats: Stats.new(),
         pending: MapSet.new(),
         round: nil,
+        failures: %{},
         log_timer: nil,
         last_log: nil
       }
 
-      log(:info, state.topology, "gossip started: #{describe(c)}; #{ring_text(ring)}")
-      {:ok, s, {:continue, :tick}}
+      case open_socket(s) do
+        {:ok, s} -> {:ok, s, {:continue, :tick}}
+        {:stop, e} -> {:stop, e}
+      end
     else
       {:error, %Error{} = e} ->
-        log(:error, state.topology, "gossip could not start: #{e.message}")
+        Loop.log(:error, state.topology, "gossip could not start: #{e.message}")
         {:stop, e}
+    end
+  end
+
+  # Only invalid options stop the start; a missing interface or a taken address is
+  # retried with backoff while the strategy runs in failing health.
+  defp open_socket(s) do
+    case Transport.open(s.config) do
+      {:ok, socket} ->
+        if s.health == :failing,
+          do:
+            Loop.log(:info, s.state.topology, "gossip socket open after #{s.open_failures} tries")
+
+        Loop.log(
+          :info,
+          s.state.topology,
+          "gossip started: #{describe(s.config)}; #{ring_text(s.ring)}"
+        )
+
+        {:ok, %{s | socket: socket, health: :healthy, last_error: nil, open_failures: 0}}
+
+      {:error, %Error{reason: :invalid_config} = e} ->
+        Loop.log(:error, s.state.topology, "gossip could not start: #{e.message}")
+        {:stop, e}
+
+      {:error, %Error{} = e} ->
+        if s.health != :failing,
+          do:
+            Loop.log(
+              :warning,
+              s.state.topology,
+              "gossip cannot listen yet, retrying: #{e.message}"
+            )
+
+        # From an eighth of the interval up to one, as the poller's init retries.
+        interval = s.config.announce_interval
+        delay = Loop.backoff(max(1, div(interval, 8)), s.open_failures, interval)
+        Process.send_after(self(), :open_socket, delay)
+        {:ok, %{s | health: :failing, last_error: e, open_failures: s.open_failures + 1}}
     end
   end
 
   @impl true
   def handle_continue(:tick, s), do: {:noreply, tick(s)}
+
+  @impl true
+  def format_status(_reason, [_pdict, s]), do: AWSCluster.Config.redact(s)
 
   @impl true
   def handle_call(:stats, _from, s) do
@@ -212,8 +272,11 @@ defmodule AWSCluster.Strategy.Gossip do
       |> Stats.to_map()
       |> Map.merge(%{
         topology: s.state.topology,
-        peers: map_size(s.peers),
-        key_ids: Codec.key_ids(s.ring)
+        peers: map_size(s.members.peers),
+        key_ids: Codec.key_ids(s.ring),
+        health: s.health,
+        last_error: s.last_error,
+        names_left: AWSCluster.Membership.NameBudget.left(s.members.budget, mono())
       })
 
     {:reply, reply, s}
@@ -224,7 +287,7 @@ defmodule AWSCluster.Strategy.Gossip do
     now = System.os_time(:millisecond)
 
     reply =
-      Map.new(s.peers, fn {_name, p} ->
+      Map.new(s.members.peers, fn {_name, p} ->
         {p.node,
          %{
            address: address_text(p.address),
@@ -237,10 +300,10 @@ defmodule AWSCluster.Strategy.Gossip do
     {:reply, reply, s}
   end
 
-  def handle_call({:rotate, secrets}, _from, s) do
-    with {:ok, secrets} <- Config.check_secrets(secrets, s.config.insecure),
+  def handle_call({:rotate, sealed}, _from, s) when is_function(sealed, 0) do
+    with {:ok, secrets} <- Config.check_secrets(sealed.(), s.config.insecure),
          {:ok, ring} <- keyring(secrets, s.config) do
-      log(:info, s.state.topology, "gossip key ring replaced: #{ring_text(ring)}")
+      Loop.log(:info, s.state.topology, "gossip key ring replaced: #{ring_text(ring)}")
       {:reply, :ok, %{s | ring: ring}}
     else
       {:error, e} -> {:reply, {:error, e}, s}
@@ -257,26 +320,42 @@ defmodule AWSCluster.Strategy.Gossip do
     {:noreply, s}
   end
 
+  def handle_info(:open_socket, s) do
+    case open_socket(s) do
+      {:ok, s} -> {:noreply, s}
+      {:stop, e} -> {:stop, e, s}
+    end
+  end
+
   def handle_info(:tick, s), do: {:noreply, tick(s)}
 
   def handle_info(:log_stats, s), do: {:noreply, log_stats(%{s | log_timer: nil})}
 
-  def handle_info({:DOWN, ref, :process, _pid, _reason}, %{round: ref} = s) do
+  def handle_info({Round, ref, result}, %{round: %{ref: ref}} = s) do
+    failures = Round.report(s.state.topology, s.failures, result)
+    s = %{s | round: nil, failures: failures}
+    {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
+  end
+
+  def handle_info({:EXIT, pid, reason}, %{round: %{pid: pid}} = s) when reason != :normal do
+    Loop.log(:error, s.state.topology, "connect round crashed: #{inspect(reason)}")
     s = %{s | round: nil}
     {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
   end
 
-  def handle_info({:EXIT, socket, reason}, %{socket: socket} = s),
+  def handle_info({:EXIT, socket, reason}, %{socket: socket} = s) when socket != nil,
     do: {:stop, {:socket_closed, reason}, s}
 
   # Exits of other linked processes (trap_exit is on so terminate/2 runs on shutdown).
   def handle_info(_other, s), do: {:noreply, s}
 
   @impl true
+  def terminate(_reason, %{socket: nil}), do: :ok
+
   def terminate(_reason, s) do
     if s.own do
       {_s, sent} = broadcast(s, :leave)
-      log(:info, s.state.topology, "gossip stopping; sent leave to #{sent} targets")
+      Loop.log(:info, s.state.topology, "gossip stopping; sent leave to #{sent} targets")
     end
 
     :gen_udp.close(s.socket)
@@ -289,44 +368,43 @@ defmodule AWSCluster.Strategy.Gossip do
     case Codec.open(s.ring, s.guard, packet, System.os_time(:millisecond)) do
       {:ok, %{name: name}} when name == s.own -> %{s | stats: Stats.accepted(s.stats, :own)}
       {:ok, %{kind: :announce} = m} -> heard(s, m, from)
-      {:ok, %{kind: :leave} = m} -> left(s, m)
+      {:ok, %{kind: :leave} = m} -> left(s, m, from)
       {:error, reason} -> reject(s, reason)
     end
   end
 
   defp heard(s, m, from) do
-    case Map.fetch(s.peers, m.name) do
-      {:ok, p} ->
-        p2 = %{p | address: from, boot_id: m.boot_id, meta: m.meta, last_seen: mono()}
-        s = %{s | peers: Map.put(s.peers, m.name, p2), stats: Stats.accepted(s.stats, :announce)}
-        if p.address != from or p.meta != m.meta, do: publish(s), else: s
+    case Membership.heard(s.members, m, from, mono()) do
+      {:new, node, members} ->
+        Loop.log(:info, s.state.topology, "new peer #{node} at #{address_text(from)}")
 
-      :error when map_size(s.peers) >= s.config.max_peers ->
-        reject(s, :too_many_peers)
-
-      :error ->
-        # Authenticated by the key ring and validated as base@host by the codec: only
-        # now may the name become an atom, and at most max_peers of them are tracked.
-        node = String.to_atom(m.name)
-        p = %{node: node, address: from, boot_id: m.boot_id, meta: m.meta, last_seen: mono()}
-        log(:info, s.state.topology, "new peer #{node} at #{address_text(from)}")
-
-        %{s | peers: Map.put(s.peers, m.name, p), stats: Stats.accepted(s.stats, :announce)}
+        %{s | members: members, stats: Stats.accepted(s.stats, :announce)}
         |> publish()
         |> request_connect([node])
+
+      {:changed, members} ->
+        publish(%{s | members: members, stats: Stats.accepted(s.stats, :announce)})
+
+      {:same, members} ->
+        %{s | members: members, stats: Stats.accepted(s.stats, :announce)}
+
+      {:rejected, reason, members} ->
+        reject(%{s | members: members}, reason)
     end
   end
 
-  defp left(s, m) do
-    s = %{s | stats: Stats.accepted(s.stats, :leave)}
+  defp left(s, m, from) do
+    case Membership.left(s.members, m, from, mono()) do
+      {:left, node, members} ->
+        Loop.log(:info, s.state.topology, "peer #{node} is leaving; not redialing it")
+        s = %{s | members: members, pending: MapSet.delete(s.pending, node)}
+        publish(%{s | stats: Stats.accepted(s.stats, :leave)})
 
-    case Map.pop(s.peers, m.name) do
-      {nil, _} ->
-        s
+      {:ignored, members} ->
+        %{s | members: members, stats: Stats.accepted(s.stats, :leave)}
 
-      {p, peers} ->
-        log(:info, s.state.topology, "peer #{p.node} is leaving; not redialing it")
-        publish(%{s | peers: peers, pending: MapSet.delete(s.pending, p.node)})
+      {:rejected, reason, members} ->
+        reject(%{s | members: members}, reason)
     end
   end
 
@@ -362,7 +440,7 @@ defmodule AWSCluster.Strategy.Gossip do
       detail =
         unlogged |> Enum.sort() |> Enum.map_join(", ", fn {reason, n} -> "#{reason}: #{n}" end)
 
-      log(:warning, s.state.topology, "dropped #{total} gossip packets (#{detail})")
+      Loop.log(:warning, s.state.topology, "dropped #{total} gossip packets (#{detail})")
     end
 
     %{s | stats: stats, last_log: mono()}
@@ -371,24 +449,24 @@ defmodule AWSCluster.Strategy.Gossip do
   ## Announcing
 
   defp tick(s) do
-    Process.send_after(self(), :tick, jitter(s.config.announce_interval))
+    Process.send_after(self(), :tick, Loop.jitter(s.config.announce_interval))
     s = %{s | own: own_name()}
 
     s =
-      if s.own do
-        {s, _sent} = broadcast(s, :announce)
-        s
-      else
-        warn_offline(s)
+      cond do
+        s.socket == nil -> s
+        s.own -> s |> broadcast(:announce) |> elem(0)
+        true -> warn_offline(s)
       end
 
-    s |> forget_silent() |> request_connect(Enum.map(s.peers, fn {_, p} -> p.node end))
+    s = forget_silent(s)
+    request_connect(s, Membership.nodes(s.members))
   end
 
   defp warn_offline(%{warned_offline: true} = s), do: s
 
   defp warn_offline(s) do
-    log(
+    Loop.log(
       :warning,
       s.state.topology,
       "distribution is not started (node() is #{node()}); listening only until it is"
@@ -416,7 +494,7 @@ defmodule AWSCluster.Strategy.Gossip do
         {s, sent + 1}
       else
         {:error, %Error{} = e} ->
-          log(:error, s.state.topology, "cannot seal an announce: #{e.message}")
+          Loop.log(:error, s.state.topology, "cannot seal an announce: #{e.message}")
           {s, sent}
 
         {:error, _posix} ->
@@ -429,7 +507,7 @@ defmodule AWSCluster.Strategy.Gossip do
     c = s.config
     group = if c.multicast_addr, do: [{c.multicast_addr, c.port}], else: []
     unicast? = c.seeds != [] or c.seed_topologies != []
-    learned = if unicast?, do: Enum.map(s.peers, fn {_, p} -> p.address end), else: []
+    learned = if unicast?, do: Enum.map(s.members.peers, fn {_, p} -> p.address end), else: []
     Enum.uniq(group ++ c.seeds ++ topology_seeds(c) ++ learned)
   end
 
@@ -444,16 +522,15 @@ defmodule AWSCluster.Strategy.Gossip do
   end
 
   defp forget_silent(s) do
-    cutoff = mono() - s.config.peer_timeout
-    {keep, drop} = Enum.split_with(s.peers, fn {_, p} -> p.last_seen >= cutoff end)
+    case Membership.forget_silent(s.members, mono()) do
+      {[], members} ->
+        %{s | members: members}
 
-    if drop == [] do
-      s
-    else
-      for {_, p} <- drop,
-          do: log(:info, s.state.topology, "forgetting #{p.node}: silent for a while")
+      {dropped, members} ->
+        for node <- dropped,
+            do: Loop.log(:info, s.state.topology, "forgetting #{node}: silent for a while")
 
-      publish(%{s | peers: Map.new(keep)})
+        publish(%{s | members: members})
     end
   end
 
@@ -466,24 +543,11 @@ defmodule AWSCluster.Strategy.Gossip do
     if s.round == nil, do: start_round(s), else: s
   end
 
-  # Connects run outside this process (each may take up to connect_timeout) so packets
-  # keep being read; one round at a time, requests made meanwhile run next.
+  # One round at a time (AWSCluster.Loop.Round); requests made meanwhile run next.
   defp start_round(s) do
-    state = s.state
-    nodes = MapSet.to_list(s.pending)
     opts = [timeout: s.config.connect_timeout, max_concurrency: s.config.max_concurrency]
-
-    {_pid, ref} =
-      spawn_monitor(fn ->
-        Logger.metadata(aws_cluster_topology: state.topology)
-        %{ok: ok, failed: failed} = Connector.connect(state, nodes, opts)
-        for node <- ok, do: log(:info, state.topology, "connected to #{node}")
-
-        for {node, why} <- failed,
-            do: log(:debug, state.topology, "could not connect to #{node}: #{inspect(why)}")
-      end)
-
-    %{s | round: ref, pending: MapSet.new()}
+    round = Round.start(s.state, MapSet.to_list(s.pending), [], opts)
+    %{s | round: round, pending: MapSet.new()}
   end
 
   ## Helpers
@@ -511,7 +575,7 @@ defmodule AWSCluster.Strategy.Gossip do
     topology = s.state.topology
 
     infos =
-      Enum.map(s.peers, fn {_, p} ->
+      Enum.map(s.members.peers, fn {_, p} ->
         %{
           node: p.node,
           topology: topology,
@@ -549,14 +613,5 @@ defmodule AWSCluster.Strategy.Gossip do
   defp address_text({ip, port}) when tuple_size(ip) == 8, do: "[#{:inet.ntoa(ip)}]:#{port}"
   defp address_text({ip, port}), do: "#{:inet.ntoa(ip)}:#{port}"
 
-  defp jitter(ms) do
-    spread = ms * @jitter
-    max(1, round(ms - spread + :rand.uniform() * 2 * spread))
-  end
-
   defp mono, do: System.monotonic_time(:millisecond)
-
-  defp log(level, topology, text) do
-    Logger.log(level, fn -> "[aws_cluster:#{topology}] #{text}" end)
-  end
 end

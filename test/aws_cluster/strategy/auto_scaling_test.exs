@@ -71,19 +71,24 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
     assert connected?(started, nodes)
   end
 
-  test "IMDS down: start fails with an error naming what to configure" do
-    imds = start_supervised!({FakeIMDS, mode: :down})
-    Process.flag(:trap_exit, true)
+  test "IMDS down: the start succeeds failing, names what to configure, and forms when IMDS is back",
+       %{group: group, ids: [i1 | _], nodes: nodes} do
+    imds = start_supervised!({FakeIMDS, instance_id: i1, auto_scaling_group: group})
+    FakeIMDS.set(imds, mode: :down)
+    %{pid: pid} = started = start(:asg_down, imds_endpoint: FakeIMDS.endpoint(imds))
 
-    assert {:error, %Error{} = e} =
-             AutoScaling.start_link(
-               topology: :asg_down,
-               config: config(imds_endpoint: FakeIMDS.endpoint(imds))
-             )
+    assert Wait.until(fn -> Poller.status(pid).failures >= 2 end)
+    status = Poller.status(pid)
+    assert status.health == :failing and status.polls == 0
+    assert status.last_error.reason == :unreachable
+    assert status.last_error.message =~ "instance metadata service"
+    assert status.last_error.message =~ "groups: in the topology config"
 
-    assert e.reason == :unreachable
-    assert e.message =~ "instance metadata service"
-    assert e.message =~ "groups: in the topology config"
+    # Back up: the next init retry comes within one interval (200 ms), and the round
+    # after it connects; well within two intervals of polls.
+    FakeIMDS.set(imds, mode: :v2)
+    assert connected?(started, nodes)
+    assert Poller.status(pid).polls <= 2
   end
 
   test "a configured group that does not exist is an error, not an empty answer",

@@ -370,21 +370,29 @@ defmodule AWSCluster.Strategy.EC2Test do
     end)
   end
 
-  test "no region and no IMDS: start fails saying to set region:" do
-    imds = start_supervised!({AWSCluster.Test.FakeIMDS, mode: :down})
+  test "no region and IMDS down: the start succeeds failing, says to set region:, and forms when IMDS is back",
+       %{tag: tag} do
+    Moto.run_instances!([spec(tag, 1, "127.0.1.61"), spec(tag, 2, "127.0.2.61")])
+    imds = start_supervised!({AWSCluster.Test.FakeIMDS, region: Moto.region()})
+    AWSCluster.Test.FakeIMDS.set(imds, mode: :down)
 
-    config = [
-      tags: %{"app" => "x"},
-      node_basename: "app",
-      endpoint: Moto.endpoint(),
-      imds_endpoint: AWSCluster.Test.FakeIMDS.endpoint(imds)
-    ]
+    config =
+      topology(tag, Moto.endpoint(), imds_endpoint: AWSCluster.Test.FakeIMDS.endpoint(imds))
+      |> get_in([:ec2, :config])
+      |> Keyword.delete(:region)
 
-    Process.flag(:trap_exit, true)
+    table = Nodes.table()
+    arg = [topology: :no_region, config: config] ++ Nodes.mfas(self(), table)
+    pid = start_supervised!({EC2, arg})
 
-    assert {:error, %AWSCluster.Error{} = e} =
-             EC2.start_link(topology: :no_region, config: config)
+    assert Wait.until(fn -> Poller.status(pid).failures >= 2 end)
+    status = Poller.status(pid)
+    assert status.health == :failing and status.polls == 0
+    assert status.last_error.message =~ "region:"
 
-    assert e.message =~ "region:"
+    AWSCluster.Test.FakeIMDS.set(imds, mode: :v2)
+    for i <- 1..2, do: assert_receive({:connect, _}, 5_000) && i
+    assert Enum.sort(Nodes.list_nodes(table)) == [:"#{tag}n1@127.0.1.61", :"#{tag}n2@127.0.2.61"]
+    assert Poller.status(pid).polls <= 2
   end
 end

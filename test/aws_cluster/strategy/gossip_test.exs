@@ -82,8 +82,6 @@ defmodule AWSCluster.Strategy.GossipTest do
         {Keyword.put(base(), :seeds, ["not a seed!"]), :seeds},
         {Keyword.put(base(), :multicast_addr, "10.0.0.1"), :multicast_addr},
         {Keyword.put(base(), :multicast_if, "lo"), :multicast_if},
-        {Keyword.merge(base(), multicast_addr: "239.255.77.9", multicast_if: "nosuch0"),
-         :multicast_if},
         {Keyword.put(base(), :secrets, [secret()]), :secret},
         {Keyword.put(base(), :metadata, %{"AZ" => "upper"}), :metadata},
         {Keyword.put(base(), :metadata, %{"az" => String.duplicate("z", 65)}), :metadata},
@@ -100,14 +98,36 @@ defmodule AWSCluster.Strategy.GossipTest do
       end
     end
 
-    test "a port already taken is an error naming :port" do
-      {:ok, s} = :gen_udp.open(0, [:binary, ip: {127, 0, 0, 1}])
-      {:ok, port} = :inet.port(s)
-      config = Keyword.merge(base(), port: port, if_addr: "127.0.0.1")
+    test "a port still taken, or a missing interface, starts failing and opens once fixed" do
+      {:ok, blocker} = :gen_udp.open(0, [:binary, ip: {127, 0, 0, 1}])
+      {:ok, port} = :inet.port(blocker)
+      config = Keyword.merge(base(), port: port, if_addr: "127.0.0.1", announce_interval: 200)
 
-      capture_log(fn -> assert {:error, %Error{details: %{key: :port}}} = start(config) end)
+      log =
+        capture_log(fn ->
+          assert {:ok, pid} = start(config)
 
-      :gen_udp.close(s)
+          assert %{health: :failing, last_error: %Error{reason: :unavailable} = e} =
+                   Gossip.stats(pid)
+
+          assert e.details.key == :port
+          :gen_udp.close(blocker)
+          # Retries back off from 25 ms up to the 200 ms interval.
+          assert Wait.until(fn -> Gossip.stats(pid).health == :healthy end, 5_000)
+          GenServer.stop(pid)
+        end)
+
+      assert length(String.split(log, "gossip cannot listen yet")) == 2
+
+      mcast = Keyword.merge(base(), multicast_addr: "239.255.77.9", multicast_if: "nosuch0")
+
+      capture_log(fn ->
+        assert {:ok, pid} = start(mcast)
+        assert %{health: :failing, last_error: e} = Gossip.stats(pid)
+        assert e.reason == :unavailable and e.details.key == :multicast_if
+        assert e.message =~ "nosuch0"
+        GenServer.stop(pid)
+      end)
     end
 
     test "rotate/2 checks the new secrets" do
