@@ -17,6 +17,13 @@ defmodule AWSCluster.Strategy.GossipTest do
 
   defp uniq, do: System.unique_integer([:positive])
 
+  defp existing_atom?(name) do
+    _ = String.to_existing_atom(name)
+    true
+  rescue
+    ArgumentError -> false
+  end
+
   # Gossip rounds are slower than the shared default bound, so 30 s here.
   defp wait_for(fun, timeout \\ 30_000, every \\ 100), do: Wait.until(fun, timeout, every)
 
@@ -260,6 +267,128 @@ defmodule AWSCluster.Strategy.GossipTest do
       after_ = Gossip.stats(pid)
       assert delta(before.rejected, after_.rejected) == expected
       after_.accepted - before.accepted
+    end
+
+    defp send_from(ctx, socket, packet),
+      do: :ok = :gen_udp.send(socket, {127, 0, 0, 1}, ctx.port, packet)
+
+    defp host_socket(ip) do
+      {:ok, socket} = :gen_udp.open(0, [:binary, active: false, ip: ip])
+      socket
+    end
+
+    test "a packet is bound to its source host, and a leave is final for that boot", ctx do
+      pid = ctx.start.(peer_timeout: 3_600_000)
+      {host7, host8} = {host_socket({127, 0, 0, 7}), host_socket({127, 0, 0, 8})}
+      name = "victim#{uniq()}@127.0.0.7"
+      node = String.to_atom(name)
+      # One announce per target, each with its own seq: we get seq 2; 1 and 3 went to
+      # other targets, where an attacker captured them.
+      [a1, a2, a3] = for seq <- 1..3, do: announce(ctx.ring, name, seq)
+      rejected = fn reason -> Map.get(Gossip.stats(pid).rejected, reason, 0) end
+      address = fn -> get_in(Gossip.peers(pid), [node, :address]) || "" end
+
+      capture_log(fn ->
+        send_from(ctx, host7, a2)
+        assert wait_for(fn -> address.() =~ "127.0.0.7:" end, 5_000, 10)
+
+        # Replayed from another host: its seq is unseen, but the name's host is not the
+        # source. The peer's address does not move.
+        send_from(ctx, host8, a1)
+        assert wait_for(fn -> rejected.(:source_mismatch) == 1 end, 5_000, 10)
+        assert address.() =~ "127.0.0.7:"
+
+        {:ok, leave} = Codec.seal(ctx.ring, %{kind: :leave, name: name, boot_id: 77, seq: 10})
+        send_from(ctx, host7, leave)
+        assert wait_for(fn -> not Map.has_key?(Gossip.peers(pid), node) end, 5_000, 10)
+
+        # A captured pre-leave announce from the right host: unseen, in the window, and
+        # still refused after the leave.
+        send_from(ctx, host7, a3)
+        assert wait_for(fn -> rejected.(:after_leave) == 1 end, 5_000, 10)
+        refute Map.has_key?(Gossip.peers(pid), node)
+
+        # The node restarts: a new boot id is welcome.
+        send_from(ctx, host7, announce(ctx.ring, name, 0, %{boot_id: 78}))
+        assert wait_for(fn -> Map.has_key?(Gossip.peers(pid), node) end, 5_000, 10)
+      end)
+
+      for sock <- [host7, host8], do: :gen_udp.close(sock)
+    end
+
+    test "name churn mints at most name_budget atoms over a lifetime; the rest are refused",
+         ctx do
+      pid = ctx.start.(max_peers: 4, name_budget: 6, name_budget_per_day: 0, peer_timeout: 150)
+      prefix = "churn#{uniq()}x"
+      names = for i <- 1..32, do: "#{prefix}#{i}@127.0.0.1"
+
+      # One round of the whole path (heard, dialed, forgotten) with a name that is an atom
+      # already, which costs no token: code loaded on first use adds atoms of its own.
+      warm = Atom.to_string(:"warm@127.0.0.1")
+
+      capture_log(fn ->
+        deliver(ctx, pid, [announce(ctx.ring, warm, 1_000)])
+        assert wait_for(fn -> Gossip.stats(pid).peers == 0 end, 5_000, 20)
+      end)
+
+      assert Gossip.stats(pid).names_left == 6
+      atoms = :erlang.system_info(:atom_count)
+
+      capture_log(fn ->
+        # Eight waves of four fresh names; each wave is forgotten (silent for 150 ms),
+        # which frees its max_peers slots for the next.
+        for {wave, w} <- names |> Enum.chunk_every(4) |> Enum.with_index() do
+          deliver(
+            ctx,
+            pid,
+            for({n, i} <- Enum.with_index(wave), do: announce(ctx.ring, n, w * 4 + i))
+          )
+
+          assert wait_for(fn -> Gossip.stats(pid).peers == 0 end, 5_000, 20)
+        end
+      end)
+
+      grown = :erlang.system_info(:atom_count) - atoms
+      minted = Enum.count(names, &existing_atom?/1)
+      stats = Gossip.stats(pid)
+      assert minted == 6
+      assert grown <= 8, "the atom table grew by #{grown}"
+      # The replay guard also bounds the senders it tracks (2 * max_peers + 16): past
+      # that, names are dropped before the budget is even asked.
+      assert stats.rejected[:name_budget] > 0
+      assert stats.rejected[:name_budget] + Map.get(stats.rejected, :too_many_senders, 0) == 26
+      assert stats.names_left == 0
+    end
+
+    test "libcluster's Gossip datagrams are dropped, never acted on; the default ports differ",
+         ctx do
+      pid = ctx.start.([])
+      key = :crypto.hash(:sha256, ctx.secret)
+      plain = "heartbeat::" <> :erlang.term_to_binary(%{node: :"lc#{uniq()}@127.0.0.1"})
+      pad = 16 - rem(byte_size(plain), 16)
+      iv = :crypto.strong_rand_bytes(16)
+      padded = plain <> :binary.copy(<<pad>>, pad)
+      sealed = iv <> :crypto.crypto_one_time(:aes_256_cbc, key, iv, padded, true)
+
+      capture_log(fn ->
+        before = Gossip.stats(pid)
+        deliver(ctx, pid, [plain, sealed, plain, sealed])
+        stats = Gossip.stats(pid)
+        assert stats.rejected_total - before.rejected_total == 4
+        assert stats.accepted == before.accepted and stats.peers == 0
+      end)
+
+      assert Process.alive?(pid)
+      assert AWSCluster.Gossip.Config.default_port() != 45_892
+
+      case System.get_env("LIBCLUSTER_PATH") do
+        path when path not in [nil, ""] ->
+          source = File.read!(Path.join(path, "lib/strategy/gossip.ex"))
+          assert source =~ "@default_port 45892"
+
+        _ ->
+          IO.puts("not comparing with libcluster's source: LIBCLUSTER_PATH is not set")
+      end
     end
 
     test "survives hostile datagrams, counting each case under its own reason", ctx do
