@@ -12,7 +12,8 @@ defmodule AWSCluster.Native do
     path = path()
 
     case :erlang.load_nif(String.to_charlist(path), 0) do
-      :ok ->
+      result when result == :ok or elem(elem(result, 1), 0) == :reload ->
+        # {:reload, _}: another first caller loaded it a moment ago (see retry/2).
         :persistent_term.erase({__MODULE__, :load_error})
         :ok
 
@@ -60,7 +61,9 @@ defmodule AWSCluster.Native do
 
   # A release loads its modules before it applies its config, so `nif_path` from app
   # config is not visible to @on_load there. A stub therefore tries loading once more
-  # and, if that works, re-dispatches to the NIF that has just replaced it.
+  # and, if that works, re-dispatches to the NIF that has just replaced it. Many first
+  # callers can race here: all but one get {:reload, _} from load_nif, which means
+  # loaded, not failed.
   defp retry(fun, args) do
     case :persistent_term.get({__MODULE__, :load_error}, nil) do
       nil ->
