@@ -187,6 +187,9 @@ defmodule AWSCluster.AWSTest do
         refute e.message =~ "Error {"
         assert e.details.operation == "DescribeInstances"
 
+        with {:status, status} <- unquote(Macro.escape(mode)),
+             do: assert(e.details.status == status)
+
         FaultProxy.set_mode(proxy, :pass)
         assert {:ok, [%{private_ip: "127.0.1.50"}]} = describe(client)
       end

@@ -69,7 +69,7 @@ defmodule AWSCluster.Doctor.IAM do
   @doc "Whether `error` is AWS refusing an action (not the credentials themselves)."
   @spec denied?(Error.t()) :: boolean()
   def denied?(%Error{reason: :unauthorized} = e), do: not credentials_error?(e)
-  def denied?(%Error{details: %{status: "403"}} = e), do: not credentials_error?(e)
+  def denied?(%Error{details: %{status: 403}} = e), do: not credentials_error?(e)
   def denied?(_), do: false
 
   defp credentials_error?(%Error{details: details, message: message}) do

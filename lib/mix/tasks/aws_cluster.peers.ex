@@ -105,7 +105,7 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   # An endpoint can refuse with a bare 403 whose body carries no AWS error code (moto's
   # AutoScaling does; so can a proxy or a VPC endpoint policy): still name the action.
-  defp hint(%Error{reason: reason, details: %{status: "403", action: action}})
+  defp hint(%Error{reason: reason, details: %{status: 403, action: action}})
        when reason != :unauthorized,
        do:
          "; HTTP 403 means the request was refused: the credentials may lack IAM permission #{action}"

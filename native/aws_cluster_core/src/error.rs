@@ -39,12 +39,19 @@ impl Reason {
     }
 }
 
+/// One `details` value: numbers stay numbers, so `details.status == 503` matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detail {
+    Text(String),
+    Number(i64),
+}
+
 /// A failure with a human message and machine-readable details.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub reason: Reason,
     pub message: String,
-    pub details: Vec<(&'static str, String)>,
+    pub details: Vec<(&'static str, Detail)>,
 }
 
 impl Error {
@@ -58,15 +65,30 @@ impl Error {
 
     /// Adds one `details` entry; keys are static so they can become atoms safely.
     pub fn with_detail(mut self, key: &'static str, value: impl Into<String>) -> Self {
-        self.details.push((key, value.into()));
+        self.details.push((key, Detail::Text(value.into())));
         self
     }
 
+    /// Adds one numeric `details` entry (an HTTP status, an index).
+    pub fn with_number(mut self, key: &'static str, value: i64) -> Self {
+        self.details.push((key, Detail::Number(value)));
+        self
+    }
+
+    /// The text detail under `key`.
     pub fn detail(&self, key: &str) -> Option<&str> {
-        self.details
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
+        self.details.iter().find_map(|(k, v)| match v {
+            Detail::Text(text) if *k == key => Some(text.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The numeric detail under `key`.
+    pub fn number(&self, key: &str) -> Option<i64> {
+        self.details.iter().find_map(|(k, v)| match v {
+            Detail::Number(n) if *k == key => Some(*n),
+            _ => None,
+        })
     }
 }
 

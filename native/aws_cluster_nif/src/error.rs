@@ -1,5 +1,6 @@
 //! Encoding of core errors as `{reason, message, details}` for `AWSCluster.Error`.
 
+use aws_cluster_core::error::Detail;
 use aws_cluster_core::Error;
 use rustler::{Atom, Encoder, Env, Term};
 
@@ -8,7 +9,11 @@ pub fn encode<'a>(env: Env<'a>, err: &Error) -> Term<'a> {
     let reason = atom(env, err.reason.as_str());
     let mut details = Term::map_new(env);
     for (key, value) in &err.details {
-        if let Ok(next) = details.map_put(atom(env, key), value.as_str()) {
+        let value = match value {
+            Detail::Text(text) => text.as_str().encode(env),
+            Detail::Number(n) => n.encode(env),
+        };
+        if let Ok(next) = details.map_put(atom(env, key), value) {
             details = next;
         }
     }

@@ -331,7 +331,7 @@ mod tests {
             .await
             .expect_err("must fail");
         assert_eq!(err.reason, Reason::BadResponse);
-        assert_eq!(err.detail("status"), Some("500"));
+        assert_eq!(err.number("status"), Some(500));
     }
 
     #[tokio::test]

@@ -156,7 +156,7 @@ pub fn classify(op: Operation, endpoint: &str, timeout_ms: u64, failure: Failure
                 format!("{name} failed: the response from {endpoint} could not be read ({cause})"),
             );
             match status {
-                Some(s) => err.with_detail("status", s.to_string()),
+                Some(s) => err.with_number("status", i64::from(s)),
                 None => err,
             }
         }
@@ -213,7 +213,7 @@ fn service(
         (Reason::BadResponse, format!("{name} failed: {text}"))
     };
     let mut err = with_context(Error::new(reason, message), op, endpoint)
-        .with_detail("status", status.to_string());
+        .with_number("status", i64::from(status));
     if let Some(code) = code {
         err = err.with_detail("code", code);
     }
@@ -286,7 +286,7 @@ mod tests {
             let e = run(service(503, Some(code), Some("Request limit exceeded.")));
             assert_eq!(e.reason, Reason::Throttled, "{code}");
             assert_eq!(e.detail("code"), Some(code));
-            assert_eq!(e.detail("status"), Some("503"));
+            assert_eq!(e.number("status"), Some(503));
         }
         let e = run(service(
             503,
@@ -366,7 +366,7 @@ mod tests {
         for status in [500, 502, 503, 504] {
             let e = run(service(status, None, None));
             assert_eq!(e.reason, Reason::BadResponse);
-            assert_eq!(e.detail("status"), Some(status.to_string().as_str()));
+            assert_eq!(e.number("status"), Some(i64::from(status)));
             assert_eq!(e.detail("code"), None);
             assert!(
                 e.message.contains(&format!("HTTP {status}")),
@@ -429,7 +429,7 @@ mod tests {
             cause: "unexpected EOF".into(),
         });
         assert_eq!(e.reason, Reason::BadResponse);
-        assert_eq!(e.detail("status"), Some("200"));
+        assert_eq!(e.number("status"), Some(200));
     }
 
     #[test]
@@ -540,7 +540,7 @@ mod tests {
             let fake = Fake::start(|_: &str| Reply::status(500, "<html>oops</html>")).await;
             let e = describe(&fake.endpoint(), 2_000).await;
             assert_eq!(e.reason, Reason::BadResponse, "{}", e.message);
-            assert_eq!(e.detail("status"), Some("500"));
+            assert_eq!(e.number("status"), Some(500));
 
             let fake = Fake::start(|_: &str| {
                 Reply::Truncated(format!(

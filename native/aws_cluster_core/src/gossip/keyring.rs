@@ -153,7 +153,7 @@ fn validate_secret(index: usize, secret: &[u8], insecure: bool) -> Result<()> {
     };
     match problem {
         Some(text) => Err(invalid("secrets", format!("secret #{index} {text}"))
-            .with_detail("index", index.to_string())),
+            .with_number("index", index as i64)),
         None => Ok(()),
     }
 }
@@ -215,7 +215,7 @@ mod tests {
         let err = Keyring::new(&[S1, b"short".as_slice()], b"prod", false).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidArgument);
         assert_eq!(err.detail("key"), Some("secrets"));
-        assert_eq!(err.detail("index"), Some("1"));
+        assert_eq!(err.number("index"), Some(1));
         assert!(err.message.contains("secret #1 is 5 bytes"));
         assert!(
             !err.message.contains("short"),
