@@ -15,8 +15,9 @@ defmodule AWSCluster.Strategy.AutoScaling do
   @moduledoc """
   Finds peers among the instances of AutoScaling groups: only `InService` and `Healthy`
   instances are peers; their addresses come from one DescribeInstances by instance id.
-  Instances the group reports as `Terminating` (or `Terminated`) are pruned at once;
-  instances that are merely absent (Standby, Pending, unhealthy) are pruned after
+  Instances the group reports as `Terminating` (or `Terminated`), and `InService` ids
+  that EC2 no longer shows running (terminated, or gone altogether), are pruned at
+  once; instances that are merely absent (Standby, Pending, unhealthy) are pruned after
   `:prune_after` polls.
 
       config :libcluster,
@@ -72,7 +73,9 @@ defmodule AWSCluster.Strategy.AutoScaling do
          ids = for(i <- members, in_service?(i), do: i.id) |> Enum.uniq(),
          {:ok, instances} <- describe(client, ids),
          {:ok, peers} <- Naming.peers(instances, config) do
-      gone = for i <- members, terminating?(i), do: i.id
+      running = MapSet.new(instances, & &1.id)
+      vanished = Enum.reject(ids, &MapSet.member?(running, &1))
+      gone = for(i <- members, terminating?(i), do: i.id) ++ vanished
       {:ok, peers, gone}
     end
   end
@@ -86,14 +89,21 @@ defmodule AWSCluster.Strategy.AutoScaling do
 
   defp describe(_client, []), do: {:ok, []}
 
+  # By an instance-id *filter*, not InstanceIds: one id that no longer exists makes
+  # InstanceIds fail the whole call (InvalidInstanceID.NotFound), while a filter just
+  # leaves it out. The chunks run side by side, each bounded by operation_timeout, so the
+  # round takes about one call however large the groups are.
   defp describe(client, ids) do
     ids
     |> Enum.chunk_every(@ids_per_call)
-    |> Enum.reduce_while({:ok, []}, fn chunk, {:ok, acc} ->
-      case AWS.describe_instances(client, [], instance_ids: chunk, states: ["running"]) do
-        {:ok, instances} -> {:cont, {:ok, acc ++ instances}}
-        {:error, _} = error -> {:halt, error}
-      end
+    |> Task.async_stream(
+      &AWS.describe_instances(client, [{"instance-id", &1}], states: ["running"]),
+      max_concurrency: 4,
+      timeout: :infinity
+    )
+    |> Enum.reduce_while({:ok, []}, fn
+      {:ok, {:ok, instances}}, {:ok, acc} -> {:cont, {:ok, acc ++ instances}}
+      {:ok, {:error, _} = error}, _acc -> {:halt, error}
     end)
   end
 

@@ -91,6 +91,21 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
     assert Poller.status(pid).polls <= 2
   end
 
+  test "an InService id that EC2 no longer runs (stopped here) is gone at once, not a miss",
+       %{group: group, ids: ids, nodes: nodes} do
+    %{pid: pid} = started = start(:asg_vanish, groups: [group], prune_after: 10)
+    assert connected?(started, nodes)
+    victim = List.last(nodes)
+    # moto keeps a stopped instance InService in its group (it has no health checks).
+    Moto.stop_instances!([List.last(ids)])
+    polls = Poller.status(pid).polls
+
+    assert Wait.until(fn -> not Map.has_key?(Poller.status(pid).members, victim) end)
+    status = Poller.status(pid)
+    assert status.health == :healthy
+    assert status.polls - polls <= 2, "pruned only after #{status.polls - polls} polls"
+  end
+
   test "a configured group that does not exist is an error, not an empty answer",
        %{group: group} do
     %{pid: pid} = start(:asg_missing, groups: [group, "no-such-group"])
