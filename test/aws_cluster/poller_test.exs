@@ -392,6 +392,31 @@ defmodule AWSCluster.PollerTest do
     assert length(String.split(log, "cannot start discovery yet")) == 2
   end
 
+  test "stopping a topology ends its connect round: nothing connects after the stop" do
+    %{pid: pid, table: table, topology: topology} = start(connect_timeout: 60_000)
+    Nodes.hang(table, @a)
+    answer({:ok, [peer(:a)]})
+    assert_receive {:connect_hang, @a, attempt}, 5_000
+    ref = Process.monitor(attempt)
+    stop_supervised!({Discovery, topology})
+    refute Process.alive?(pid)
+    assert_receive {:DOWN, ^ref, :process, ^attempt, _}, 5_000
+  end
+
+  test "the connect MFA runs with its arguments as given, secrets included" do
+    opts = [cookie: :"real-cookie", secret: "real-secret"]
+    arg_extra = [connect: {Nodes, :connect_with, [self(), opts]}]
+    table = Nodes.table()
+    topology = :"poller_mfa_#{System.unique_integer([:positive])}"
+    config = [test_pid: self(), polling_interval: 10]
+    mfas = Keyword.merge(Nodes.mfas(self(), table), arg_extra)
+    pid = start_supervised!({Discovery, [topology: topology, config: config] ++ mfas})
+    answer({:ok, [peer(:a)]})
+    assert_receive {:connect_with, ^opts, @a}, 5_000
+    # What is printed is redacted.
+    refute inspect(:sys.get_status(pid)) =~ "real-secret"
+  end
+
   test "by default a prune forgets the peer and leaves its link up (OTP 25's overlap guard)" do
     assert AWSCluster.Connector.overlap_guarded?()
     %{pid: pid, table: table} = start(prune_after: 1)

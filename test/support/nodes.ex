@@ -42,6 +42,12 @@ defmodule AWSCluster.Test.Nodes do
 
   def list_nodes(table), do: for({node} <- :ets.tab2list(table), is_atom(node), do: node)
 
+  @doc "A connect MFA with options, as a user's might carry: reports what it was given."
+  def connect_with(test_pid, opts, node) do
+    send(test_pid, {:connect_with, opts, node})
+    true
+  end
+
   @doc "libcluster's own test shape: `{Nodes, :connect, [pid]}`."
   def connect(test_pid, node) do
     send(test_pid, {:connect, node})
