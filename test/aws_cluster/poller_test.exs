@@ -417,6 +417,32 @@ defmodule AWSCluster.PollerTest do
     refute inspect(:sys.get_status(pid)) =~ "real-secret"
   end
 
+  test "a failing connect is logged at warning once per state change, not every round" do
+    %{table: table} = start()
+    Nodes.fail(table, @b)
+
+    log =
+      capture_log(fn ->
+        req = step(await_request(), {:ok, [peer(:a), peer(:b)]})
+
+        req =
+          Enum.reduce(1..4, req, fn _, req ->
+            assert_receive {:connect_failed, @b}, 5_000
+            step(req, {:ok, [peer(:a), peer(:b)]})
+          end)
+
+        assert_receive {:connect_failed, @b}, 5_000
+        Nodes.heal(table, @b)
+        _ = step(req, {:ok, [peer(:a), peer(:b)]})
+        assert_receive {:connect, @b}, 5_000
+        Process.sleep(50)
+      end)
+
+    assert length(String.split(log, "[warning] [aws_cluster:")) == 2, log
+    assert log =~ "cannot connect to b@127.0.0.1: refused or unreachable"
+    assert log =~ "connected to b@127.0.0.1 after failing"
+  end
+
   test "by default a prune forgets the peer and leaves its link up (OTP 25's overlap guard)" do
     assert AWSCluster.Connector.overlap_guarded?()
     %{pid: pid, table: table} = start(prune_after: 1)

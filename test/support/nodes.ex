@@ -23,15 +23,27 @@ defmodule AWSCluster.Test.Nodes do
   @doc "Makes connects to `node` hang."
   def hang(table, node), do: :ets.insert(table, {{:hang, node}})
 
-  def connect(test_pid, table, node) do
-    if :ets.member(table, {:hang, node}) do
-      send(test_pid, {:connect_hang, node, self()})
-      Process.sleep(:infinity)
-    end
+  @doc "Makes connects to `node` fail (return `false`, like a refused connect) until `heal/2`."
+  def fail(table, node), do: :ets.insert(table, {{:fail, node}})
 
-    :ets.insert(table, {node})
-    send(test_pid, {:connect, node})
-    true
+  @doc "Undoes `fail/2`."
+  def heal(table, node), do: :ets.delete(table, {:fail, node})
+
+  def connect(test_pid, table, node) do
+    cond do
+      :ets.member(table, {:hang, node}) ->
+        send(test_pid, {:connect_hang, node, self()})
+        Process.sleep(:infinity)
+
+      :ets.member(table, {:fail, node}) ->
+        send(test_pid, {:connect_failed, node})
+        false
+
+      true ->
+        :ets.insert(table, {node})
+        send(test_pid, {:connect, node})
+        true
+    end
   end
 
   def disconnect(test_pid, table, node) do
