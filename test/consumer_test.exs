@@ -145,10 +145,12 @@ defmodule AWSCluster.ConsumerTest do
        ctx do
     run = System.unique_integer([:positive])
 
-    # EC2 on moto.
-    specs = specs(run, 71)
+    # EC2 on moto. The third instance carries another tag: nodes 1 and 2 never find it,
+    # so node 3 makes its own links, in its first round, before its app goes on.
+    [s1, s2, s3] = specs = specs(run, 71)
     tag = "libcluster-#{run}"
-    launch!(specs, tag)
+    launch!([s1, s2], tag)
+    launch!([s3], tag <> "-late")
 
     ec2 = [
       {"CONSUMER_SUPERVISOR", "libcluster"},
@@ -159,6 +161,19 @@ defmodule AWSCluster.ConsumerTest do
 
     nodes = for s <- specs, do: start_node(ctx.app, s, ec2)
     assert_libcluster_mesh(nodes, AWSCluster.Strategy.EC2)
+
+    # libcluster's promises: connects went through Cluster.Strategy.connect_nodes/4, so
+    # its own telemetry fired next to ours: three links, each made by one side.
+    count = fn n, event -> :erpc.call(n.node, Consumer.Events, :count, [event]) end
+    libcluster = Enum.map(nodes, &count.(&1, [:libcluster, :connect_node, :ok]))
+    ours = Enum.map(nodes, &count.(&1, [:aws_cluster, :node, :connect]))
+    assert Enum.sum(libcluster) >= 3 and List.last(libcluster) >= 2, inspect(libcluster)
+    assert Enum.sum(ours) >= 3 and List.last(ours) >= 2, inspect(ours)
+
+    # ... and with block_startup the app's next child on node 3 started with the cluster
+    # formed: node 3's own first round had connected both.
+    seen = :erpc.call(s3.node, :persistent_term, :get, [Consumer.FirstSight])
+    assert s1.node in seen and s2.node in seen, "the next child saw #{inspect(seen)}"
     stop_nodes()
 
     # Gossip by unicast to seeds, each node on its own address.

@@ -3,87 +3,8 @@ defmodule AWSCluster.Poller do
 
   alias AWSCluster.{Config, Error, Loop, Membership, Peers, Redacted}
   alias AWSCluster.Loop.Round
+  alias AWSCluster.Poller.{Answer, DiscoveryRun, Options, Report}
   alias AWSCluster.Strategy.State
-
-  @schema [
-    polling_interval: [
-      type: :pos_integer,
-      default: 10_000,
-      doc: "Milliseconds between polls (±10% jitter)."
-    ],
-    prune_after: [
-      type: {:or, [:pos_integer, {:literal, false}]},
-      default: 3,
-      doc:
-        "Complete answers a peer must be missing from before it is pruned; " <>
-          "`false` never prunes."
-    ],
-    prune_disconnect: [
-      type: {:in, [:when_safe, :always, :never]},
-      default: :when_safe,
-      doc:
-        "Whether a prune also cuts the peer's link. `:when_safe` only cuts hidden links, " <>
-          "or all of them when this VM runs with `connect_all false` or " <>
-          "`prevent_overlapping_partitions false`; otherwise the peer is only forgotten and " <>
-          "its link ends when the node does (see \"Pruning\" above). `:always` cuts every " <>
-          "pruned link: on OTP 25+ with default kernel settings that makes `global` expel " <>
-          "this node from the mesh. `:never` only forgets."
-    ],
-    prune_guard: [
-      type: {:or, [{:integer, 1..100}, {:literal, false}]},
-      default: 30,
-      doc:
-        "A complete answer that would prune more than this percent of the known peers at " <>
-          "once is held until the next complete answer confirms it " <>
-          "(`AWSCluster.Membership.PruneGuard`); `false` turns the guard off."
-    ],
-    prune_guard_min: [
-      type: :pos_integer,
-      default: 2,
-      doc: "The guard never holds fewer prunes than this in one answer."
-    ],
-    connect_timeout: [
-      type: :pos_integer,
-      default: 5_000,
-      doc: "Milliseconds one connect attempt may take."
-    ],
-    max_concurrency: [type: :pos_integer, default: 16, doc: "Connect attempts running at once."],
-    discovery_timeout: [
-      type: :pos_integer,
-      default: 60_000,
-      doc: "Milliseconds one discovery round may take before it is killed."
-    ],
-    max_backoff: [
-      type: :pos_integer,
-      default: 300_000,
-      doc: "Upper bound in ms for the delay after repeated throttling."
-    ],
-    max_peers: [
-      type: :pos_integer,
-      default: 5_000,
-      doc: "Answers with more peers are rejected (node names are atoms)."
-    ],
-    name_budget: [
-      type: {:or, [:pos_integer, {:literal, nil}]},
-      default: nil,
-      doc:
-        "New node names (atoms) this topology may mint over its life before refill; " <>
-          "`nil` is twice `:max_peers` (`AWSCluster.Membership.NameBudget`)."
-    ],
-    name_budget_per_day: [
-      type: {:or, [:non_neg_integer, {:literal, nil}]},
-      default: nil,
-      doc: "Names the budget regains a day, continuously; `nil` is `:max_peers`."
-    ],
-    block_startup: [
-      type: {:or, [{:integer, 1..600_000}, {:literal, false}]},
-      default: false,
-      doc:
-        "Milliseconds `start_link` may wait for the first discovery round and its " <>
-          "connects, so what starts next (Mnesia, Horde) sees a formed cluster; " <>
-          "`false` returns at once."
-    ]
-  ]
 
   @moduledoc """
   The one discovery loop every polling strategy shares (`AWSCluster.Strategy`).
@@ -97,16 +18,30 @@ defmodule AWSCluster.Poller do
       cluster catches up within one interval after the fault clears.
     * Any error keeps the last good set. Nothing is ever disconnected because discovery
       failed.
-    * A peer is pruned only after `:prune_after` consecutive complete answers without it,
-      or at once when the strategy reports it as terminating. `prune_after: false` never
-      prunes. An answer that would prune over `:prune_guard` percent of the known peers
-      at once is held for one more complete answer (`AWSCluster.Membership.PruneGuard`).
-    * Connects and disconnects run through the state's MFAs in a separate process, via
-      `AWSCluster.Connector`, concurrently and bounded by `:connect_timeout`.
-    * Discovery runs in its own monitored process, killed after `:discovery_timeout`,
-      and its reply is tagged, so a slow or late answer cannot confuse the loop and
-      `status/1` always answers.
+    * Only invalid options fail a start. Any other fault at start (IMDS down, no
+      credentials yet) starts the loop in `:failing` health: it logs once, retries with
+      backoff (an eighth of the interval up to one), and forms the cluster once the
+      fault clears.
+    * The membership rules are `AWSCluster.Membership`'s: a peer is pruned only after
+      `:prune_after` consecutive complete answers without it, or at once when the
+      strategy reports it as terminating; an answer that would prune over
+      `:prune_guard` percent at once waits one more answer; new node names are minted
+      only within `:name_budget`.
+    * Connects run through the state's MFAs (libcluster's `Cluster.Strategy` helpers
+      under libcluster) in a round process linked to the loop, concurrently and bounded
+      by `:connect_timeout`; a failed connect is logged at warning once per node and
+      state change (`AWSCluster.Loop.Round`).
+    * Discovery runs in its own linked process, killed after `:discovery_timeout`, and
+      its reply is tagged, so a late answer cannot confuse the loop and `status/1`
+      always answers. Stopping the topology ends both.
     * Logs once when discovery starts failing and once when it recovers, not every poll.
+
+  ## Pruning
+
+  A prune means: stop dialing the peer and forget it. By default it does **not** cut
+  the link (`:prune_disconnect`): on OTP 25 and later that gets the pruner expelled from
+  the mesh by `global` (see `AWSCluster.Connector`, "Why a prune does not disconnect by
+  default"). A peer that really went away drops out by itself, through `nodedown`.
 
   Telemetry (see `AWSCluster.Telemetry`): `[:aws_cluster, :discovery, :start]`,
   `[:aws_cluster, :discovery, :stop]` (measurements `duration`, `peers`),
@@ -116,7 +51,7 @@ defmodule AWSCluster.Poller do
 
   Options common to every strategy:
 
-  #{Config.docs(@schema)}
+  #{Config.docs(AWSCluster.Poller.Options.schema())}
   """
 
   @typedoc "What `status/1` reports."
@@ -137,7 +72,7 @@ defmodule AWSCluster.Poller do
 
   @doc "The options every polling strategy accepts, as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()
-  def schema, do: @schema
+  defdelegate schema, to: Options
 
   @doc """
   Validates `arg` (libcluster's `[state]` or a keyword list, see `AWSCluster.Strategy.State`)
@@ -195,21 +130,7 @@ defmodule AWSCluster.Poller do
   message starts with the topology.
   """
   @spec validate(module(), State.t()) :: {:ok, map()} | {:error, Error.t()}
-  def validate(strategy, state) do
-    with {:ok, config} <- Config.validate(state.config, @schema ++ strategy.schema()),
-         :ok <- strategy_validate(strategy, config) do
-      {:ok, config}
-    else
-      {:error, error} ->
-        {:error,
-         %{error | message: "topology #{inspect(state.topology)}: #{error.message}"}
-         |> Map.update!(:details, &Map.put(&1, :topology, state.topology))}
-    end
-  end
-
-  defp strategy_validate(strategy, config) do
-    if function_exported?(strategy, :validate, 1), do: strategy.validate(config), else: :ok
-  end
+  defdelegate validate(strategy, state), to: Options
 
   @impl true
   def init({strategy, state, config}) do
@@ -340,38 +261,18 @@ defmodule AWSCluster.Poller do
 
   def handle_info(:release_waiters, s), do: {:noreply, release_waiters(s)}
 
-  def handle_info({:discovered, ref, result}, %{discovery: %{ref: ref}} = s) do
-    d = s.discovery
-    Process.demonitor(d.monitor, [:flush])
-    Process.cancel_timer(d.timer)
+  def handle_info({:discovered, ref, result}, %{discovery: %{ref: ref} = d} = s) do
+    DiscoveryRun.answered(d)
     {:noreply, finish(%{s | discovery: nil}, d, result)}
   end
 
-  def handle_info({:discovery_timeout, ref}, %{discovery: %{ref: ref}} = s) do
-    d = s.discovery
-    Process.demonitor(d.monitor, [:flush])
-    Process.unlink(d.pid)
-    Process.exit(d.pid, :kill)
-    timeout = s.config.discovery_timeout
-
-    error =
-      Error.new(:timeout, "discovery gave no answer within #{timeout} ms", %{timeout: timeout})
-
+  def handle_info({:discovery_timeout, ref}, %{discovery: %{ref: ref} = d} = s) do
+    error = DiscoveryRun.kill(d, s.config.discovery_timeout)
     {:noreply, finish(%{s | discovery: nil}, d, {:error, error})}
   end
 
-  def handle_info({:DOWN, mon, :process, _pid, reason}, %{discovery: %{monitor: mon}} = s) do
-    d = s.discovery
-    Process.cancel_timer(d.timer)
-
-    error =
-      Error.new(
-        :internal,
-        "#{inspect(s.strategy)}'s discovery process exited before answering " <>
-          "(exit reason in details.exit)",
-        %{exit: reason}
-      )
-
+  def handle_info({:DOWN, mon, :process, _pid, reason}, %{discovery: %{monitor: mon} = d} = s) do
+    error = DiscoveryRun.exited(d, s.strategy, reason)
     {:noreply, finish(%{s | discovery: nil}, d, {:error, error})}
   end
 
@@ -401,60 +302,26 @@ defmodule AWSCluster.Poller do
 
   defp start_discovery(%{discovery: nil, strategy_state: strategy_state} = s)
        when strategy_state != nil do
-    parent = self()
-    ref = make_ref()
-    strategy = s.strategy
-
     AWSCluster.Telemetry.execute(
       [:aws_cluster, :discovery, :start],
       %{system_time: System.system_time()},
       meta(s)
     )
 
-    {pid, monitor} =
-      Process.spawn(
-        fn -> send(parent, {:discovered, ref, discover(strategy, strategy_state)}) end,
-        [:link, :monitor]
-      )
-
-    timer = Process.send_after(self(), {:discovery_timeout, ref}, s.config.discovery_timeout)
-
-    d = %{ref: ref, pid: pid, monitor: monitor, timer: timer, started: System.monotonic_time()}
-    %{s | discovery: d}
+    %{s | discovery: DiscoveryRun.start(s.strategy, strategy_state, s.config.discovery_timeout)}
   end
 
   defp start_discovery(s), do: s
 
   @doc false
-  # `strategy.discover/1` with a raise, throw or exit turned into an error result: the
-  # poller's discovery process would otherwise leave a crash report per poll, and a
-  # diagnostic task (AWSCluster.Probe) would die. The raw term stays in `details`.
   @spec discover(module(), term()) :: term()
-  def discover(strategy, strategy_state) do
-    strategy.discover(strategy_state)
-  rescue
-    e ->
-      {:error,
-       Error.new(:internal, "#{inspect(strategy)}.discover/1 raised: " <> Exception.message(e), %{
-         exception: e.__struct__
-       })}
-  catch
-    kind, reason ->
-      what = if kind == :throw, do: "threw a value", else: "exited"
-
-      {:error,
-       Error.new(
-         :internal,
-         "#{inspect(strategy)}.discover/1 #{what} (the term is in details.#{kind})",
-         %{kind => reason}
-       )}
-  end
+  defdelegate discover(strategy, strategy_state), to: Answer
 
   defp finish(s, d, result) do
     duration = System.monotonic_time() - d.started
     s = %{s | polls: s.polls + 1}
 
-    case normalize(result, s) do
+    case Answer.normalize(result, s.strategy, s.config.max_peers) do
       {:ok, peers, gone} ->
         AWSCluster.Telemetry.execute(
           [:aws_cluster, :discovery, :stop],
@@ -475,85 +342,20 @@ defmodule AWSCluster.Poller do
     end
   end
 
-  defp normalize({:ok, peers}, s), do: normalize({:ok, peers, []}, s)
-
-  defp normalize({:ok, peers, gone}, s) when is_list(peers) and is_list(gone) do
-    cond do
-      not Enum.all?(peers, &peer?/1) ->
-        {:error,
-         Error.new(:bad_response, "#{inspect(s.strategy)}.discover/1 returned a malformed peer")}
-
-      length(peers) > s.config.max_peers ->
-        {:error,
-         Error.new(
-           :too_many_peers,
-           "discovery found #{length(peers)} peers, more than max_peers (#{s.config.max_peers})",
-           %{count: length(peers), max_peers: s.config.max_peers}
-         )}
-
-      true ->
-        {:ok, peers, gone}
-    end
-  end
-
-  defp normalize({:error, %Error{}} = error, _s), do: error
-
-  defp normalize(other, s) do
-    {:error,
-     Error.new(
-       :bad_response,
-       "#{inspect(s.strategy)}.discover/1 returned neither {:ok, peers}, " <>
-         "{:ok, peers, gone} nor {:error, %AWSCluster.Error{}} (the value is in details.returned)",
-       %{returned: other}
-     )}
-  end
-
-  # A node name is an atom, or a string the membership turns into one within its budget.
-  defp peer?(%{node: n, instance: i}) when is_map(i), do: is_atom(n) or is_binary(n)
-  defp peer?(_), do: false
-
   defp succeed(s, peers, gone) do
     topology = s.state.topology
-    known = map_size(s.membership.members)
     {membership, outcome} = Membership.answer(s.membership, peers, gone, now())
-    size = map_size(membership.members)
 
-    if holding = outcome.holding do
-      Loop.log(
-        :warning,
-        topology,
-        "holding the prune of #{holding.held} of #{holding.known} peers (over " <>
-          "#{holding.percent}% at once) until the next complete answer confirms it"
-      )
+    before = %{
+      health: s.health,
+      failures: s.failures,
+      known: map_size(s.membership.members),
+      refusing: s.refusing
+    }
 
-      AWSCluster.Telemetry.execute([:aws_cluster, :discovery, :prune_held], holding, meta(s))
-    end
-
-    s = refused(s, outcome.refused)
-    for node <- outcome.joined, do: Loop.log(:info, topology, "new peer #{node}")
-
-    for {node, _kind, why} <- outcome.pruned,
-        do: Loop.log(:info, topology, "pruning #{node}: #{why}")
-
-    case s.health do
-      :starting ->
-        Loop.log(:info, topology, "discovery is up: #{size} peers")
-
-      :healthy ->
-        :ok
-
-      :failing ->
-        Loop.log(
-          :info,
-          topology,
-          "discovery recovered after #{s.failures} failed polls: #{size} peers (#{known} before)"
-        )
-    end
-
-    Peers.replace(
-      topology,
-      Enum.map(membership.members, fn {node, m} -> info(topology, node, m.peer) end)
-    )
+    refusing = Report.answer(meta(s), outcome, map_size(membership.members), before)
+    rows = Enum.map(membership.members, fn {node, m} -> Answer.info(topology, node, m.peer) end)
+    Peers.replace(topology, rows)
 
     %{
       s
@@ -562,43 +364,14 @@ defmodule AWSCluster.Poller do
         last_error: nil,
         failures: 0,
         throttles: 0,
+        refusing: refusing,
         to_prune: s.to_prune ++ Enum.map(outcome.pruned, &elem(&1, 0))
     }
     |> start_round()
   end
 
-  defp refused(s, 0), do: %{s | refusing: false}
-
-  defp refused(s, count) do
-    unless s.refusing do
-      Loop.log(
-        :error,
-        s.state.topology,
-        "refusing #{count} new node names: the name budget (name_budget) is spent; " <>
-          "known peers are kept. Names are atoms, which are never freed: who can tag " <>
-          "instances here?"
-      )
-    end
-
-    AWSCluster.Telemetry.execute(
-      [:aws_cluster, :discovery, :names_refused],
-      %{count: count},
-      meta(s)
-    )
-
-    %{s | refusing: true}
-  end
-
   defp fail(s, error) do
-    if s.health != :failing do
-      Loop.log(
-        :warning,
-        s.state.topology,
-        "discovery failing (#{error.reason}): #{error.message}; " <>
-          "keeping #{map_size(s.membership.members)} known peers"
-      )
-    end
-
+    Report.failed(meta(s), error, s.health, map_size(s.membership.members))
     throttles = if error.reason == :throttled, do: s.throttles + 1, else: s.throttles
     s = %{s | health: :failing, last_error: error, failures: s.failures + 1, throttles: throttles}
     c = s.config
@@ -630,19 +403,6 @@ defmodule AWSCluster.Poller do
   end
 
   defp start_round(s), do: %{s | round_pending: true}
-
-  defp info(topology, node, peer) do
-    instance = peer.instance
-
-    %{
-      node: node,
-      topology: topology,
-      instance_id: Map.get(instance, :id),
-      availability_zone: Map.get(instance, :availability_zone),
-      address: Map.get(peer, :address),
-      tags: Map.get(instance, :tags) || %{}
-    }
-  end
 
   defp meta(s), do: %{topology: s.state.topology, strategy: s.strategy}
   defp now, do: System.monotonic_time(:millisecond)

@@ -46,7 +46,9 @@ defmodule AWSCluster.TelemetryTest do
       max_attempts: 1,
       operation_timeout: 5_000,
       polling_interval: 200,
-      prune_after: 1
+      prune_after: 1,
+      # Two nodes, no third to expel anyone: the disconnect event is observable.
+      prune_disconnect: :always
     ]
 
     start_supervised!(

@@ -1,0 +1,86 @@
+defmodule AWSCluster.Poller.Report do
+  @moduledoc """
+  What the poller tells people about an answer: log lines (once per state change, not
+  per poll) and telemetry events (`AWSCluster.Telemetry`).
+  """
+
+  alias AWSCluster.{Error, Loop, Membership, Telemetry}
+
+  @typedoc "The topology and strategy, the metadata of every event."
+  @type meta :: %{topology: atom(), strategy: module()}
+
+  @doc """
+  Reports one complete answer's `outcome`. `before` holds the loop's `health`,
+  `failures`, the `known` member count and whether names were already being refused;
+  returns whether names are being refused now.
+  """
+  @spec answer(meta(), Membership.outcome(), non_neg_integer(), map()) :: boolean()
+  def answer(meta, outcome, size, before) do
+    topology = meta.topology
+
+    if holding = outcome.holding do
+      Loop.log(
+        :warning,
+        topology,
+        "holding the prune of #{holding.held} of #{holding.known} peers (over " <>
+          "#{holding.percent}% at once) until the next complete answer confirms it"
+      )
+
+      Telemetry.execute([:aws_cluster, :discovery, :prune_held], holding, meta)
+    end
+
+    for node <- outcome.joined, do: Loop.log(:info, topology, "new peer #{node}")
+
+    for {node, _kind, why} <- outcome.pruned,
+        do: Loop.log(:info, topology, "pruning #{node}: #{why}")
+
+    case before.health do
+      :starting ->
+        Loop.log(:info, topology, "discovery is up: #{size} peers")
+
+      :healthy ->
+        :ok
+
+      :failing ->
+        Loop.log(
+          :info,
+          topology,
+          "discovery recovered after #{before.failures} failed polls: #{size} peers " <>
+            "(#{before.known} before)"
+        )
+    end
+
+    refused(meta, outcome.refused, before.refusing)
+  end
+
+  defp refused(_meta, 0, _refusing), do: false
+
+  defp refused(meta, count, refusing) do
+    unless refusing do
+      Loop.log(
+        :error,
+        meta.topology,
+        "refusing #{count} new node names: the name budget (name_budget) is spent; " <>
+          "known peers are kept. Names are atoms, which are never freed: who can tag " <>
+          "instances here?"
+      )
+    end
+
+    Telemetry.execute([:aws_cluster, :discovery, :names_refused], %{count: count}, meta)
+    true
+  end
+
+  @doc "Reports a failed round; the log line only when the loop was not failing already."
+  @spec failed(meta(), Error.t(), atom(), non_neg_integer()) :: :ok
+  def failed(meta, error, health, known) do
+    if health != :failing do
+      Loop.log(
+        :warning,
+        meta.topology,
+        "discovery failing (#{error.reason}): #{error.message}; keeping #{known} known peers"
+      )
+    end
+
+    :ok
+  end
+end
