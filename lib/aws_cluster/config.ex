@@ -136,6 +136,16 @@ defmodule AWSCluster.Config do
 
   def redact(term), do: term
 
+  @doc "`error` with its message prefixed by, and its details naming, `topology`."
+  @spec in_topology(Error.t(), atom()) :: Error.t()
+  def in_topology(%Error{} = error, topology) do
+    %{
+      error
+      | message: "topology #{inspect(topology)}: #{error.message}",
+        details: Map.put(error.details, :topology, topology)
+    }
+  end
+
   @doc "Builds the `:invalid_config` error for `key` (used by callers with their own checks)."
   @spec error(atom(), String.t()) :: Error.t()
   def error(key, text) do

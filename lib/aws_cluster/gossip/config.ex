@@ -5,6 +5,7 @@ defmodule AWSCluster.Gossip.Config do
   # starts, so a bad config fails the boot with a message naming the key.
 
   alias AWSCluster.{Config, Error}
+  alias AWSCluster.Gossip.{Address, Codec}
 
   # Not libcluster's 45892: its Gossip receiver decrypts without a rescue and crashes on
   # any datagram it cannot open, so the two must not share a port during a migration.
@@ -38,19 +39,19 @@ defmodule AWSCluster.Gossip.Config do
     ],
     port: [type: {:integer, 1..65_535}, default: @default_port, doc: "UDP port."],
     if_addr: [
-      type: {:custom, "an IP address (tuple or string)", &__MODULE__.parse_ip/1},
+      type: {:custom, "an IP address (tuple or string)", &Address.parse_ip/1},
       doc:
         "Address the socket binds to. Default: the wildcard of the family in use. Binding " <>
           "a unicast address stops multicast from being received."
     ],
     multicast_addr: [
-      type: {:custom, "a multicast IP address (tuple or string)", &__MODULE__.parse_multicast/1},
+      type: {:custom, "a multicast IP address (tuple or string)", &Address.parse_multicast/1},
       doc:
         "Multicast group to announce to and listen on (IPv4 e.g. `\"239.255.77.1\"` or " <>
           "IPv6 e.g. `\"ff15::4157\"`). Unset means no multicast."
     ],
     multicast_if: [
-      type: {:or, [{:custom, "an IP address", &__MODULE__.parse_ip/1}, :non_empty_string]},
+      type: {:or, [{:custom, "an IP address", &Address.parse_ip/1}, :non_empty_string]},
       doc:
         "Interface for multicast: an interface name such as `\"ethwe\"` or one of its " <>
           "addresses. Default: the kernel's choice."
@@ -66,7 +67,7 @@ defmodule AWSCluster.Gossip.Config do
       doc: "Deliver multicast to this host too (several nodes per host)."
     ],
     seeds: [
-      type: {:list, {:custom, "an address", &__MODULE__.parse_seed/1}},
+      type: {:list, {:custom, "an address", &Address.parse_seed/1}},
       default: [],
       doc:
         "Unicast targets: `\"10.0.1.5\"`, `\"10.0.1.5:45910\"`, `\"[fd00::5]:45910\"`, " <>
@@ -326,87 +327,27 @@ defmodule AWSCluster.Gossip.Config do
   defp multicast_if(_c), do: :ok
 
   @doc false
-  # Accepts an IP tuple or string; returns the tuple.
-  @spec parse_ip(term()) :: {:ok, :inet.ip_address()} | :error
-  def parse_ip(ip) when is_tuple(ip), do: if(:inet.is_ip_address(ip), do: {:ok, ip}, else: :error)
-
-  def parse_ip(ip) when is_binary(ip) do
-    case :inet.parse_strict_address(String.to_charlist(ip)) do
-      {:ok, parsed} -> {:ok, parsed}
-      {:error, _} -> :error
+  # The key ring for `secrets`, its errors named after the option at fault.
+  @spec keyring([binary()], map()) :: {:ok, Codec.keyring()} | {:error, Error.t()}
+  def keyring(secrets, c) do
+    case Codec.keyring(secrets, c.label, insecure: c.insecure) do
+      {:ok, ring} -> {:ok, ring}
+      {:error, e} -> {:error, Config.error(config_key(e), e.message)}
     end
   end
 
-  def parse_ip(_), do: :error
+  defp config_key(%Error{details: %{key: "label"}}), do: :label
+  defp config_key(_), do: :secrets
 
   @doc false
-  @spec parse_multicast(term()) :: {:ok, :inet.ip_address()} | :error
-  def parse_multicast(value) do
-    case parse_ip(value) do
-      {:ok, {a, _, _, _} = ip} when a in 224..239 -> {:ok, ip}
-      {:ok, {a, _, _, _, _, _, _, _} = ip} when a in 0xFF00..0xFFFF -> {:ok, ip}
-      _ -> :error
-    end
-  end
+  # Whether `:metadata` fits in a packet, checked by sealing a probe announce.
+  @spec check_metadata(Codec.keyring(), map()) :: :ok | {:error, Error.t()}
+  def check_metadata(ring, c) do
+    probe = %{kind: :announce, name: "probe@localhost", boot_id: 0, seq: 0, meta: c.metadata}
 
-  @doc false
-  # A seed: `{ip, port}` / ip tuple / "ip" / "ip:port" / "[ip6]:port" / "host:port".
-  # Returns `{ip, port | nil}` or `{:host, host, port | nil}`, resolved later.
-  @spec parse_seed(term()) :: {:ok, tuple()} | :error
-  def parse_seed({ip, port}) when is_integer(port) and port in 1..65_535 do
-    case parse_ip(ip) do
-      {:ok, ip} -> {:ok, {ip, port}}
-      :error -> :error
-    end
-  end
-
-  def parse_seed(ip) when is_tuple(ip) do
-    case parse_ip(ip) do
-      {:ok, ip} -> {:ok, {ip, nil}}
-      :error -> :error
-    end
-  end
-
-  def parse_seed(seed) when is_binary(seed) do
-    with :error <- plain_ip(seed),
-         :error <- bracketed(seed) do
-      host_port(seed)
-    end
-  end
-
-  def parse_seed(_), do: :error
-
-  defp plain_ip(seed) do
-    case parse_ip(seed) do
-      {:ok, ip} -> {:ok, {ip, nil}}
-      :error -> :error
-    end
-  end
-
-  defp bracketed(seed) do
-    with [_, ip, port] <- Regex.run(~r/\A\[([0-9A-Fa-f:.]+)\]:(\d{1,5})\z/, seed),
-         {:ok, ip} <- parse_ip(ip),
-         {port, ""} when port in 1..65_535 <- Integer.parse(port) do
-      {:ok, {ip, port}}
-    else
-      _ -> :error
-    end
-  end
-
-  defp host_port(seed) do
-    case Regex.run(~r/\A([A-Za-z0-9.-]+)(?::(\d{1,5}))?\z/, seed) do
-      [_, host] ->
-        {:ok, {:host, host, nil}}
-
-      [_, host, port] ->
-        case {parse_ip(host), Integer.parse(port)} do
-          {{:ok, ip}, {p, ""}} when p in 1..65_535 -> {:ok, {ip, p}}
-          {:error, {p, ""}} when p in 1..65_535 -> {:ok, {:host, host, p}}
-          _ -> :error
-        end
-
-      nil ->
-        :error
+    case Codec.seal(ring, probe) do
+      {:ok, _} -> :ok
+      {:error, e} -> {:error, Config.error(:metadata, e.message)}
     end
   end
 end

@@ -30,13 +30,22 @@ defmodule AWSCluster.Gossip.Stats do
     %{s | rejected: bump(s.rejected, reason), unlogged: bump(s.unlogged, reason)}
   end
 
-  @doc "Counts a datagram the kernel refused to send."
-  @spec send_error(t()) :: t()
-  def send_error(s), do: %{s | send_errors: s.send_errors + 1}
+  @doc "Counts `count` datagrams the kernel refused to send."
+  @spec send_errors(t(), non_neg_integer()) :: t()
+  def send_errors(s, count), do: %{s | send_errors: s.send_errors + count}
 
-  @doc "The rejects since the last call, and the counters with them cleared."
-  @spec take_unlogged(t()) :: {%{optional(atom()) => pos_integer()}, t()}
-  def take_unlogged(s), do: {s.unlogged, %{s | unlogged: %{}}}
+  @doc """
+  The log line for the rejects since the last call (`nil` when none), and the counters
+  with them cleared.
+  """
+  @spec take_summary(t()) :: {String.t() | nil, t()}
+  def take_summary(%{unlogged: unlogged} = s) when map_size(unlogged) == 0, do: {nil, s}
+
+  def take_summary(s) do
+    total = s.unlogged |> Map.values() |> Enum.sum()
+    detail = s.unlogged |> Enum.sort() |> Enum.map_join(", ", fn {r, n} -> "#{r}: #{n}" end)
+    {"dropped #{total} gossip packets (#{detail})", %{s | unlogged: %{}}}
+  end
 
   @doc "The counters as `AWSCluster.Strategy.Gossip.stats/1` reports them."
   @spec to_map(t()) :: map()

@@ -5,6 +5,7 @@ defmodule AWSCluster.Gossip.Transport do
   # IPv4-only on OTP 25; the numbers are Linux's, where aws_cluster runs).
 
   alias AWSCluster.{Config, Error, Interface}
+  alias AWSCluster.Gossip.Codec
 
   # Messages delivered before the socket goes passive again: a flood waits in the
   # kernel's buffer (and is dropped there) instead of growing the mailbox.
@@ -60,10 +61,31 @@ defmodule AWSCluster.Gossip.Transport do
   @spec rearm(:gen_udp.socket()) :: :ok | {:error, term()}
   def rearm(socket), do: :inet.setopts(socket, active: @active)
 
-  @doc "Sends `packet` to `{ip, port}`; returns `:ok` or the posix error."
-  @spec send(:gen_udp.socket(), {:inet.ip_address(), :inet.port_number()}, binary()) ::
-          :ok | {:error, term()}
-  def send(socket, {ip, port}, packet), do: :gen_udp.send(socket, ip, port, packet)
+  @doc """
+  Seals `message` (without `:seq`) once per target, numbering the seals from `seq`, and
+  sends each. Returns the next seq, how many were sent and how many the kernel refused.
+  One seal per target, each with its own seq: a receiver that gets the same announce
+  over two paths (multicast and a seed) sees two fresh packets, not a replay.
+  """
+  @spec broadcast(
+          :gen_udp.socket(),
+          Codec.keyring(),
+          [{:inet.ip_address(), :inet.port_number()}],
+          map(),
+          non_neg_integer()
+        ) :: {non_neg_integer(), non_neg_integer(), non_neg_integer()}
+  def broadcast(socket, ring, targets, message, seq) do
+    # The metadata was checked by sealing a probe at start; a seal that still fails
+    # counts as a datagram not sent.
+    Enum.reduce(targets, {seq, 0, 0}, fn {ip, port}, {seq, sent, failed} ->
+      with {:ok, packet} <- Codec.seal(ring, Map.put(message, :seq, seq)),
+           :ok <- :gen_udp.send(socket, ip, port, packet) do
+        {seq + 1, sent + 1, failed}
+      else
+        {:error, _} -> {seq + 1, sent, failed + 1}
+      end
+    end)
+  end
 
   defp v6only(:inet6), do: [ipv6_v6only: true]
   defp v6only(:inet), do: []

@@ -101,10 +101,7 @@ defmodule AWSCluster.Poller.Options do
          :ok <- strategy_validate(strategy, config) do
       {:ok, config}
     else
-      {:error, error} ->
-        {:error,
-         %{error | message: "topology #{inspect(state.topology)}: #{error.message}"}
-         |> Map.update!(:details, &Map.put(&1, :topology, state.topology))}
+      {:error, error} -> {:error, Config.in_topology(error, state.topology)}
     end
   end
 

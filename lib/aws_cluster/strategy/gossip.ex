@@ -21,17 +21,12 @@ defmodule AWSCluster.Strategy.Gossip do
 
   ## Why it is safe to listen
 
-  Every packet is sealed with ChaCha20-Poly1305 under a key derived (HKDF-SHA256) from the
-  shared secret and bound to the cluster label; it carries a random nonce, the sender's
-  boot id, a per-boot sequence number and a timestamp, and is at most 1,400 bytes (the
-  layout is documented in `native/aws_cluster_core/src/gossip/mod.rs`). A receiver drops,
-  counts and never acts on anything that is malformed, foreign, forged, stale, from the
-  future or replayed; a datagram can never crash it. Node names become atoms only after
-  authentication and validation (`base@host`, at most 255 bytes), at most `:max_peers`
-  distinct peers are tracked, and new names are minted only within `:name_budget`.
-  A valid packet is still bound to where it came from: the name's host must be the
-  source address unless `allow_nat: true`, and after a leave only a newer boot or seq
-  counts (`AWSCluster.Gossip.Membership`).
+  Every packet is sealed (ChaCha20-Poly1305, a key derived from the secret and bound to
+  the cluster label, at most 1,400 bytes; `AWSCluster.Gossip.Codec`). A receiver drops,
+  counts and never acts on anything malformed, foreign, forged, stale, from the future
+  or replayed; a datagram can never crash it. A valid packet is still bound to its
+  source host, a leave is final for that boot, and names become atoms only within
+  `:max_peers` and `:name_budget` (`AWSCluster.Gossip.Membership`).
 
   On shutdown a sealed leave packet tells the others to stop redialing this node; it
   does not disconnect anybody, and neither does forgetting a silent peer (on OTP 25 a
@@ -56,34 +51,14 @@ defmodule AWSCluster.Strategy.Gossip do
 
   ## Rotating the secret without a split
 
-  The key ring's first secret seals, every secret opens; the log line at start and
-  `stats/1` show the key ids (derived, safe to show), never the secrets.
-
-  The rejection-free way, three rolling deploys (or three `rotate/2` calls per node):
-
-    1. `secrets: [old, new]` everywhere. Nodes still seal with `old`; all can now open `new`.
-    2. `secrets: [new, old]` everywhere. Nodes seal with `new`, which every node opens.
-    3. `secrets: [new]` everywhere, once step 2 is done on every node.
-
-  Between steps, check on a few nodes that `stats(topology).key_ids` shows the expected
-  first key and that `rejected[:unknown_key]` does not grow.
-
-  The two-deploy shortcut `[old] -> [new, old] -> [new]` also keeps the mesh whole: while
-  the first deploy rolls, nodes still on `[old]` cannot open the moved nodes' packets (they
-  count them as `:unknown_key`), but moved nodes still hear and dial everyone, existing
-  connections are untouched, and a node that restarts in between still joins. Never jump
-  from `[old]` to `[new]`: such a node and the rest cannot hear each other.
-
-  Hot rotation without a restart, on every node:
-
-      :erpc.multicall([node() | Node.list()], AWSCluster.Strategy.Gossip, :rotate,
-        [:app, [new, old]])
+  See `AWSCluster.Gossip.Rotation`: `secrets: [old, new]`, then `[new, old]`, then
+  `[new]`, by deploy or with `rotate/2`.
   """
 
   use GenServer
 
   alias AWSCluster.{Error, Loop, Peers, Telemetry}
-  alias AWSCluster.Gossip.{Codec, Config, Membership, Stats, Transport}
+  alias AWSCluster.Gossip.{Announce, Codec, Config, Membership, Receiver, Stats, Transport}
   alias AWSCluster.Loop.Round
   alias AWSCluster.Strategy.State
 
@@ -122,18 +97,8 @@ defmodule AWSCluster.Strategy.Gossip do
   """
   @spec validate(State.t()) :: {:ok, map()} | {:error, Error.t()}
   def validate(%State{} = state) do
-    case Config.validate(state.config, state.topology) do
-      {:ok, config} ->
-        {:ok, config}
-
-      {:error, e} ->
-        {:error,
-         %{
-           e
-           | message: "topology #{inspect(state.topology)}: #{e.message}",
-             details: Map.put(e.details, :topology, state.topology)
-         }}
-    end
+    with {:error, e} <- Config.validate(state.config, state.topology),
+         do: {:error, AWSCluster.Config.in_topology(e, state.topology)}
   end
 
   @doc """
@@ -169,8 +134,8 @@ defmodule AWSCluster.Strategy.Gossip do
     Process.flag(:trap_exit, true)
     Logger.metadata(aws_cluster_topology: state.topology)
 
-    with {:ok, ring} <- keyring(c.secrets, c),
-         :ok <- check_metadata(ring, c) do
+    with {:ok, ring} <- Config.keyring(c.secrets, c),
+         :ok <- Config.check_metadata(ring, c) do
       if c.insecure do
         Loop.log(
           :warning,
@@ -226,15 +191,9 @@ defmodule AWSCluster.Strategy.Gossip do
   defp open_socket(s) do
     case Transport.open(s.config) do
       {:ok, socket} ->
-        if s.health == :failing,
-          do:
-            Loop.log(:info, s.state.topology, "gossip socket open after #{s.open_failures} tries")
-
-        Loop.log(
-          :info,
-          s.state.topology,
-          "gossip started: #{describe(s.config)}; #{ring_text(s.ring)}"
-        )
+        tries = if s.open_failures > 0, do: " after #{s.open_failures + 1} tries", else: ""
+        text = "#{Announce.describe(s.config)}; #{Announce.ring_text(s.ring)}"
+        Loop.log(:info, s.state.topology, "gossip started#{tries}: #{text}")
 
         {:ok, %{s | socket: socket, health: :healthy, last_error: nil, open_failures: 0}}
 
@@ -283,27 +242,13 @@ defmodule AWSCluster.Strategy.Gossip do
   end
 
   def handle_call(:peers, _from, s) do
-    now_mono = mono()
-    now = System.os_time(:millisecond)
-
-    reply =
-      Map.new(s.members.peers, fn {_name, p} ->
-        {p.node,
-         %{
-           address: address_text(p.address),
-           boot_id: p.boot_id,
-           meta: p.meta,
-           heard_at: now - (now_mono - p.last_seen)
-         }}
-      end)
-
-    {:reply, reply, s}
+    {:reply, Announce.peers(s.members, mono(), System.os_time(:millisecond)), s}
   end
 
   def handle_call({:rotate, sealed}, _from, s) when is_function(sealed, 0) do
     with {:ok, secrets} <- Config.check_secrets(sealed.(), s.config.insecure),
-         {:ok, ring} <- keyring(secrets, s.config) do
-      Loop.log(:info, s.state.topology, "gossip key ring replaced: #{ring_text(ring)}")
+         {:ok, ring} <- Config.keyring(secrets, s.config) do
+      Loop.log(:info, s.state.topology, "gossip key ring replaced: #{Announce.ring_text(ring)}")
       {:reply, :ok, %{s | ring: ring}}
     else
       {:error, e} -> {:reply, {:error, e}, s}
@@ -365,56 +310,38 @@ defmodule AWSCluster.Strategy.Gossip do
   ## Receiving
 
   defp receive_packet(s, from, packet) do
-    case Codec.open(s.ring, s.guard, packet, System.os_time(:millisecond)) do
-      {:ok, %{name: name}} when name == s.own -> %{s | stats: Stats.accepted(s.stats, :own)}
-      {:ok, %{kind: :announce} = m} -> heard(s, m, from)
-      {:ok, %{kind: :leave} = m} -> left(s, m, from)
-      {:error, reason} -> reject(s, reason)
-    end
-  end
+    {members, stats, outcome} =
+      Receiver.handle(s, from, packet, mono(), System.os_time(:millisecond))
 
-  defp heard(s, m, from) do
-    case Membership.heard(s.members, m, from, mono()) do
-      {:new, node, members} ->
-        Loop.log(:info, s.state.topology, "new peer #{node} at #{address_text(from)}")
+    s = %{s | members: members, stats: stats}
 
-        %{s | members: members, stats: Stats.accepted(s.stats, :announce)}
-        |> publish()
-        |> request_connect([node])
+    case outcome do
+      :quiet ->
+        s
 
-      {:changed, members} ->
-        publish(%{s | members: members, stats: Stats.accepted(s.stats, :announce)})
+      :changed ->
+        publish(s)
 
-      {:same, members} ->
-        %{s | members: members, stats: Stats.accepted(s.stats, :announce)}
+      {:new, node} ->
+        Loop.log(:info, s.state.topology, "new peer #{node} at #{Announce.address_text(from)}")
+        s |> publish() |> request_connect([node])
 
-      {:rejected, reason, members} ->
-        reject(%{s | members: members}, reason)
-    end
-  end
-
-  defp left(s, m, from) do
-    case Membership.left(s.members, m, from, mono()) do
-      {:left, node, members} ->
+      {:left, node} ->
         Loop.log(:info, s.state.topology, "peer #{node} is leaving; not redialing it")
-        s = %{s | members: members, pending: MapSet.delete(s.pending, node)}
-        publish(%{s | stats: Stats.accepted(s.stats, :leave)})
+        publish(%{s | pending: MapSet.delete(s.pending, node)})
 
-      {:ignored, members} ->
-        %{s | members: members, stats: Stats.accepted(s.stats, :leave)}
-
-      {:rejected, reason, members} ->
-        reject(%{s | members: members}, reason)
+      {:rejected, reason} ->
+        rejected(s, reason)
     end
   end
 
-  defp reject(s, reason) do
+  defp rejected(s, reason) do
     Telemetry.execute([:aws_cluster, :gossip, :rejected], %{count: 1}, %{
       topology: s.state.topology,
       reason: reason
     })
 
-    schedule_log(%{s | stats: Stats.rejected(s.stats, reason)})
+    schedule_log(s)
   end
 
   # At most one summary per stats_log_interval: the first reject after a quiet period is
@@ -432,16 +359,8 @@ defmodule AWSCluster.Strategy.Gossip do
   defp schedule_log(s), do: s
 
   defp log_stats(s) do
-    {unlogged, stats} = Stats.take_unlogged(s.stats)
-
-    if map_size(unlogged) > 0 do
-      total = unlogged |> Map.values() |> Enum.sum()
-
-      detail =
-        unlogged |> Enum.sort() |> Enum.map_join(", ", fn {reason, n} -> "#{reason}: #{n}" end)
-
-      Loop.log(:warning, s.state.topology, "dropped #{total} gossip packets (#{detail})")
-    end
+    {summary, stats} = Stats.take_summary(s.stats)
+    if summary, do: Loop.log(:warning, s.state.topology, summary)
 
     %{s | stats: stats, last_log: mono()}
   end
@@ -475,50 +394,11 @@ defmodule AWSCluster.Strategy.Gossip do
     %{s | warned_offline: true}
   end
 
-  # One seal per target, each with its own seq: a receiver that gets the same announce
-  # over two paths (multicast and a seed) sees two fresh packets, not a replay.
   defp broadcast(s, kind) do
-    Enum.reduce(targets(s), {s, 0}, fn target, {s, sent} ->
-      message = %{
-        kind: kind,
-        name: s.own,
-        boot_id: s.boot_id,
-        seq: s.seq,
-        meta: s.config.metadata
-      }
-
-      s = %{s | seq: s.seq + 1}
-
-      with {:ok, packet} <- Codec.seal(s.ring, message),
-           :ok <- Transport.send(s.socket, target, packet) do
-        {s, sent + 1}
-      else
-        {:error, %Error{} = e} ->
-          Loop.log(:error, s.state.topology, "cannot seal an announce: #{e.message}")
-          {s, sent}
-
-        {:error, _posix} ->
-          {%{s | stats: Stats.send_error(s.stats)}, sent}
-      end
-    end)
-  end
-
-  defp targets(s) do
-    c = s.config
-    group = if c.multicast_addr, do: [{c.multicast_addr, c.port}], else: []
-    unicast? = c.seeds != [] or c.seed_topologies != []
-    learned = if unicast?, do: Enum.map(s.members.peers, fn {_, p} -> p.address end), else: []
-    Enum.uniq(group ++ c.seeds ++ topology_seeds(c) ++ learned)
-  end
-
-  defp topology_seeds(%{seed_topologies: []}), do: []
-
-  defp topology_seeds(c) do
-    for %{topology: t, address: address} <- Peers.all(),
-        t in c.seed_topologies,
-        {:ok, ip} <- [Config.parse_ip(address)],
-        tuple_size(ip) == tuple_size(c.if_addr),
-        do: {ip, c.port}
+    message = %{kind: kind, name: s.own, boot_id: s.boot_id, meta: s.config.metadata}
+    targets = Announce.targets(s.config, s.members)
+    {seq, sent, failed} = Transport.broadcast(s.socket, s.ring, targets, message, s.seq)
+    {%{s | seq: seq, stats: Stats.send_errors(s.stats, failed)}, sent}
   end
 
   defp forget_silent(s) do
@@ -552,66 +432,14 @@ defmodule AWSCluster.Strategy.Gossip do
 
   ## Helpers
 
-  defp keyring(secrets, c) do
-    case Codec.keyring(secrets, c.label, insecure: c.insecure) do
-      {:ok, ring} -> {:ok, ring}
-      {:error, e} -> {:error, AWSCluster.Config.error(config_key(e), e.message)}
-    end
-  end
-
-  defp config_key(%Error{details: %{key: "label"}}), do: :label
-  defp config_key(_), do: :secrets
-
-  defp check_metadata(ring, c) do
-    probe = %{kind: :announce, name: "probe@localhost", boot_id: 0, seq: 0, meta: c.metadata}
-
-    case Codec.seal(ring, probe) do
-      {:ok, _} -> :ok
-      {:error, e} -> {:error, AWSCluster.Config.error(:metadata, e.message)}
-    end
-  end
-
   defp publish(s) do
-    topology = s.state.topology
-
-    infos =
-      Enum.map(s.members.peers, fn {_, p} ->
-        %{
-          node: p.node,
-          topology: topology,
-          instance_id: p.meta["instance_id"],
-          availability_zone: p.meta["az"],
-          address: p.address |> elem(0) |> :inet.ntoa() |> to_string(),
-          tags: %{}
-        }
-      end)
-
-    Peers.replace(topology, infos)
+    Peers.replace(s.state.topology, Announce.rows(s.state.topology, s.members))
     s
   end
 
   defp own_name do
     if Node.alive?(), do: Atom.to_string(node())
   end
-
-  defp describe(c) do
-    mcast =
-      if c.multicast_addr,
-        do: ["multicast #{:inet.ntoa(c.multicast_addr)} via #{c.multicast_if || "default"}"],
-        else: []
-
-    seeds = if c.seeds != [], do: ["#{length(c.seeds)} seeds"], else: []
-    tops = if c.seed_topologies != [], do: ["seeds from #{inspect(c.seed_topologies)}"], else: []
-    "udp #{:inet.ntoa(c.if_addr)}:#{c.port}, " <> Enum.join(mcast ++ seeds ++ tops, ", ")
-  end
-
-  defp ring_text(ring) do
-    [first | _] = ids = Codec.key_ids(ring)
-    "seals with key #{first}, opens #{Enum.join(ids, ", ")}"
-  end
-
-  defp address_text({ip, port}) when tuple_size(ip) == 8, do: "[#{:inet.ntoa(ip)}]:#{port}"
-  defp address_text({ip, port}), do: "#{:inet.ntoa(ip)}:#{port}"
 
   defp mono, do: System.monotonic_time(:millisecond)
 end

@@ -133,7 +133,7 @@ defmodule AWSCluster.Gossip.CodecTest do
 
     assert msg =~ "secret #1 is 15 bytes"
     refute msg =~ "tooshort"
-    assert details.index == "1"
+    assert details.index == 1
     assert {:ok, _} = Codec.keyring(["tooshort-secret"], "prod", insecure: true)
     assert {:error, %Error{reason: :invalid_argument}} = Codec.keyring([], "prod")
     assert {:error, %Error{reason: :invalid_argument}} = Codec.keyring([@s1], "")
