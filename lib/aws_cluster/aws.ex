@@ -1,4 +1,43 @@
 defmodule AWSCluster.AWS do
+  @ms {:integer, 1..3_600_000}
+
+  @client_schema [
+    region: [type: :non_empty_string, required: true, doc: "e.g. `\"us-east-1\"`."],
+    endpoint: [
+      type: :non_empty_string,
+      doc:
+        "`http(s)://host[:port]` of moto, LocalStack or a VPC endpoint. Default: the " <>
+          "regional AWS endpoints."
+    ],
+    access_key_id: [
+      type: :non_empty_string,
+      doc: "Static credentials. Default: aws-config's chain (env, profile, web identity, roles)."
+    ],
+    secret_access_key: [type: :non_empty_string, doc: "Static credentials."],
+    session_token: [type: :non_empty_string, doc: "Static credentials."],
+    max_attempts: [
+      type: {:integer, 1..20},
+      default: 3,
+      doc: "Attempts per request (throttling, 5xx and transport failures, full-jitter backoff)."
+    ],
+    operation_timeout: [
+      type: @ms,
+      default: 10_000,
+      doc: "ms one call may take, all pages and retries included."
+    ],
+    attempt_timeout: [type: @ms, doc: "ms one attempt may take. Default: `:operation_timeout`."],
+    connect_timeout: [type: @ms, default: 3_100, doc: "ms to open a connection."]
+  ]
+
+  @describe_schema [
+    states: [type: {:list, :non_empty_string}, doc: "Instance states to keep, server-side."],
+    instance_ids: [type: {:list, :non_empty_string}, doc: "Only these instances."],
+    page_size: [type: {:integer, 5..1000}, doc: "MaxResults per request."],
+    timeout: [type: :pos_integer, doc: "ms to wait for the reply."]
+  ]
+
+  @call_schema [timeout: [type: :pos_integer, doc: "ms to wait for the reply."]]
+
   @moduledoc """
   EC2 and AutoScaling queries, the only module that calls the AWS NIFs.
 
@@ -12,17 +51,7 @@ defmodule AWSCluster.AWS do
 
   ## Client options
 
-    * `:region` - required, e.g. `"us-east-1"`.
-    * `:endpoint` - `http(s)://host[:port]` of moto, LocalStack or a VPC endpoint.
-      Default: the regional AWS endpoints.
-    * `:access_key_id`, `:secret_access_key`, `:session_token` - static credentials.
-      Default: aws-config's chain (env, profile, web identity, ECS task role, instance role).
-    * `:max_attempts` - attempts per request (throttling, 5xx and transport failures are retried
-      with full-jitter backoff), 1..20. Default 3.
-    * `:operation_timeout` - ms one call may take, all pages and retries included.
-      Default 10_000.
-    * `:attempt_timeout` - ms one attempt may take. Default: `:operation_timeout`.
-    * `:connect_timeout` - ms to open a connection. Default 3_100.
+  #{AWSCluster.Config.docs(@client_schema)}
 
   ## Errors
 
@@ -34,7 +63,7 @@ defmodule AWSCluster.AWS do
   `:operation`, `:action`, `:status` and `:endpoint` when known.
   """
 
-  alias AWSCluster.{Async, Error, Native}
+  alias AWSCluster.{Async, Config, Error, Native}
 
   @enforce_keys [:resource, :region, :operation_timeout]
   defstruct [:resource, :region, :endpoint, :operation_timeout]
@@ -88,18 +117,6 @@ defmodule AWSCluster.AWS do
           instances: [group_instance()]
         }
 
-  @client_keys [
-    :region,
-    :endpoint,
-    :access_key_id,
-    :secret_access_key,
-    :session_token,
-    :max_attempts,
-    :operation_timeout,
-    :attempt_timeout,
-    :connect_timeout
-  ]
-
   # Building the client reads TLS roots and profile files; generous but bounded.
   @build_timeout 15_000
   # The NIF enforces operation_timeout itself; this margin only covers message delivery.
@@ -107,35 +124,25 @@ defmodule AWSCluster.AWS do
 
   @doc "The option keys `client/1` accepts."
   @spec client_keys() :: [atom()]
-  def client_keys, do: @client_keys
+  def client_keys, do: Keyword.keys(@client_schema)
 
   @doc """
   Builds a client from the options above. Unknown keys and wrong types are rejected
   with `reason: :invalid_argument` and the key in `details.key`.
   """
   @spec client(keyword()) :: {:ok, t()} | {:error, Error.t()}
-  def client(opts) when is_list(opts) do
-    with :ok <- known_keys(opts, @client_keys),
-         {:ok, region} <- required_binary(opts, :region),
-         {:ok, native} <- native_opts(opts, region),
-         {:ok, resource} <- build(native) do
+  def client(opts) do
+    with {:ok, o} <- Config.arguments(opts, @client_schema),
+         {:ok, resource} <- build(native_opts(o)) do
       {:ok,
        %__MODULE__{
          resource: resource,
-         region: region,
-         endpoint: native.endpoint,
-         operation_timeout: native.operation_timeout_ms
+         region: o.region,
+         endpoint: o.endpoint,
+         operation_timeout: o.operation_timeout
        }}
     end
   end
-
-  def client(other),
-    do:
-      {:error,
-       invalid(
-         :opts,
-         "client options must be a keyword list, got #{inspect(AWSCluster.Config.redact(other))}"
-       )}
 
   @doc """
   Every instance matching `filters`, across all pages.
@@ -151,17 +158,19 @@ defmodule AWSCluster.AWS do
   """
   @spec describe_instances(t(), filters(), keyword()) :: {:ok, [instance()]} | {:error, Error.t()}
   def describe_instances(%__MODULE__{} = client, filters, opts \\ []) do
-    with :ok <- known_keys(opts, [:states, :instance_ids, :page_size, :timeout]),
-         :ok <- call_timeout(opts),
+    with {:ok, o} <- Config.arguments(opts, @describe_schema),
          {:ok, filters} <- normalize_filters(filters),
-         {:ok, states} <- string_list(opts, :states),
-         {:ok, ids} <- string_list(opts, :instance_ids),
-         {:ok, page_size} <- page_size(opts),
-         filters = add_states(filters, states),
+         filters = add_states(filters, o.states),
          {:ok, %{instances: instances}} <-
            Async.call(
-             &Native.aws_describe_instances(client.resource, &1, filters, ids || [], page_size),
-             timeout(client, opts)
+             &Native.aws_describe_instances(
+               client.resource,
+               &1,
+               filters,
+               o.instance_ids || [],
+               o.page_size
+             ),
+             timeout(client, o)
            ) do
       {:ok, instances}
     end
@@ -175,13 +184,13 @@ defmodule AWSCluster.AWS do
   @spec describe_auto_scaling_groups(t(), [String.t()], keyword()) ::
           {:ok, [group()]} | {:error, Error.t()}
   def describe_auto_scaling_groups(%__MODULE__{} = client, names, opts \\ []) do
-    with :ok <- known_keys(opts, [:timeout]),
-         :ok <- call_timeout(opts),
-         :ok <- strings(names, :names),
+    with {:ok, o} <- Config.arguments(opts, @call_schema),
+         {:ok, names} <-
+           Config.arguments([names: names], names: [type: {:list, :non_empty_string}]),
          {:ok, %{groups: groups}} <-
            Async.call(
-             &Native.aws_describe_auto_scaling_groups(client.resource, &1, names),
-             timeout(client, opts)
+             &Native.aws_describe_auto_scaling_groups(client.resource, &1, names.names),
+             timeout(client, o)
            ) do
       {:ok, groups}
     end
@@ -222,46 +231,20 @@ defmodule AWSCluster.AWS do
     end
   end
 
-  defp timeout(client, opts) do
-    Keyword.get(opts, :timeout) || client.operation_timeout + @reply_margin
-  end
+  defp timeout(client, o), do: o.timeout || client.operation_timeout + @reply_margin
 
-  defp call_timeout(opts) do
-    case Keyword.get(opts, :timeout) do
-      nil ->
-        :ok
-
-      ms when is_integer(ms) and ms > 0 ->
-        :ok
-
-      other ->
-        {:error,
-         invalid(:timeout, "timeout must be a positive integer (ms), got #{inspect(other)}")}
-    end
-  end
-
-  defp native_opts(opts, region) do
-    with {:ok, endpoint} <- optional_binary(opts, :endpoint),
-         {:ok, key_id} <- optional_binary(opts, :access_key_id),
-         {:ok, secret} <- optional_binary(opts, :secret_access_key),
-         {:ok, token} <- optional_binary(opts, :session_token),
-         {:ok, attempts} <- integer(opts, :max_attempts, 3, 1..20),
-         {:ok, op} <- integer(opts, :operation_timeout, 10_000, 1..3_600_000),
-         {:ok, attempt} <- integer(opts, :attempt_timeout, nil, 1..3_600_000),
-         {:ok, connect} <- integer(opts, :connect_timeout, 3_100, 1..3_600_000) do
-      {:ok,
-       %{
-         region: region,
-         endpoint: endpoint,
-         access_key_id: key_id,
-         secret_access_key: secret,
-         session_token: token,
-         max_attempts: attempts,
-         operation_timeout_ms: op,
-         attempt_timeout_ms: attempt,
-         connect_timeout_ms: connect
-       }}
-    end
+  defp native_opts(o) do
+    %{
+      region: o.region,
+      endpoint: o.endpoint,
+      access_key_id: o.access_key_id,
+      secret_access_key: o.secret_access_key,
+      session_token: o.session_token,
+      max_attempts: o.max_attempts,
+      operation_timeout_ms: o.operation_timeout,
+      attempt_timeout_ms: o.attempt_timeout,
+      connect_timeout_ms: o.connect_timeout
+    }
   end
 
   defp normalize_filters(filters) when is_map(filters),
@@ -303,88 +286,6 @@ defmodule AWSCluster.AWS do
 
   defp add_states(filters, nil), do: filters
   defp add_states(filters, states), do: filters ++ [{"instance-state-name", states}]
-
-  defp page_size(opts) do
-    case Keyword.get(opts, :page_size) do
-      nil ->
-        {:ok, nil}
-
-      n when is_integer(n) and n in 5..1000 ->
-        {:ok, n}
-
-      other ->
-        {:error,
-         invalid(:page_size, "page_size must be an integer in 5..1000, got #{inspect(other)}")}
-    end
-  end
-
-  defp string_list(opts, key) do
-    case Keyword.get(opts, key) do
-      nil -> {:ok, nil}
-      list -> with :ok <- strings(list, key), do: {:ok, list}
-    end
-  end
-
-  defp strings(list, key) when is_list(list) do
-    if Enum.all?(list, &(is_binary(&1) and &1 != "")),
-      do: :ok,
-      else:
-        {:error, invalid(key, "#{key} must be a list of non-empty strings, got #{inspect(list)}")}
-  end
-
-  defp strings(other, key),
-    do: {:error, invalid(key, "#{key} must be a list of strings, got #{inspect(other)}")}
-
-  defp known_keys(opts, allowed) do
-    if Keyword.keyword?(opts) do
-      case Enum.find(Keyword.keys(opts), &(&1 not in allowed)) do
-        nil ->
-          :ok
-
-        key ->
-          {:error, invalid(key, "unknown option #{inspect(key)}; known: #{inspect(allowed)}")}
-      end
-    else
-      {:error,
-       invalid(
-         :opts,
-         "options must be a keyword list, got #{inspect(AWSCluster.Config.redact(opts))}"
-       )}
-    end
-  end
-
-  defp required_binary(opts, key) do
-    case Keyword.get(opts, key) do
-      value when is_binary(value) and value != "" -> {:ok, value}
-      nil -> {:error, invalid(key, "#{key} is required")}
-      other -> {:error, invalid(key, "#{key} must be a non-empty string, got #{inspect(other)}")}
-    end
-  end
-
-  defp optional_binary(opts, key) do
-    case Keyword.get(opts, key) do
-      nil -> {:ok, nil}
-      value when is_binary(value) and value != "" -> {:ok, value}
-      # Never echo a credential back into an error message.
-      _ -> {:error, invalid(key, "#{key} must be a non-empty string")}
-    end
-  end
-
-  defp integer(opts, key, default, range) do
-    case Keyword.get(opts, key, default) do
-      nil -> {:ok, nil}
-      n when is_integer(n) -> if n in range, do: {:ok, n}, else: int_error(key, n, range)
-      other -> int_error(key, other, range)
-    end
-  end
-
-  defp int_error(key, value, range) do
-    {:error,
-     invalid(
-       key,
-       "#{key} must be an integer in #{range.first}..#{range.last}, got #{inspect(value)}"
-     )}
-  end
 
   defp invalid(key, message), do: Error.new(:invalid_argument, message, %{key: key})
 end

@@ -47,6 +47,7 @@ defmodule AWSCluster.Config do
           | {:integer, Range.t()}
           | :string
           | :non_empty_string
+          | :ip_address
           | :boolean
           | :atom
           | :module
@@ -82,6 +83,15 @@ defmodule AWSCluster.Config do
         end
       end)
     end
+  end
+
+  @doc """
+  `validate/2` for a function's options rather than a user's config: the same checks
+  and messages, with `reason: :invalid_argument`.
+  """
+  @spec arguments(term(), schema()) :: {:ok, map()} | {:error, Error.t()}
+  def arguments(opts, schema) do
+    with {:error, e} <- validate(opts, schema), do: {:error, %{e | reason: :invalid_argument}}
   end
 
   @doc """
@@ -233,6 +243,17 @@ defmodule AWSCluster.Config do
 
   defp conform(v, :string) when is_binary(v), do: {:ok, v}
   defp conform(v, :non_empty_string) when is_binary(v) and v != "", do: {:ok, v}
+
+  defp conform(v, :ip_address) when is_tuple(v),
+    do: if(:inet.is_ip_address(v), do: {:ok, v}, else: :error)
+
+  defp conform(v, :ip_address) when is_binary(v) do
+    case :inet.parse_strict_address(String.to_charlist(v)) do
+      {:ok, ip} -> {:ok, ip}
+      {:error, _} -> :error
+    end
+  end
+
   defp conform(v, :boolean) when is_boolean(v), do: {:ok, v}
   defp conform(v, :atom) when is_atom(v), do: {:ok, v}
 
@@ -312,6 +333,7 @@ defmodule AWSCluster.Config do
   def describe({:integer, first..last}), do: "an integer in #{first}..#{last}"
   def describe(:string), do: "a string"
   def describe(:non_empty_string), do: "a non-empty string"
+  def describe(:ip_address), do: "an IP address (tuple or string)"
   def describe(:boolean), do: "true or false"
   def describe(:atom), do: "an atom"
   def describe(:module), do: "a loaded module"

@@ -1,4 +1,27 @@
 defmodule AWSCluster.Distribution do
+  @schema [
+    basename: [
+      type: {:custom, "1-64 letters, digits, _ or -", &__MODULE__.basename?/1},
+      required: true,
+      doc: "The part before `@`."
+    ],
+    interface: [
+      type: :non_empty_string,
+      doc: "Interface whose address names the node. One of `:interface`/`:ip` is required."
+    ],
+    ip: [
+      type: :ip_address,
+      doc: "The address itself."
+    ],
+    family: [
+      type: {:in, [:inet, :inet6]},
+      default: :inet,
+      doc: "IPv6 needs the VM started with `-proto_dist inet6_tcp`."
+    ],
+    cookie: [type: :atom, doc: "Set as the cookie once distribution is up."],
+    start_epmd: [type: :boolean, default: true, doc: "Start `epmd -daemon` when none answers."]
+  ]
+
   @moduledoc """
   Starts Erlang distribution at runtime as `basename@<ip>`, with the distribution
   listener bound to that one address.
@@ -16,18 +39,10 @@ defmodule AWSCluster.Distribution do
 
   Options:
 
-    * `:basename` (required) - the part before `@`: letters, digits, `_` and `-`.
-    * `:interface` - interface whose address names the node.
-    * `:ip` - the address itself, as a tuple or a string. One of `:interface`/`:ip` is required.
-    * `:family` - `:inet` (default) or `:inet6`; IPv6 needs the VM started with
-      `-proto_dist inet6_tcp`.
-    * `:cookie` - an atom to set as the cookie once distribution is up.
-    * `:start_epmd` - start `epmd -daemon` when none answers (default `true`).
+  #{AWSCluster.Config.docs(@schema)}
   """
 
-  alias AWSCluster.{Error, Interface, Redacted}
-
-  @known [:basename, :interface, :ip, :family, :cookie, :start_epmd]
+  alias AWSCluster.{Config, Error, Interface, Redacted}
 
   @doc """
   Starts distribution. A node already running under the same name is a no-op
@@ -35,16 +50,15 @@ defmodule AWSCluster.Distribution do
   """
   @spec start(keyword()) :: {:ok, node()} | {:error, Error.t()}
   def start(opts) do
-    with :ok <- check_keys(opts),
-         {:ok, basename} <- basename(opts),
-         {:ok, family} <- family(opts),
-         {:ok, ip} <- ip(opts, family) do
-      name = :"#{basename}@#{:inet.ntoa(ip)}"
+    with {:ok, o} <- Config.validate(opts, @schema),
+         :ok <- family(o.family),
+         {:ok, ip} <- ip(o) do
+      name = :"#{o.basename}@#{:inet.ntoa(ip)}"
 
       cond do
         node() == name -> {:ok, name}
         Node.alive?() -> {:error, already_started(name)}
-        true -> boot(name, ip, opts)
+        true -> boot(name, ip, o)
       end
     end
   end
@@ -72,9 +86,9 @@ defmodule AWSCluster.Distribution do
   defp boot(name, ip, opts) do
     :ok = :application.set_env(:kernel, :inet_dist_use_interface, ip)
 
-    with :ok <- ensure_epmd(Keyword.get(opts, :start_epmd, true)),
+    with :ok <- ensure_epmd(opts.start_epmd),
          :ok <- start_net_kernel(name) do
-      if cookie = opts[:cookie], do: Node.set_cookie(cookie)
+      if cookie = opts.cookie, do: Node.set_cookie(cookie)
       {:ok, name}
     end
   end
@@ -139,21 +153,6 @@ defmodule AWSCluster.Distribution do
     end
   end
 
-  defp check_keys(opts) do
-    if Keyword.keyword?(opts) do
-      case Keyword.keys(opts) -- @known do
-        [] -> :ok
-        [key | _] -> invalid(key, "is not an option; known: #{inspect(@known)}")
-      end
-    else
-      {:error,
-       Error.new(
-         :invalid_config,
-         "options must be a keyword list, got #{inspect(AWSCluster.Config.redact(opts))}"
-       )}
-    end
-  end
-
   @doc """
   Whether `value` is a valid basename, the part of a node name before `@`: 1-64
   letters, digits, `_` or `-`. Every node name aws_cluster builds is checked with this.
@@ -161,56 +160,21 @@ defmodule AWSCluster.Distribution do
   @spec basename?(term()) :: boolean()
   def basename?(value), do: is_binary(value) and value =~ ~r/\A[A-Za-z0-9_-]{1,64}\z/
 
-  defp basename(opts) do
-    case opts[:basename] do
-      b when is_binary(b) ->
-        if basename?(b),
-          do: {:ok, b},
-          else: invalid(:basename, "must be 1-64 letters, digits, _ or -, got #{inspect(b)}")
+  defp family(:inet), do: :ok
 
-      other ->
-        invalid(:basename, "is required and must be a string, got #{inspect(other)}")
-    end
+  defp family(:inet6) do
+    if :init.get_argument(:proto_dist) == {:ok, [[~c"inet6_tcp"]]},
+      do: :ok,
+      else: invalid(:family, "is :inet6 but the VM was not started with -proto_dist inet6_tcp")
   end
 
-  defp family(opts) do
-    case Keyword.get(opts, :family, :inet) do
-      :inet ->
-        {:ok, :inet}
+  defp ip(%{interface: nil, ip: nil}), do: invalid(:interface, "or :ip is required")
 
-      :inet6 ->
-        if :init.get_argument(:proto_dist) == {:ok, [[~c"inet6_tcp"]]},
-          do: {:ok, :inet6},
-          else:
-            invalid(:family, "is :inet6 but the VM was not started with -proto_dist inet6_tcp")
+  defp ip(%{interface: iface, ip: nil, family: family}),
+    do: Interface.address(iface, family: family)
 
-      other ->
-        invalid(:family, "must be :inet or :inet6, got #{inspect(other)}")
-    end
-  end
-
-  defp ip(opts, family) do
-    case {opts[:interface], opts[:ip]} do
-      {nil, nil} -> invalid(:interface, "or :ip is required")
-      {iface, nil} when is_binary(iface) -> Interface.address(iface, family: family)
-      {nil, ip} -> parse_ip(ip)
-      {_, nil} -> invalid(:interface, "must be a string")
-      {_, _} -> invalid(:ip, "cannot be given together with :interface")
-    end
-  end
-
-  defp parse_ip(ip) when is_tuple(ip) do
-    if :inet.is_ip_address(ip), do: {:ok, ip}, else: invalid(:ip, "is not an IP: #{inspect(ip)}")
-  end
-
-  defp parse_ip(ip) when is_binary(ip) do
-    case :inet.parse_strict_address(String.to_charlist(ip)) do
-      {:ok, parsed} -> {:ok, parsed}
-      {:error, _} -> invalid(:ip, "is not an IP: #{inspect(ip)}")
-    end
-  end
-
-  defp parse_ip(ip), do: invalid(:ip, "must be a tuple or string, got #{inspect(ip)}")
+  defp ip(%{interface: nil, ip: ip}), do: {:ok, ip}
+  defp ip(_), do: invalid(:ip, "cannot be given together with :interface")
 
   defp invalid(key, text) do
     {:error, Error.new(:invalid_config, "#{inspect(key)} #{text}", %{key: key})}

@@ -25,16 +25,49 @@ defmodule AWSCluster.IMDS do
         AWSCluster.IMDS.fetch(keys: [:auto_scaling_group], instance_id: md.instance_id, aws_client: client)
   """
 
-  alias AWSCluster.{AWS, Async, Error, Native}
+  alias AWSCluster.{AWS, Async, Config, Error, Native}
 
   @keys [:instance_id, :region, :availability_zone, :auto_scaling_group]
-  @options @keys ++ [:keys, :endpoint, :connect_timeout, :timeout, :attempts, :aws_client]
   @config_keys %{
     instance_id: "instance_id:",
     region: "region:",
     availability_zone: "availability_zone:",
     auto_scaling_group: "groups:"
   }
+
+  @schema [
+            keys: [
+              type: {:custom, "a non-empty list of #{inspect(@keys)}", &__MODULE__.keys?/1},
+              default: @keys,
+              doc: "The values needed."
+            ]
+          ] ++
+            for(
+              key <- @keys,
+              do:
+                {key,
+                 [
+                   type: :non_empty_string,
+                   doc: "A known value (what `#{@config_keys[key]}` configures); not asked."
+                 ]}
+            ) ++
+            [
+              endpoint: [
+                type: {:custom, "an http://host[:port] string", &__MODULE__.http?/1},
+                doc: "Default `\"http://169.254.169.254\"`."
+              ],
+              connect_timeout: [
+                type: {:integer, 1..60_000},
+                default: 1_000,
+                doc: "ms per connect."
+              ],
+              timeout: [type: {:integer, 1..60_000}, default: 2_000, doc: "ms per request."],
+              attempts: [type: {:integer, 1..10}, default: 3, doc: "Tries per request."],
+              aws_client: [
+                type: {:custom, "an AWSCluster.AWS client", &__MODULE__.client?/1},
+                doc: "Finds the AutoScaling group when IMDS does not expose instance tags."
+              ]
+            ]
 
   @type key :: :instance_id | :region | :availability_zone | :auto_scaling_group
   @type metadata :: %{
@@ -49,26 +82,17 @@ defmodule AWSCluster.IMDS do
 
   Options:
 
-    * `:keys` - values needed, default all of `#{inspect(@keys)}`.
-    * `:instance_id`, `:region`, `:availability_zone`, `:auto_scaling_group` - known
-      values; IMDS is not asked for them.
-    * `:endpoint` - default `"http://169.254.169.254"`.
-    * `:connect_timeout` - ms per connect, default 1_000.
-    * `:timeout` - ms per request after connecting, default 2_000.
-    * `:attempts` - tries per request, 1..10, default 3.
-    * `:aws_client` - an `AWSCluster.AWS` client used to find the AutoScaling group
-      when IMDS does not expose instance tags.
+  #{AWSCluster.Config.docs(@schema)}
   """
   @spec fetch(keyword()) :: {:ok, metadata()} | {:error, Error.t()}
   def fetch(opts \\ []) do
-    with :ok <- validate(opts),
-         wanted = Keyword.get(opts, :keys, @keys),
-         given = Map.new(@keys, &{&1, Keyword.get(opts, &1)}),
-         ask = ask(wanted, given),
-         {:ok, found} <- read(ask, opts) do
+    with {:ok, o} <- Config.arguments(opts, @schema),
+         wanted = o.keys,
+         given = Map.take(o, @keys),
+         {:ok, found} <- read(ask(wanted, given), o) do
       merged = Map.merge(given, found, fn _k, given, found -> given || found end)
       result = Map.new(@keys, &{&1, if(&1 in wanted, do: merged[&1])})
-      own_group(result, wanted, merged, opts)
+      own_group(result, wanted, merged, o)
     end
   end
 
@@ -89,7 +113,8 @@ defmodule AWSCluster.IMDS do
            }}
           | {:error, Error.t()}
   def probe(opts \\ []) do
-    with :ok <- validate(opts), do: read([:instance_id, :region, :availability_zone], opts)
+    with {:ok, o} <- Config.arguments(opts, @schema),
+         do: read([:instance_id, :region, :availability_zone], o)
   end
 
   # The group needs the instance id when IMDS has no tags, so it is read alongside.
@@ -105,10 +130,10 @@ defmodule AWSCluster.IMDS do
 
   defp read(keys, opts) do
     native = %{
-      endpoint: Keyword.get(opts, :endpoint),
-      connect_timeout_ms: Keyword.get(opts, :connect_timeout, 1_000),
-      timeout_ms: Keyword.get(opts, :timeout, 2_000),
-      attempts: Keyword.get(opts, :attempts, 3),
+      endpoint: opts.endpoint,
+      connect_timeout_ms: opts.connect_timeout,
+      timeout_ms: opts.timeout,
+      attempts: opts.attempts,
       keys: Enum.map(keys, &Atom.to_string/1)
     }
 
@@ -124,7 +149,7 @@ defmodule AWSCluster.IMDS do
 
   defp own_group(%{auto_scaling_group: nil} = result, wanted, merged, opts) do
     if :auto_scaling_group in wanted do
-      case Keyword.get(opts, :aws_client) do
+      case opts.aws_client do
         %AWS{} = client -> group_from_ec2(result, client, merged.instance_id)
         nil -> {:error, no_tags_error(opts)}
       end
@@ -161,7 +186,7 @@ defmodule AWSCluster.IMDS do
   end
 
   defp no_tags_error(opts) do
-    endpoint = Keyword.get(opts, :endpoint) || "http://169.254.169.254"
+    endpoint = opts.endpoint || "http://169.254.169.254"
 
     Error.new(
       :not_found,
@@ -172,55 +197,15 @@ defmodule AWSCluster.IMDS do
     )
   end
 
-  defp validate(opts) do
-    cond do
-      not Keyword.keyword?(opts) ->
-        invalid(:opts, "IMDS options must be a keyword list, got #{inspect(opts)}")
+  @doc false
+  @spec keys?(term()) :: boolean()
+  def keys?(keys), do: is_list(keys) and keys != [] and Enum.all?(keys, &(&1 in @keys))
 
-      key = Enum.find(Keyword.keys(opts), &(&1 not in @options)) ->
-        invalid(key, "unknown option #{inspect(key)}; known: #{inspect(@options)}")
+  @doc false
+  @spec http?(term()) :: boolean()
+  def http?(endpoint), do: is_binary(endpoint) and String.starts_with?(endpoint, "http://")
 
-      true ->
-        Enum.find_value(@options, :ok, &check(&1, Keyword.get(opts, &1)))
-    end
-  end
-
-  defp check(_key, nil), do: nil
-
-  defp check(:keys, keys) do
-    unless is_list(keys) and keys != [] and Enum.all?(keys, &(&1 in @keys)),
-      do:
-        invalid(:keys, "keys must be a non-empty list of #{inspect(@keys)}, got #{inspect(keys)}")
-  end
-
-  defp check(:endpoint, ep) do
-    unless is_binary(ep) and String.starts_with?(ep, "http://"),
-      do: invalid(:endpoint, "endpoint must be an http://host[:port] string, got #{inspect(ep)}")
-  end
-
-  defp check(key, ms) when key in [:connect_timeout, :timeout] do
-    unless is_integer(ms) and ms in 1..60_000,
-      do: invalid(key, "#{key} must be an integer in 1..60000 (ms), got #{inspect(ms)}")
-  end
-
-  defp check(:attempts, n) do
-    unless is_integer(n) and n in 1..10,
-      do: invalid(:attempts, "attempts must be an integer in 1..10, got #{inspect(n)}")
-  end
-
-  defp check(:aws_client, %AWS{}), do: nil
-
-  defp check(:aws_client, other),
-    do: invalid(:aws_client, "aws_client must be an AWSCluster.AWS client, got #{inspect(other)}")
-
-  defp check(key, value) when key in @keys do
-    unless is_binary(value) and value != "",
-      do:
-        invalid(
-          key,
-          "#{key} must be a non-empty string (it is what #{@config_keys[key]} configures), got #{inspect(value)}"
-        )
-  end
-
-  defp invalid(key, message), do: {:error, Error.new(:invalid_argument, message, %{key: key})}
+  @doc false
+  @spec client?(term()) :: boolean()
+  def client?(client), do: match?(%AWS{}, client)
 end

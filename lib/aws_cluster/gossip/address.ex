@@ -6,16 +6,12 @@ defmodule AWSCluster.Gossip.Address do
   @doc false
   # Accepts an IP tuple or string; returns the tuple.
   @spec parse_ip(term()) :: {:ok, :inet.ip_address()} | :error
-  def parse_ip(ip) when is_tuple(ip), do: if(:inet.is_ip_address(ip), do: {:ok, ip}, else: :error)
-
-  def parse_ip(ip) when is_binary(ip) do
-    case :inet.parse_strict_address(String.to_charlist(ip)) do
-      {:ok, parsed} -> {:ok, parsed}
+  def parse_ip(ip) do
+    case AWSCluster.Config.check(ip, :ip_address) do
+      {:ok, ip} -> {:ok, ip}
       {:error, _} -> :error
     end
   end
-
-  def parse_ip(_), do: :error
 
   @doc false
   @spec parse_multicast(term()) :: {:ok, :inet.ip_address()} | :error

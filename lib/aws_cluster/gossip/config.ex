@@ -39,7 +39,7 @@ defmodule AWSCluster.Gossip.Config do
     ],
     port: [type: {:integer, 1..65_535}, default: @default_port, doc: "UDP port."],
     if_addr: [
-      type: {:custom, "an IP address (tuple or string)", &Address.parse_ip/1},
+      type: :ip_address,
       doc:
         "Address the socket binds to. Default: the wildcard of the family in use. Binding " <>
           "a unicast address stops multicast from being received."
@@ -51,7 +51,7 @@ defmodule AWSCluster.Gossip.Config do
           "IPv6 e.g. `\"ff15::4157\"`). Unset means no multicast."
     ],
     multicast_if: [
-      type: {:or, [{:custom, "an IP address", &Address.parse_ip/1}, :non_empty_string]},
+      type: {:or, [:ip_address, :non_empty_string]},
       doc:
         "Interface for multicast: an interface name such as `\"ethwe\"` or one of its " <>
           "addresses. Default: the kernel's choice."
