@@ -1,8 +1,8 @@
 //! The EC2 instance metadata service (IMDS), read once when a topology starts.
 //!
-//! A small HTTP/1.1 client of its own rather than the SDK's: the SDK's IMDS client
-//! insists on behaviour (token TTL header echo, fixed endpoints modes) that fakes and
-//! moto do not offer, and this one needs four GETs.
+//! Not the SDK's IMDS client, which insists on behaviour (token TTL header echo, fixed
+//! endpoint modes) that fakes and moto do not offer; this one needs four GETs, over the
+//! same hyper 1 client stack the AWS calls use (`aws/query.rs`).
 //!
 //! Protocol, as the AWS SDKs do it:
 //! * IMDSv2 first: `PUT /latest/api/token` with `x-aws-ec2-metadata-token-ttl-seconds`,
@@ -20,9 +20,14 @@
 //! Every error names the topology config key that would replace the missing value.
 
 use crate::{Error, Reason, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+type Http = Client<HttpConnector, Empty<Bytes>>;
 
 /// The link-local IMDS address of every EC2 instance.
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -134,6 +139,7 @@ pub async fn fetch(cfg: &ImdsConfig, keys: &[Key]) -> Result<Metadata> {
     let session = Session {
         cfg,
         target: &target,
+        http: http_client(cfg),
     };
     let mut token = session.token(keys).await?;
     out.version = if token.is_some() { 2 } else { 1 };
@@ -228,6 +234,17 @@ fn value(body: &[u8]) -> Option<String> {
 struct Session<'a> {
     cfg: &'a ImdsConfig,
     target: &'a Target,
+    http: Http,
+}
+
+/// A client for one fetch: no pooled connections outlive it.
+fn http_client(cfg: &ImdsConfig) -> Http {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(cfg.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(tcp)
 }
 
 impl Session<'_> {
@@ -278,7 +295,7 @@ impl Session<'_> {
                 let backoff = 100u64.saturating_mul(1 << n.min(4)).min(1_000);
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
-            match request(self.cfg, self.target, method, path, headers).await {
+            match request(&self.http, self.cfg, self.target, method, path, headers).await {
                 Ok(r) if r.status >= 500 && n + 1 < attempts => last = Transport::Status(r.status),
                 Ok(r) => return Ok(r),
                 Err(e) => last = e,
@@ -288,7 +305,7 @@ impl Session<'_> {
         let reason = match last {
             Transport::Timeout => Reason::Timeout,
             Transport::Malformed(_) | Transport::Status(_) => Reason::BadResponse,
-            Transport::Io(_) => Reason::Unreachable,
+            Transport::Unreachable(_) => Reason::Unreachable,
         };
         let cause = format!("{method} {path}: {} after {attempts} attempts", last.text());
         let err = missing(reason, self.cfg, keys, cause);
@@ -307,8 +324,8 @@ enum Attempt {
 
 enum Transport {
     Timeout,
-    Io(std::io::Error),
-    Malformed(&'static str),
+    Unreachable(String),
+    Malformed(String),
     Status(u16),
 }
 
@@ -316,13 +333,28 @@ impl Transport {
     fn text(&self) -> String {
         match self {
             Transport::Timeout => "no answer in time".into(),
-            Transport::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                "connection refused".into()
-            }
-            Transport::Io(e) => e.to_string(),
+            Transport::Unreachable(cause) => cause.clone(),
             Transport::Malformed(what) => format!("malformed HTTP response ({what})"),
             Transport::Status(s) => format!("HTTP {s}"),
         }
+    }
+
+    /// A dispatch failure: a timeout, or why the endpoint could not be reached.
+    fn dispatch(e: &(dyn std::error::Error + 'static)) -> Transport {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::TimedOut => Transport::Timeout,
+                    std::io::ErrorKind::ConnectionRefused => {
+                        Transport::Unreachable("connection refused".into())
+                    }
+                    _ => Transport::Unreachable(io.to_string()),
+                };
+            }
+            next = err.source();
+        }
+        Transport::Malformed(e.to_string())
     }
 }
 
@@ -332,9 +364,7 @@ struct Response {
 }
 
 struct Target {
-    host: String,
-    port: u16,
-    /// As sent in the `Host` header.
+    /// `host[:port]`, checked; the request URI is `http://{authority}{path}`.
     authority: String,
 }
 
@@ -351,142 +381,67 @@ impl Target {
         if authority.is_empty() || authority.contains('/') {
             return Err(bad());
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let host = if let Some(v6) = authority.strip_prefix('[') {
             let (host, tail) = v6.split_once(']').ok_or_else(bad)?;
-            let port = match tail.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if tail.is_empty() => 80,
+            match tail.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().map(|_| host).map_err(|_| bad())?,
+                None if tail.is_empty() => host,
                 None => return Err(bad()),
-            };
-            (host.to_owned(), port)
+            }
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-                None => (authority.to_owned(), 80),
+                Some((h, p)) => p.parse::<u16>().map(|_| h).map_err(|_| bad())?,
+                None => authority,
             }
         };
         if host.is_empty() {
             return Err(bad());
         }
         Ok(Target {
-            host,
-            port,
             authority: authority.to_owned(),
         })
     }
 }
 
 async fn request(
+    http: &Http,
     cfg: &ImdsConfig,
     target: &Target,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::result::Result<Response, Transport> {
-    let connect = TcpStream::connect((target.host.as_str(), target.port));
-    let mut stream = match tokio::time::timeout(cfg.connect_timeout, connect).await {
-        Err(_) => return Err(Transport::Timeout),
-        Ok(Err(e)) => return Err(Transport::Io(e)),
-        Ok(Ok(s)) => s,
-    };
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: aws_cluster\r\nAccept: */*\r\nConnection: close\r\n",
-        target.authority
-    );
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", target.authority))
+        .header("user-agent", "aws_cluster")
+        .header("content-length", "0");
     for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        builder = builder.header(*k, *v);
     }
-    head.push_str("Content-Length: 0\r\n\r\n");
+    let request = builder
+        .body(Empty::new())
+        .map_err(|e| Transport::Malformed(format!("request: {e}")))?;
     let exchange = async {
-        stream.write_all(head.as_bytes()).await?;
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 || raw.len() + n > MAX_RESPONSE {
-                raw.extend_from_slice(&chunk[..n.min(MAX_RESPONSE - raw.len())]);
-                break;
-            }
-            raw.extend_from_slice(&chunk[..n]);
-            // Stop as soon as a Content-Length body is complete: some servers keep the
-            // connection open despite `Connection: close`.
-            if complete(&raw) {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(raw)
+        let response = http
+            .request(request)
+            .await
+            .map_err(|e| Transport::dispatch(&e))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| Transport::Malformed(format!("body: {e}")))?
+            .to_bytes();
+        Ok(Response {
+            status,
+            body: body.to_vec(),
+        })
     };
-    let raw = match tokio::time::timeout(cfg.timeout, exchange).await {
-        Err(_) => return Err(Transport::Timeout),
-        Ok(Err(e)) => return Err(Transport::Io(e)),
-        Ok(Ok(raw)) => raw,
-    };
-    parse(&raw).map_err(Transport::Malformed)
-}
-
-fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
-    let pos = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    Some((&raw[..pos], &raw[pos + 4..]))
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn complete(raw: &[u8]) -> bool {
-    let Some((head, body)) = split_head(raw) else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(head);
-    match header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
-        Some(n) => body.len() >= n,
-        None => false,
-    }
-}
-
-fn parse(raw: &[u8]) -> std::result::Result<Response, &'static str> {
-    let (head, body) = split_head(raw).ok_or("no end of headers")?;
-    let head = std::str::from_utf8(head).map_err(|_| "headers are not UTF-8")?;
-    let status_line = head.lines().next().ok_or("empty response")?;
-    let mut parts = status_line.split_whitespace();
-    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err("not HTTP/1.x");
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or("bad status line")?;
-    let body = if header(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        dechunk(body).ok_or("bad chunked body")?
-    } else if let Some(len) = header(head, "content-length") {
-        let len: usize = len.parse().map_err(|_| "bad content-length")?;
-        if body.len() < len {
-            return Err("body shorter than content-length");
-        }
-        body[..len].to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        // A hostile size (e.g. ffffffffffffffff) must fail the parse, not overflow.
-        let chunk = data.get(..size)?;
-        out.extend_from_slice(chunk);
-        data = data.get(size.checked_add(2)?..)?;
+    // The connect has its own bound (the connector's); this one covers the exchange.
+    match tokio::time::timeout(cfg.connect_timeout + cfg.timeout, exchange).await {
+        Err(_) => Err(Transport::Timeout),
+        Ok(result) => result,
     }
 }
 
@@ -494,14 +449,42 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    #[test]
-    fn dechunk_rejects_hostile_sizes_without_panicking() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n0\r\n\r\n"), Some(b"abc".to_vec()));
-        assert_eq!(dechunk(b"ffffffffffffffff\r\nabc\r\n"), None);
-        assert_eq!(dechunk(b"5\r\nabc\r\n"), None);
-        assert_eq!(dechunk(b"zz\r\n"), None);
+    fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+        let pos = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        Some((&raw[..pos], &raw[pos + 4..]))
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// A script body starting with `RAW:` is written as the whole response, verbatim.
+    const RAW: &str = "RAW:";
+
+    #[tokio::test]
+    async fn chunked_bodies_are_read_and_hostile_chunk_sizes_are_errors() {
+        let good = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ni-1\r\n0\r\n\r\n";
+        let hostile =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc\r\n";
+        for (reply, ok) in [(good, true), (hostile, false)] {
+            let body = format!("{RAW}{reply}");
+            let (ep, _) = fake(Arc::new(move |m, p, _| match (m, p) {
+                ("PUT", _) => Some((404, String::new())),
+                _ => Some((200, body.clone())),
+            }))
+            .await;
+            let result = fetch(&cfg(&ep), &[Key::InstanceId]).await;
+            match result {
+                Ok(m) => assert!(ok && m.instance_id.as_deref() == Some("i-1"), "{m:?}"),
+                Err(e) => assert!(!ok && e.reason == Reason::BadResponse, "{e:?}"),
+            }
+        }
     }
 
     /// What the fake does: answers by (method, path, token header) -> (status, body).
@@ -533,6 +516,9 @@ mod tests {
                     let token = header(&text, "x-aws-ec2-metadata-token").map(str::to_owned);
                     seen.lock().unwrap().push(format!("{method} {path}"));
                     match script(&method, &path, token.as_deref()) {
+                        Some((_, body)) if body.starts_with(RAW) => {
+                            let _ = s.write_all(&body.as_bytes()[RAW.len()..]).await;
+                        }
                         Some((status, body)) => {
                             let reply = format!(
                                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
@@ -674,12 +660,9 @@ mod tests {
     #[test]
     fn endpoints_and_responses_parse() {
         let t = Target::parse("http://[fd00:ec2::254]").expect("v6");
-        assert_eq!((t.host.as_str(), t.port), ("fd00:ec2::254", 80));
+        assert_eq!(t.authority, "[fd00:ec2::254]");
         let t = Target::parse("http://127.0.0.1:8080/").expect("v4");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.authority.as_str()),
-            ("127.0.0.1", 8080, "127.0.0.1:8080")
-        );
+        assert_eq!(t.authority, "127.0.0.1:8080");
         for bad in [
             "https://x",
             "127.0.0.1",
@@ -689,11 +672,6 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
-        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-            .expect("chunked");
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"abcde"[..]));
-        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").is_err());
-        assert!(parse(b"garbage").is_err());
         assert_eq!(value(b" i-1\n").as_deref(), Some("i-1"));
         assert_eq!(value(b"a b"), None);
         assert_eq!(value(b""), None);
