@@ -767,6 +767,14 @@ defmodule AWSCluster.Strategy.GossipTest do
     end
 
     @tag :netns
+    test "a node whose ethwe appears after the app started: it boots, then gossips once ethwe is up" do
+      case Netns.available() do
+        {:skip, reason} -> IO.puts("skipping the late-ethwe gossip test: #{reason}")
+        :ok -> run_late_interface()
+      end
+    end
+
+    @tag :netns
     test "4 nodes in network namespaces reach a full mesh over IPv4 multicast" do
       netns_mesh(:inet)
     end
@@ -866,6 +874,72 @@ defmodule AWSCluster.Strategy.GossipTest do
       assert stats(m).own > 0, "multicast_loop should bring our own packets back"
       assert stats(m).rejected_total == 0
     end
+  end
+
+  # One namespace without ethwe; the node names itself on the namespace's own loopback,
+  # starts a gossip topology over ethwe multicast (failing: no ethwe), then ethwe comes.
+  defp run_late_interface do
+    hub = Netns.create!("lh")
+    ns = Netns.create!("l1")
+    on_exit(fn -> cleanup_namespaces([hub, ns]) end)
+    run = uniq()
+    erl = System.find_executable("erl")
+
+    {:ok, pid, _} =
+      :peer.start_link(%{
+        connection: :standard_io,
+        exec:
+          {String.to_charlist(System.find_executable("ip")),
+           [~c"netns", ~c"exec", String.to_charlist(ns), String.to_charlist(erl)]},
+        args: Cluster.code_path_args(),
+        wait_boot: 60_000
+      })
+
+    {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:aws_cluster], 30_000)
+    opts = [basename: "late#{run}", ip: "127.0.0.1", cookie: :"late#{run}"]
+    {:ok, _node} = :peer.call(pid, AWSCluster.Distribution, :start, [opts], 30_000)
+
+    config = [
+      secret: secret(),
+      multicast_addr: "239.255.78.#{rem(run, 250) + 1}",
+      multicast_if: "ethwe",
+      port: 45_991,
+      announce_interval: 300
+    ]
+
+    m = start_topology(%{pid: pid, ns: ns}, gossip: [strategy: Gossip, config: config])
+    assert %{health: :failing, last_error: e} = stats(m)
+    assert e.reason == :unavailable and e.message =~ "ethwe"
+
+    Netns.ip!([
+      "-n",
+      hub,
+      "link",
+      "add",
+      "p1",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "ethwe",
+      "netns",
+      ns
+    ])
+
+    Netns.ip!(["-n", hub, "link", "set", "p1", "up"])
+    Netns.ip!(["-n", ns, "addr", "add", "10.252.#{rem(run, 200) + 20}.11/24", "dev", "ethwe"])
+    Netns.ip!(["-n", ns, "link", "set", "ethwe", "up"])
+    up = System.monotonic_time(:millisecond)
+
+    # Retries back off to at most one announce interval: it listens, and its own
+    # multicast announces loop back to it.
+    assert wait_for(fn -> stats(m).health == :healthy and stats(m).own > 0 end, 10_000, 20)
+
+    IO.puts(
+      "late ethwe: gossiping #{System.monotonic_time(:millisecond) - up} ms after ethwe came up"
+    )
+
+    Cluster.stop(pid)
   end
 
   # A node inside `ns`, without distribution at first: it is started over stdio through
