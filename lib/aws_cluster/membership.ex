@@ -50,10 +50,7 @@ defmodule AWSCluster.Membership do
   """
   @spec new(map(), integer()) :: t()
   def new(config, now) do
-    budget =
-      NameBudget.new(config[:name_budget], config[:name_budget_per_day], config.max_peers, now)
-
-    %__MODULE__{config: config, budget: budget}
+    %__MODULE__{config: config, budget: NameBudget.from_config(config, now)}
   end
 
   @doc """

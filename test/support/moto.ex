@@ -75,6 +75,26 @@ defmodule AWSCluster.Test.Moto do
     )
   end
 
+  @doc """
+  An EC2 strategy config against moto: instances tagged `"cluster" => cluster`, named
+  by their `"node_basename"` tag, dummy keys, one attempt; `extra` merged over it.
+  """
+  @spec ec2_config(String.t(), keyword()) :: keyword()
+  def ec2_config(cluster, extra) do
+    Keyword.merge(
+      [
+        tags: %{"cluster" => cluster},
+        node_basename: {:tag, "node_basename"},
+        region: @region,
+        endpoint: endpoint(),
+        access_key_id: "testing",
+        secret_access_key: "testing",
+        max_attempts: 1
+      ],
+      extra
+    )
+  end
+
   @doc "Wipes all moto state (POST /moto-api/reset)."
   @spec reset!() :: :ok
   def reset! do

@@ -12,138 +12,127 @@ defmodule AWSCluster.Gossip.Config do
   @default_port 45_910
 
   @schema [
-    secret: [
-      type: :non_empty_string,
-      doc:
-        "The shared secret, at least 32 bytes (e.g. `:crypto.strong_rand_bytes(32) |> " <>
-          "Base.encode64()`). Shorthand for `secrets: [secret]`."
-    ],
-    secrets: [
-      type: {:list, :non_empty_string},
-      doc:
-        "Secrets for key rotation: the first seals, all open (see the rotation runbook). " <>
-          "At most 8."
-    ],
-    insecure: [
-      type: :boolean,
-      default: false,
-      doc:
-        "Allow a missing or short secret (then a fixed, public key is used when none is " <>
-          "given). Logs a warning at start. Never in production."
-    ],
-    label: [
-      type: :non_empty_string,
-      doc:
-        "Cluster label bound into every packet; clusters sharing a network and a secret " <>
-          "still ignore each other. Printable ASCII, at most 128 bytes. Default: the topology name."
-    ],
-    port: [type: {:integer, 1..65_535}, default: @default_port, doc: "UDP port."],
-    if_addr: [
-      type: :ip_address,
-      doc:
-        "Address the socket binds to. Default: the wildcard of the family in use. Binding " <>
-          "a unicast address stops multicast from being received."
-    ],
-    multicast_addr: [
-      type: {:custom, "a multicast IP address (tuple or string)", &Address.parse_multicast/1},
-      doc:
-        "Multicast group to announce to and listen on (IPv4 e.g. `\"239.255.77.1\"` or " <>
-          "IPv6 e.g. `\"ff15::4157\"`). Unset means no multicast."
-    ],
-    multicast_if: [
-      type: {:or, [:ip_address, :non_empty_string]},
-      doc:
-        "Interface for multicast: an interface name such as `\"ethwe\"` or one of its " <>
-          "addresses. Default: the kernel's choice."
-    ],
-    multicast_ttl: [
-      type: {:integer, 0..255},
-      default: 1,
-      doc: "Multicast TTL / hop limit; 1 stays on the local link."
-    ],
-    multicast_loop: [
-      type: :boolean,
-      default: true,
-      doc: "Deliver multicast to this host too (several nodes per host)."
-    ],
-    seeds: [
-      type: {:list, {:custom, "an address", &Address.parse_seed/1}},
-      default: [],
-      doc:
-        "Unicast targets: `\"10.0.1.5\"`, `\"10.0.1.5:45910\"`, `\"[fd00::5]:45910\"`, " <>
-          "`\"host:port\"` (resolved at start) or `{ip_tuple, port}`. Peers heard from are " <>
-          "added while they keep announcing."
-    ],
-    seed_topologies: [
-      type: {:list, :atom},
-      default: [],
-      doc:
-        "Also announce to the addresses that these other topologies (for example an EC2 " <>
-          "one) discovered, on `:port`."
-    ],
-    announce_interval: [
-      type: :pos_integer,
-      default: 5_000,
-      doc: "Milliseconds between announces (±10% jitter)."
-    ],
-    timestamp_window: [
-      type: :pos_integer,
-      default: 30_000,
-      doc:
-        "Packets whose timestamp is further than this many ms from the local clock are " <>
-          "dropped; keep clocks in sync (NTP / Amazon Time Sync)."
-    ],
-    allow_nat: [
-      type: :boolean,
-      default: false,
-      doc:
-        "Accept packets whose node name's host is not the packet's source address (peers " <>
-          "behind NAT, or named by DNS names). Off, a packet captured and replayed from " <>
-          "another host is dropped (`:source_mismatch`)."
-    ],
-    max_peers: [
-      type: :pos_integer,
-      default: 1_024,
-      doc: "Most distinct peers tracked; node names become atoms, so this bounds them."
-    ],
-    name_budget: [
-      type: {:or, [:pos_integer, {:literal, nil}]},
-      default: nil,
-      doc:
-        "New node names (atoms) this topology may mint over its life before refill; " <>
-          "`nil` is twice `:max_peers` (`AWSCluster.Membership.NameBudget`)."
-    ],
-    name_budget_per_day: [
-      type: {:or, [:non_neg_integer, {:literal, nil}]},
-      default: nil,
-      doc: "Names the budget regains a day, continuously; `nil` is `:max_peers`."
-    ],
-    peer_timeout: [
-      type: :pos_integer,
-      doc:
-        "A peer not heard from for this many ms is forgotten (not disconnected). " <>
-          "Default: 6 announce intervals."
-    ],
-    connect_timeout: [
-      type: :pos_integer,
-      default: 5_000,
-      doc: "Milliseconds one connect attempt may take."
-    ],
-    max_concurrency: [type: :pos_integer, default: 16, doc: "Connect attempts running at once."],
-    metadata: [
-      type: {:map, :string, :string},
-      default: %{},
-      doc:
-        "Up to 4 entries sent with each announce, keys of `a-z 0-9 _`, values of at most " <>
-          "64 printable ASCII bytes. `\"az\"` and `\"instance_id\"` show up in " <>
-          "`AWSCluster.node_info/1`."
-    ],
-    stats_log_interval: [
-      type: :pos_integer,
-      default: 60_000,
-      doc: "Rejected packets are summarized in the log at most once per this many ms."
-    ]
-  ]
+            secret: [
+              type: :non_empty_string,
+              doc:
+                "The shared secret, at least 32 bytes (e.g. `:crypto.strong_rand_bytes(32) |> " <>
+                  "Base.encode64()`). Shorthand for `secrets: [secret]`."
+            ],
+            secrets: [
+              type: {:list, :non_empty_string},
+              doc:
+                "Secrets for key rotation: the first seals, all open (see the rotation runbook). " <>
+                  "At most 8."
+            ],
+            insecure: [
+              type: :boolean,
+              default: false,
+              doc:
+                "Allow a missing or short secret (then a fixed, public key is used when none is " <>
+                  "given). Logs a warning at start. Never in production."
+            ],
+            label: [
+              type: :non_empty_string,
+              doc:
+                "Cluster label bound into every packet; clusters sharing a network and a secret " <>
+                  "still ignore each other. Printable ASCII, at most 128 bytes. Default: the topology name."
+            ],
+            port: [type: {:integer, 1..65_535}, default: @default_port, doc: "UDP port."],
+            if_addr: [
+              type: :ip_address,
+              doc:
+                "Address the socket binds to. Default: the wildcard of the family in use. Binding " <>
+                  "a unicast address stops multicast from being received."
+            ],
+            multicast_addr: [
+              type:
+                {:custom, "a multicast IP address (tuple or string)", &Address.parse_multicast/1},
+              doc:
+                "Multicast group to announce to and listen on (IPv4 e.g. `\"239.255.77.1\"` or " <>
+                  "IPv6 e.g. `\"ff15::4157\"`). Unset means no multicast."
+            ],
+            multicast_if: [
+              type: {:or, [:ip_address, :non_empty_string]},
+              doc:
+                "Interface for multicast: an interface name such as `\"ethwe\"` or one of its " <>
+                  "addresses. Default: the kernel's choice."
+            ],
+            multicast_ttl: [
+              type: {:integer, 0..255},
+              default: 1,
+              doc: "Multicast TTL / hop limit; 1 stays on the local link."
+            ],
+            multicast_loop: [
+              type: :boolean,
+              default: true,
+              doc: "Deliver multicast to this host too (several nodes per host)."
+            ],
+            seeds: [
+              type: {:list, {:custom, "an address", &Address.parse_seed/1}},
+              default: [],
+              doc:
+                "Unicast targets: `\"10.0.1.5\"`, `\"10.0.1.5:45910\"`, `\"[fd00::5]:45910\"`, " <>
+                  "`\"host:port\"` (resolved at start) or `{ip_tuple, port}`. Peers heard from are " <>
+                  "added while they keep announcing."
+            ],
+            seed_topologies: [
+              type: {:list, :atom},
+              default: [],
+              doc:
+                "Also announce to the addresses that these other topologies (for example an EC2 " <>
+                  "one) discovered, on `:port`."
+            ],
+            announce_interval: [
+              type: :pos_integer,
+              default: 5_000,
+              doc: "Milliseconds between announces (±10% jitter)."
+            ],
+            timestamp_window: [
+              type: :pos_integer,
+              default: 30_000,
+              doc:
+                "Packets whose timestamp is further than this many ms from the local clock are " <>
+                  "dropped; keep clocks in sync (NTP / Amazon Time Sync)."
+            ],
+            allow_nat: [
+              type: :boolean,
+              default: false,
+              doc:
+                "Accept packets whose node name's host is not the packet's source address (peers " <>
+                  "behind NAT, or named by DNS names). Off, a packet captured and replayed from " <>
+                  "another host is dropped (`:source_mismatch`)."
+            ],
+            max_peers: [
+              type: :pos_integer,
+              default: 1_024,
+              doc: "Most distinct peers tracked; node names become atoms, so this bounds them."
+            ]
+          ] ++
+            AWSCluster.Membership.NameBudget.schema() ++
+            [
+              peer_timeout: [
+                type: :pos_integer,
+                doc:
+                  "A peer not heard from for this many ms is forgotten (not disconnected). " <>
+                    "Default: 6 announce intervals."
+              ]
+            ] ++
+            AWSCluster.Loop.Round.schema() ++
+            [
+              metadata: [
+                type: {:map, :string, :string},
+                default: %{},
+                doc:
+                  "Up to 4 entries sent with each announce, keys of `a-z 0-9 _`, values of at most " <>
+                    "64 printable ASCII bytes. `\"az\"` and `\"instance_id\"` show up in " <>
+                    "`AWSCluster.node_info/1`."
+              ],
+              stats_log_interval: [
+                type: :pos_integer,
+                default: 60_000,
+                doc: "Rejected packets are summarized in the log at most once per this many ms."
+              ]
+            ]
 
   # Anyone can read this; it only exists so `insecure: true` works without a secret.
   @insecure_secret "aws_cluster insecure gossip key - anyone can forge packets"

@@ -15,6 +15,19 @@ defmodule AWSCluster.Loop.Round do
   alias AWSCluster.{Connector, Loop}
   alias AWSCluster.Strategy.State
 
+  @schema [
+    connect_timeout: [
+      type: :pos_integer,
+      default: 5_000,
+      doc: "Milliseconds one connect attempt may take."
+    ],
+    max_concurrency: [type: :pos_integer, default: 16, doc: "Connect attempts running at once."]
+  ]
+
+  @doc "The connect round's options, common to every strategy, as an `AWSCluster.Config` schema."
+  @spec schema() :: AWSCluster.Config.schema()
+  def schema, do: @schema
+
   @typedoc "A running round."
   @type t :: %{ref: reference(), pid: pid()}
 

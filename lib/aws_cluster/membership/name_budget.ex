@@ -27,6 +27,30 @@ defmodule AWSCluster.Membership.NameBudget do
 
   @day_ms 86_400_000
 
+  @schema [
+    name_budget: [
+      type: {:or, [:pos_integer, {:literal, nil}]},
+      default: nil,
+      doc:
+        "New node names (atoms) this topology may mint over its life before refill; " <>
+          "`nil` is twice `:max_peers` (`AWSCluster.Membership.NameBudget`)."
+    ],
+    name_budget_per_day: [
+      type: {:or, [:non_neg_integer, {:literal, nil}]},
+      default: nil,
+      doc: "Names the budget regains a day, continuously; `nil` is `:max_peers`."
+    ]
+  ]
+
+  @doc "The budget's options, common to every strategy, as an `AWSCluster.Config` schema."
+  @spec schema() :: AWSCluster.Config.schema()
+  def schema, do: @schema
+
+  @doc "A full bucket for a validated config (`:name_budget`, `:name_budget_per_day`, `:max_peers`)."
+  @spec from_config(map(), integer()) :: t()
+  def from_config(config, now),
+    do: new(config[:name_budget], config[:name_budget_per_day], config.max_peers, now)
+
   @doc """
   A full bucket. `capacity` defaults to twice `max_peers` and `per_day` to `max_peers`,
   so a fleet can replace itself twice at once and once a day after that.

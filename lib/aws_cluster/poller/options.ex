@@ -8,84 +8,72 @@ defmodule AWSCluster.Poller.Options do
   alias AWSCluster.Strategy.State
 
   @schema [
-    polling_interval: [
-      type: :pos_integer,
-      default: 10_000,
-      doc: "Milliseconds between polls (±10% jitter)."
-    ],
-    prune_after: [
-      type: {:or, [:pos_integer, {:literal, false}]},
-      default: 3,
-      doc:
-        "Complete answers a peer must be missing from before it is pruned; " <>
-          "`false` never prunes."
-    ],
-    prune_disconnect: [
-      type: {:in, [:when_safe, :always, :never]},
-      default: :when_safe,
-      doc:
-        "Whether a prune also cuts the peer's link. `:when_safe` only cuts hidden links, " <>
-          "or all of them when this VM runs with `connect_all false` or " <>
-          "`prevent_overlapping_partitions false`; otherwise the peer is only forgotten and " <>
-          "its link ends when the node does (see \"Pruning\" above). `:always` cuts every " <>
-          "pruned link: on OTP 25+ with default kernel settings that makes `global` expel " <>
-          "this node from the mesh. `:never` only forgets."
-    ],
-    prune_guard: [
-      type: {:or, [{:integer, 1..100}, {:literal, false}]},
-      default: 30,
-      doc:
-        "A complete answer that would prune more than this percent of the known peers at " <>
-          "once is held until the next complete answer confirms it " <>
-          "(`AWSCluster.Membership.PruneGuard`); `false` turns the guard off."
-    ],
-    prune_guard_min: [
-      type: :pos_integer,
-      default: 2,
-      doc: "The guard never holds fewer prunes than this in one answer."
-    ],
-    connect_timeout: [
-      type: :pos_integer,
-      default: 5_000,
-      doc: "Milliseconds one connect attempt may take."
-    ],
-    max_concurrency: [type: :pos_integer, default: 16, doc: "Connect attempts running at once."],
-    discovery_timeout: [
-      type: :pos_integer,
-      default: 60_000,
-      doc: "Milliseconds one discovery round may take before it is killed."
-    ],
-    max_backoff: [
-      type: :pos_integer,
-      default: 300_000,
-      doc: "Upper bound in ms for the delay after repeated throttling."
-    ],
-    max_peers: [
-      type: :pos_integer,
-      default: 5_000,
-      doc: "Answers with more peers are rejected (node names are atoms)."
-    ],
-    name_budget: [
-      type: {:or, [:pos_integer, {:literal, nil}]},
-      default: nil,
-      doc:
-        "New node names (atoms) this topology may mint over its life before refill; " <>
-          "`nil` is twice `:max_peers` (`AWSCluster.Membership.NameBudget`)."
-    ],
-    name_budget_per_day: [
-      type: {:or, [:non_neg_integer, {:literal, nil}]},
-      default: nil,
-      doc: "Names the budget regains a day, continuously; `nil` is `:max_peers`."
-    ],
-    block_startup: [
-      type: {:or, [{:integer, 1..600_000}, {:literal, false}]},
-      default: false,
-      doc:
-        "Milliseconds `start_link` may wait for the first discovery round and its " <>
-          "connects, so what starts next (Mnesia, Horde) sees a formed cluster; " <>
-          "`false` returns at once."
-    ]
-  ]
+            polling_interval: [
+              type: :pos_integer,
+              default: 10_000,
+              doc: "Milliseconds between polls (±10% jitter)."
+            ],
+            prune_after: [
+              type: {:or, [:pos_integer, {:literal, false}]},
+              default: 3,
+              doc:
+                "Complete answers a peer must be missing from before it is pruned; " <>
+                  "`false` never prunes."
+            ],
+            prune_disconnect: [
+              type: {:in, [:when_safe, :always, :never]},
+              default: :when_safe,
+              doc:
+                "Whether a prune also cuts the peer's link. `:when_safe` only cuts hidden links, " <>
+                  "or all of them when this VM runs with `connect_all false` or " <>
+                  "`prevent_overlapping_partitions false`; otherwise the peer is only forgotten and " <>
+                  "its link ends when the node does (see \"Pruning\" above). `:always` cuts every " <>
+                  "pruned link: on OTP 25+ with default kernel settings that makes `global` expel " <>
+                  "this node from the mesh. `:never` only forgets."
+            ],
+            prune_guard: [
+              type: {:or, [{:integer, 1..100}, {:literal, false}]},
+              default: 30,
+              doc:
+                "A complete answer that would prune more than this percent of the known peers at " <>
+                  "once is held until the next complete answer confirms it " <>
+                  "(`AWSCluster.Membership.PruneGuard`); `false` turns the guard off."
+            ],
+            prune_guard_min: [
+              type: :pos_integer,
+              default: 2,
+              doc: "The guard never holds fewer prunes than this in one answer."
+            ]
+          ] ++
+            AWSCluster.Loop.Round.schema() ++
+            [
+              discovery_timeout: [
+                type: :pos_integer,
+                default: 60_000,
+                doc: "Milliseconds one discovery round may take before it is killed."
+              ],
+              max_backoff: [
+                type: :pos_integer,
+                default: 300_000,
+                doc: "Upper bound in ms for the delay after repeated throttling."
+              ],
+              max_peers: [
+                type: :pos_integer,
+                default: 5_000,
+                doc: "Answers with more peers are rejected (node names are atoms)."
+              ]
+            ] ++
+            AWSCluster.Membership.NameBudget.schema() ++
+            [
+              block_startup: [
+                type: {:or, [{:integer, 1..600_000}, {:literal, false}]},
+                default: false,
+                doc:
+                  "Milliseconds `start_link` may wait for the first discovery round and its " <>
+                    "connects, so what starts next (Mnesia, Horde) sees a formed cluster; " <>
+                    "`false` returns at once."
+              ]
+            ]
 
   @doc "The common options as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()

@@ -3,7 +3,7 @@ defmodule AWSCluster.Strategy.AutoScalingTest do
   # connect MFAs (the node set is what is asserted; the EC2 test covers real peers).
   use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.{Error, Poller}
+  alias AWSCluster.Poller
   alias AWSCluster.Strategy.AutoScaling
   alias AWSCluster.Test.{FakeIMDS, Moto, Nodes, Wait}
 

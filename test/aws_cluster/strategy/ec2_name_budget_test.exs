@@ -23,20 +23,14 @@ defmodule AWSCluster.Strategy.EC2NameBudgetTest do
         spec.("#{run}c0", "127.0.3.51")
       ])
 
-    config = [
-      tags: %{"cluster" => tag},
-      node_basename: {:tag, "node_basename"},
-      region: Moto.region(),
-      endpoint: Moto.endpoint(),
-      access_key_id: "testing",
-      secret_access_key: "testing",
-      max_attempts: 1,
-      polling_interval: 100,
-      prune_after: 1,
-      max_peers: 3,
-      name_budget: 4,
-      name_budget_per_day: 0
-    ]
+    config =
+      Moto.ec2_config(tag,
+        polling_interval: 100,
+        prune_after: 1,
+        max_peers: 3,
+        name_budget: 4,
+        name_budget_per_day: 0
+      )
 
     table = Nodes.table()
 

@@ -117,7 +117,9 @@ defmodule AWSCluster.Strategy.EC2PagesTest do
       secret_access_key: "testing",
       max_attempts: 1,
       polling_interval: 500,
-      prune_after: 1
+      prune_after: 1,
+      # The injected disconnect MFA is how this test sees a prune happen.
+      prune_disconnect: :always
     ]
 
     topology = :"pages_#{System.unique_integer([:positive])}"

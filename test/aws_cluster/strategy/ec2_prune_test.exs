@@ -12,18 +12,7 @@ defmodule AWSCluster.Strategy.EC2PruneTest do
   @ips ["127.0.1.41", "127.0.2.41", "127.0.3.41", "127.0.1.42"]
 
   defp topology(tag) do
-    config = [
-      tags: %{"cluster" => tag},
-      node_basename: {:tag, "node_basename"},
-      region: Moto.region(),
-      endpoint: Moto.endpoint(),
-      access_key_id: "testing",
-      secret_access_key: "testing",
-      max_attempts: 1,
-      polling_interval: 500,
-      prune_after: 2,
-      connect_timeout: 1_000
-    ]
+    config = Moto.ec2_config(tag, polling_interval: 500, prune_after: 2, connect_timeout: 1_000)
 
     [ec2: [strategy: EC2, config: config]]
   end

@@ -883,19 +883,7 @@ defmodule AWSCluster.Strategy.GossipTest do
     ns = Netns.create!("l1")
     on_exit(fn -> cleanup_namespaces([hub, ns]) end)
     run = uniq()
-    erl = System.find_executable("erl")
-
-    {:ok, pid, _} =
-      :peer.start_link(%{
-        connection: :standard_io,
-        exec:
-          {String.to_charlist(System.find_executable("ip")),
-           [~c"netns", ~c"exec", String.to_charlist(ns), String.to_charlist(erl)]},
-        args: Cluster.code_path_args(),
-        wait_boot: 60_000
-      })
-
-    {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:aws_cluster], 30_000)
+    pid = start_ns_peer(ns, [])
     opts = [basename: "late#{run}", ip: "127.0.0.1", cookie: :"late#{run}"]
     {:ok, _node} = :peer.call(pid, AWSCluster.Distribution, :start, [opts], 30_000)
 
@@ -945,19 +933,7 @@ defmodule AWSCluster.Strategy.GossipTest do
   # A node inside `ns`, without distribution at first: it is started over stdio through
   # `ip netns exec`, then names itself after its ethwe address from the inside.
   defp start_in_namespace(ns, basename, cookie) do
-    erl = System.find_executable("erl")
-
-    {:ok, pid, _nonode} =
-      :peer.start_link(%{
-        connection: :standard_io,
-        exec:
-          {String.to_charlist(System.find_executable("ip")),
-           [~c"netns", ~c"exec", String.to_charlist(ns), String.to_charlist(erl)]},
-        args: Cluster.code_path_args() ++ [~c"-connect_all", ~c"false"],
-        wait_boot: 60_000
-      })
-
-    {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:aws_cluster], 30_000)
+    pid = start_ns_peer(ns, [~c"-connect_all", ~c"false"])
 
     {:ok, node} =
       :peer.call(
@@ -969,6 +945,24 @@ defmodule AWSCluster.Strategy.GossipTest do
       )
 
     %{pid: pid, node: node, ns: ns}
+  end
+
+  # A peer VM inside `ns` (through `ip netns exec`), without distribution, aws_cluster up.
+  defp start_ns_peer(ns, args) do
+    erl = System.find_executable("erl")
+
+    {:ok, pid, _nonode} =
+      :peer.start_link(%{
+        connection: :standard_io,
+        exec:
+          {String.to_charlist(System.find_executable("ip")),
+           [~c"netns", ~c"exec", String.to_charlist(ns), String.to_charlist(erl)]},
+        args: Cluster.code_path_args() ++ args,
+        wait_boot: 60_000
+      })
+
+    {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:aws_cluster], 30_000)
+    pid
   end
 
   # Processes left in a namespace are ones this test started (its nodes and their epmd).
