@@ -12,7 +12,9 @@ defmodule AWSCluster.Connector do
   `list_nodes` MFA already reports; `disconnect/3` only touches reported nodes.
 
   Each success emits `[:aws_cluster, :node, :connect]` or `[:aws_cluster, :node, :disconnect]`
-  with measurements `%{count: 1}` and metadata `%{topology: atom, node: node}`. When the
+  with measurements `%{count: 1}` and metadata `%{topology: atom, node: node}`; each
+  failure `[:aws_cluster, :node, :connect_error]` or `:disconnect_error`, with the
+  failure as `reason` (libcluster's `:connect_node, :error` events, for every topology). When the
   state came from libcluster, each attempt goes through `Cluster.Strategy.connect_nodes/4`
   or `disconnect_nodes/4`, so libcluster's own telemetry and log lines appear as well.
 
@@ -136,13 +138,13 @@ defmodule AWSCluster.Connector do
         %{acc | ok: [node | acc.ok]}
 
       {:ok, {node, failure}}, acc ->
-        %{acc | failed: [{node, failure} | acc.failed]}
+        failed(state, action, node, failure, acc)
 
       {:exit, {node, :timeout}}, acc ->
-        %{acc | failed: [{node, :timeout} | acc.failed]}
+        failed(state, action, node, :timeout, acc)
 
       {:exit, {node, reason}}, acc ->
-        %{acc | failed: [{node, {:exit, reason}} | acc.failed]}
+        failed(state, action, node, {:exit, reason}, acc)
     end)
   end
 
@@ -174,6 +176,16 @@ defmodule AWSCluster.Connector do
       true -> :ok
       other -> other
     end
+  end
+
+  defp failed(state, action, node, failure, acc) do
+    AWSCluster.Telemetry.execute([:aws_cluster, :node, :"#{action}_error"], %{count: 1}, %{
+      topology: state.topology,
+      node: node,
+      reason: failure
+    })
+
+    %{acc | failed: [{node, failure} | acc.failed]}
   end
 
   defp emit(state, action, node) do

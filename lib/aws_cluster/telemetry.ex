@@ -21,6 +21,10 @@ defmodule AWSCluster.Telemetry do
       `AWSCluster.Error` reason (`:throttled`, `:unauthorized`, `:unreachable`,
       `:timeout`, `:bad_response`, ...).
 
+    * `[:aws_cluster, :discovery, :names_refused]` - the name budget refused new node
+      names (`AWSCluster.Membership.NameBudget`); the known peers are kept.
+      Measurements: `%{count: pos_integer}`. Metadata: `%{topology: atom, strategy: module}`.
+
     * `[:aws_cluster, :discovery, :prune_held]` - a complete answer would have pruned
       over `:prune_guard` percent of the known peers at once; those prunes wait for the
       next complete answer (`AWSCluster.Membership.PruneGuard`).
@@ -32,10 +36,16 @@ defmodule AWSCluster.Telemetry do
     * `[:aws_cluster, :node, :connect]` - the topology's connect MFA succeeded for a
       node not connected before (a poller round, or a gossip announce).
     * `[:aws_cluster, :node, :disconnect]` - the disconnect MFA succeeded for a pruned
-      peer (polling strategies only; gossip never disconnects).
+      peer (polling strategies only, and only where safe or opted in: see
+      `AWSCluster.Connector`; gossip never disconnects).
 
-    Both: measurements `%{count: 1}`, metadata `%{topology: atom, node: node}`.
-    Failed attempts emit nothing (they are logged at debug level).
+    * `[:aws_cluster, :node, :connect_error]`, `[:aws_cluster, :node, :disconnect_error]` -
+      an attempt failed; metadata also has `reason` (`false`, `:ignored`, `:timeout`,
+      `{:exit, term}`). The log says so at warning once per node and state change.
+
+    All: measurements `%{count: 1}`, metadata `%{topology: atom, node: node}`. Under
+    libcluster, its own `[:libcluster, :connect_node | :disconnect_node, :ok | :error]`
+    events fire too (connects go through `Cluster.Strategy.connect_nodes/4`).
 
   ## Gossip (from `AWSCluster.Strategy.Gossip`)
 
@@ -43,7 +53,8 @@ defmodule AWSCluster.Telemetry do
       Measurements: `%{count: 1}`.
       Metadata: `%{topology: atom, reason: atom}` - a `t:AWSCluster.Gossip.Codec.reason/0`
       (`:too_short`, `:bad_version`, `:unknown_key`, `:auth_failed`, `:stale`,
-      `:replayed` ...) or `:too_many_peers`.
+      `:replayed` ...), or one of `AWSCluster.Gossip.Membership`'s (`:source_mismatch`,
+      `:after_leave`, `:too_many_peers`, `:name_budget`).
 
   Example handler:
 

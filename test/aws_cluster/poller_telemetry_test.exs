@@ -17,7 +17,15 @@ defmodule AWSCluster.PollerTelemetryTest do
 
   test "discovery start/stop/exception and node connect/disconnect events" do
     table = Nodes.table()
-    config = [test_pid: self(), polling_interval: 10, prune_after: 1, prune_disconnect: :always]
+
+    config = [
+      test_pid: self(),
+      polling_interval: 10,
+      prune_after: 1,
+      prune_disconnect: :always,
+      prune_guard: false
+    ]
+
     start_supervised!({Discovery, [topology: :tele, config: config] ++ Nodes.mfas(self(), table)})
 
     meta = %{topology: :tele, strategy: Discovery}
@@ -39,6 +47,14 @@ defmodule AWSCluster.PollerTelemetryTest do
                       %{topology: :tele, node: ^n}},
                      5_000
     end
+
+    # A refused connect is an event too.
+    AWSCluster.Test.Nodes.fail(table, :"c@127.0.0.1")
+    reply(await_request(), {:ok, [peer(:a), peer(:b), peer(:c)]})
+
+    assert_receive {:telemetry, [:aws_cluster, :node, :connect_error], %{count: 1},
+                    %{topology: :tele, node: :"c@127.0.0.1", reason: false}},
+                   5_000
 
     reply(await_request(), {:error, Error.new(:throttled, "slow down")})
 
