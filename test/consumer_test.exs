@@ -193,6 +193,11 @@ defmodule AWSCluster.ConsumerTest do
 
     nodes = for s <- specs, do: start_node(ctx.app, s, gossip.(s))
     assert_libcluster_mesh(nodes, AWSCluster.Strategy.Gossip)
+
+    # block_startup under gossip: the last node's next child saw the other two.
+    [g1, g2, g3] = nodes
+    seen = :erpc.call(g3.node, :persistent_term, :get, [Consumer.FirstSight])
+    assert g1.node in seen and g2.node in seen, "the next child saw #{inspect(seen)}"
   end
 
   test "prebuilt NIF: installed without cargo from a verified artifact; a tampered one fails",

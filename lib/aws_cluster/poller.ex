@@ -86,15 +86,9 @@ defmodule AWSCluster.Poller do
     with {:ok, state} <- State.new(arg),
          {:ok, config} <- validate(strategy, state),
          {:ok, pid} <- GenServer.start_link(__MODULE__, {strategy, state, config}) do
-      if config.block_startup, do: await_first_round(pid, config.block_startup)
+      if config.block_startup, do: Round.await_first(pid, config.block_startup)
       {:ok, pid}
     end
-  end
-
-  defp await_first_round(pid, ms) do
-    GenServer.call(pid, {:await_first_round, ms}, ms + 5_000)
-  catch
-    :exit, _ -> :ok
   end
 
   @doc "A child spec for `strategy`; the id holds the topology so topologies can share a module."
@@ -293,12 +287,7 @@ defmodule AWSCluster.Poller do
   # replies land here.
   def handle_info(_other, s), do: {:noreply, s}
 
-  defp release_waiters(%{waiters: []} = s), do: s
-
-  defp release_waiters(s) do
-    for from <- s.waiters, do: GenServer.reply(from, :ok)
-    %{s | waiters: []}
-  end
+  defp release_waiters(s), do: %{s | waiters: Round.release(s.waiters)}
 
   defp start_discovery(%{discovery: nil, strategy_state: strategy_state} = s)
        when strategy_state != nil do

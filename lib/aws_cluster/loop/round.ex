@@ -21,12 +21,38 @@ defmodule AWSCluster.Loop.Round do
       default: 5_000,
       doc: "Milliseconds one connect attempt may take."
     ],
-    max_concurrency: [type: :pos_integer, default: 16, doc: "Connect attempts running at once."]
+    max_concurrency: [type: :pos_integer, default: 16, doc: "Connect attempts running at once."],
+    block_startup: [
+      type: {:or, [{:integer, 1..600_000}, {:literal, false}]},
+      default: false,
+      doc:
+        "Milliseconds `start_link` may wait for the first round (a discovery and its " <>
+          "connects; for gossip, an announce interval and its connects), so what starts " <>
+          "next (Mnesia, Horde) sees a formed cluster; `false` returns at once."
+    ]
   ]
 
   @doc "The connect round's options, common to every strategy, as an `AWSCluster.Config` schema."
   @spec schema() :: AWSCluster.Config.schema()
   def schema, do: @schema
+
+  @doc """
+  Waits (at most `ms`) until the loop `pid` answers `{:await_first_round, ms}`, which it
+  does once its first round is done: `block_startup`. Always returns `:ok`.
+  """
+  @spec await_first(pid(), pos_integer()) :: :ok
+  def await_first(pid, ms) do
+    GenServer.call(pid, {:await_first_round, ms}, ms + 5_000)
+  catch
+    :exit, _ -> :ok
+  end
+
+  @doc "Answers the callers waiting in `await_first/2`; returns the empty list."
+  @spec release([GenServer.from()]) :: []
+  def release(waiters) do
+    for from <- waiters, do: GenServer.reply(from, :ok)
+    []
+  end
 
   @typedoc "A running round."
   @type t :: %{ref: reference(), pid: pid()}

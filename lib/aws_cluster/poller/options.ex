@@ -64,16 +64,7 @@ defmodule AWSCluster.Poller.Options do
               ]
             ] ++
             AWSCluster.Membership.NameBudget.schema() ++
-            [
-              block_startup: [
-                type: {:or, [{:integer, 1..600_000}, {:literal, false}]},
-                default: false,
-                doc:
-                  "Milliseconds `start_link` may wait for the first discovery round and its " <>
-                    "connects, so what starts next (Mnesia, Horde) sees a formed cluster; " <>
-                    "`false` returns at once."
-              ]
-            ]
+            []
 
   @doc "The common options as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()

@@ -75,8 +75,11 @@ defmodule AWSCluster.Strategy.Gossip do
   @spec start_link(term()) :: GenServer.on_start()
   def start_link(arg) do
     with {:ok, state} <- State.new(arg),
-         {:ok, config} <- validate(state) do
-      GenServer.start_link(__MODULE__, {state, config}, name: name(state.topology))
+         {:ok, config} <- validate(state),
+         {:ok, pid} <-
+           GenServer.start_link(__MODULE__, {state, config}, name: name(state.topology)) do
+      if config.block_startup, do: Round.await_first(pid, config.block_startup)
+      {:ok, pid}
     end
   end
 
@@ -172,8 +175,13 @@ defmodule AWSCluster.Strategy.Gossip do
         round: nil,
         failures: %{},
         log_timer: nil,
-        last_log: nil
+        last_log: nil,
+        # block_startup: the first round is an announce interval and its connects.
+        waiters: [],
+        first_due: false
       }
+
+      Process.send_after(self(), :first_round_due, c.announce_interval)
 
       case open_socket(s) do
         {:ok, s} -> {:ok, s, {:continue, :tick}}
@@ -245,6 +253,11 @@ defmodule AWSCluster.Strategy.Gossip do
     {:reply, Announce.peers(s.members, mono(), System.os_time(:millisecond)), s}
   end
 
+  def handle_call({:await_first_round, ms}, from, s) do
+    Process.send_after(self(), :release_waiters, ms)
+    {:noreply, release_when_done(%{s | waiters: [from | s.waiters]})}
+  end
+
   def handle_call({:rotate, sealed}, _from, s) when is_function(sealed, 0) do
     with {:ok, secrets} <- Config.check_secrets(sealed.(), s.config.insecure),
          {:ok, ring} <- Config.keyring(secrets, s.config) do
@@ -274,12 +287,17 @@ defmodule AWSCluster.Strategy.Gossip do
 
   def handle_info(:tick, s), do: {:noreply, tick(s)}
 
+  def handle_info(:first_round_due, s), do: {:noreply, release_when_done(%{s | first_due: true})}
+
+  def handle_info(:release_waiters, s), do: {:noreply, %{s | waiters: Round.release(s.waiters)}}
+
   def handle_info(:log_stats, s), do: {:noreply, log_stats(%{s | log_timer: nil})}
 
   def handle_info({Round, ref, result}, %{round: %{ref: ref}} = s) do
     failures = Round.report(s.state.topology, s.failures, result)
     s = %{s | round: nil, failures: failures}
-    {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
+    s = if MapSet.size(s.pending) > 0, do: start_round(s), else: s
+    {:noreply, release_when_done(s)}
   end
 
   def handle_info({:EXIT, pid, reason}, %{round: %{pid: pid}} = s) when reason != :normal do
@@ -431,6 +449,11 @@ defmodule AWSCluster.Strategy.Gossip do
   end
 
   ## Helpers
+
+  defp release_when_done(%{first_due: true, round: nil} = s),
+    do: %{s | waiters: Round.release(s.waiters)}
+
+  defp release_when_done(s), do: s
 
   defp publish(s) do
     Peers.replace(s.state.topology, Announce.rows(s.state.topology, s.members))
