@@ -173,7 +173,7 @@ defmodule AWSCluster.Poller do
   defp start_strategy(s) do
     case s.strategy.init(s.sealed_config.(), s.state) do
       {:ok, strategy_state} ->
-        {:ok, %{s | strategy_state: Config.redact(strategy_state), sealed_config: nil}}
+        {:ok, %{s | strategy_state: strategy_state, sealed_config: nil}}
 
       {:error, %Error{reason: :invalid_config} = error} ->
         Loop.log(:error, s.state.topology, "could not start: #{error.message}")

@@ -12,8 +12,10 @@ defmodule AWSCluster.Strategy do
       anything starts; return `{:error, AWSCluster.Config.error(key, text)}`.
     * `init/2` - turns the validated options (a map) into the strategy state, once, inside
       the poller process: build the AWS client, read IMDS... An error stops the start.
-      The poller then keeps that state with every secret-bearing value redacted
-      (`AWSCluster.Config.redact/1`), so anything needing a secret is built here.
+      The poller keeps that state as returned and runs `discover/1` with it; only what
+      is printed of it (crash reports, `:sys.get_status/1`) is redacted. So build
+      anything needing a secret here, and keep no secret the rounds do not need. Only
+      invalid options (`:invalid_config`) fail the start; any other error is retried.
     * `discover/1` - one round. It runs in its own process, so it may block; the poller
       kills it after `:discovery_timeout`. `{:ok, peers}` must be a complete answer (every
       page read): peers missing from it count towards pruning. `{:ok, peers, gone}`

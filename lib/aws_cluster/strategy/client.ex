@@ -51,7 +51,8 @@ defmodule AWSCluster.Strategy.Client do
 
   @doc """
   Builds the client from a validated config, reading the region from IMDS when absent.
-  Returns the client and the config with `:region` filled in.
+  Returns the client and the config with `:region` filled in and the static
+  credentials left out: the client holds them, and the strategy state keeps none.
   """
   @spec build(map()) :: {:ok, AWS.t(), map()} | {:error, Error.t()}
   def build(config) do
@@ -59,7 +60,7 @@ defmodule AWSCluster.Strategy.Client do
          config = %{config | region: region},
          opts = for(key <- @client_keys, config[key] != nil, do: {key, config[key]}),
          {:ok, client} <- AWS.client(opts) do
-      {:ok, client, config}
+      {:ok, client, Map.drop(config, [:access_key_id, :secret_access_key, :session_token])}
     end
   end
 
