@@ -175,9 +175,10 @@ defmodule AWSCluster.Poller do
       {:ok, strategy_state} ->
         {:ok, %{s | strategy_state: strategy_state, sealed_config: nil}}
 
-      {:error, %Error{reason: :invalid_config} = error} ->
+      # An option the AWS client or the NIF refused is as invalid as one the schema did.
+      {:error, %Error{reason: reason} = error} when reason in [:invalid_config, :invalid_argument] ->
         Loop.log(:error, s.state.topology, "could not start: #{error.message}")
-        {:stop, error}
+        {:stop, %{error | reason: :invalid_config}}
 
       {:error, %Error{} = error} ->
         if s.health != :failing do
@@ -271,7 +272,11 @@ defmodule AWSCluster.Poller do
   end
 
   def handle_info({Round, ref, result}, %{round: %{ref: ref}} = s) do
-    failures = Round.report(s.state.topology, s.connect_failures, result)
+    failures =
+      s.state.topology
+      |> Round.report(s.connect_failures, result)
+      |> Map.take(Membership.nodes(s.membership))
+
     s = %{s | round: nil, connect_failures: failures, rounds_done: s.rounds_done + 1}
     s = release_waiters(s)
     {:noreply, if(s.round_pending, do: start_round(s), else: s)}
@@ -279,13 +284,22 @@ defmodule AWSCluster.Poller do
 
   def handle_info({:EXIT, pid, reason}, %{round: %{pid: pid}} = s) when reason != :normal do
     Loop.log(:error, s.state.topology, "connect round crashed: #{inspect(reason)}")
-    s = %{s | round: nil}
+    s = release_waiters(%{s | round: nil, rounds_done: s.rounds_done + 1})
     {:noreply, if(s.round_pending, do: start_round(s), else: s)}
   end
 
   # Normal exits of linked helpers, replies of rounds we gave up on, and stray async-NIF
   # replies land here.
   def handle_info(_other, s), do: {:noreply, s}
+
+  # Links end the helpers when the loop exits with any reason but :normal; a
+  # GenServer.stop/1 is :normal, so they are ended here too.
+  @impl true
+  def terminate(_reason, s) do
+    if s.round, do: Process.exit(s.round.pid, :kill)
+    if s.discovery, do: Process.exit(s.discovery.pid, :kill)
+    :ok
+  end
 
   defp release_waiters(s), do: %{s | waiters: Round.release(s.waiters)}
 

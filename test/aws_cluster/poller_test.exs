@@ -401,6 +401,28 @@ defmodule AWSCluster.PollerTest do
     stop_supervised!({Discovery, topology})
     refute Process.alive?(pid)
     assert_receive {:DOWN, ^ref, :process, ^attempt, _}, 5_000
+
+    # A plain GenServer.stop/1 exits :normal, which links alone would not pass on.
+    table = Nodes.table()
+    Nodes.hang(table, @b)
+    arg = [topology: :stop_normal, config: [test_pid: self(), polling_interval: 10]]
+    {:ok, pid} = Discovery.start_link(arg ++ Nodes.mfas(self(), table))
+    answer({:ok, [peer(:b)]})
+    assert_receive {:connect_hang, @b, attempt}, 5_000
+    ref = Process.monitor(attempt)
+    GenServer.stop(pid)
+    assert_receive {:DOWN, ^ref, :process, ^attempt, _}, 5_000
+  end
+
+  test "an option the AWS client refuses (invalid_argument) fails the start like a bad option" do
+    Process.flag(:trap_exit, true)
+    error = Error.new(:invalid_argument, "region must look like us-east-1", %{key: :region})
+
+    assert {:error, %Error{reason: :invalid_config, details: %{key: :region}}} =
+             Discovery.start_link(
+               topology: :bad_arg,
+               config: [test_pid: self(), init_error: error]
+             )
   end
 
   test "the connect MFA runs with its arguments as given, secrets included" do

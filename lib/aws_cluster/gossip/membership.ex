@@ -115,21 +115,28 @@ defmodule AWSCluster.Gossip.Membership do
 
   @doc """
   A leave `m` from `from`: `{:left, node, t}` when a known peer left (it is forgotten and
-  tombstoned), `{:ignored, t}` for an unknown one, or `{:rejected, reason, t}`.
+  tombstoned), `{:ignored, t}` for an unknown one (tombstoned) or a leave of another boot
+  than the one heard, or `{:rejected, reason, t}`.
   """
   @spec left(t(), map(), {:inet.ip_address(), :inet.port_number()}, integer()) ::
           {:left, node(), t()} | {:ignored, t()} | {:rejected, reason(), t()}
   def left(%__MODULE__{} = s, m, from, now) do
     s = expire(s, now)
 
-    case check_source(s, m.name, from) do
-      :ok ->
-        {p, peers} = Map.pop(s.peers, m.name)
-        s = tombstone(%{s | peers: peers}, m, now)
-        if p, do: {:left, p.node, s}, else: {:ignored, s}
+    with :ok <- check_source(s, m.name, from) do
+      case Map.fetch(s.peers, m.name) do
+        # A late leave of an earlier boot says nothing about the boot we hear now.
+        {:ok, %{boot_id: boot}} when boot != m.boot_id ->
+          {:ignored, s}
 
-      {:rejected, reason} ->
-        {:rejected, reason, s}
+        {:ok, p} ->
+          {:left, p.node, tombstone(%{s | peers: Map.delete(s.peers, m.name)}, m, now)}
+
+        :error ->
+          {:ignored, tombstone(s, m, now)}
+      end
+    else
+      {:rejected, reason} -> {:rejected, reason, s}
     end
   end
 

@@ -172,14 +172,13 @@ defmodule AWSCluster.Gossip.Server do
 
   def handle_info({Round, ref, result}, %{round: %{ref: ref}} = s) do
     failures = Round.report(s.state.topology, s.failures, result)
-    s = %{s | round: nil, failures: failures}
-    s = if MapSet.size(s.pending) > 0, do: start_round(s), else: s
-    {:noreply, release_when_done(s)}
+    s = round_done(%{s | round: nil, failures: Map.take(failures, Membership.nodes(s.members))})
+    {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
   end
 
   def handle_info({:EXIT, pid, reason}, %{round: %{pid: pid}} = s) when reason != :normal do
     Loop.log(:error, s.state.topology, "connect round crashed: #{inspect(reason)}")
-    s = %{s | round: nil}
+    s = round_done(%{s | round: nil})
     {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
   end
 
@@ -190,9 +189,11 @@ defmodule AWSCluster.Gossip.Server do
   def handle_info(_other, s), do: {:noreply, s}
 
   @impl true
-  def terminate(_reason, %{socket: nil}), do: :ok
+  def terminate(_reason, %{socket: nil} = s), do: end_round(s)
 
   def terminate(_reason, s) do
+    end_round(s)
+
     if s.own do
       {_s, sent} = broadcast(s, :leave)
       Loop.log(:info, s.state.topology, "gossip stopping; sent leave to #{sent} targets")
@@ -201,6 +202,10 @@ defmodule AWSCluster.Gossip.Server do
     :gen_udp.close(s.socket)
     :ok
   end
+
+  # A GenServer.stop/1 (:normal) does not end linked helpers; the round is ended here.
+  defp end_round(%{round: %{pid: pid}}), do: Process.exit(pid, :kill) && :ok
+  defp end_round(_s), do: :ok
 
   ## Receiving
 
@@ -327,10 +332,15 @@ defmodule AWSCluster.Gossip.Server do
 
   ## Helpers
 
+  # block_startup: the first round is done once an announce interval has passed and a
+  # connect round has ended since (or none was needed).
   defp release_when_done(%{first_due: true, round: nil} = s),
     do: %{s | waiters: Round.release(s.waiters)}
 
   defp release_when_done(s), do: s
+
+  defp round_done(%{first_due: true} = s), do: %{s | waiters: Round.release(s.waiters)}
+  defp round_done(s), do: s
 
   defp publish(s) do
     Peers.replace(s.state.topology, Announce.rows(s.state.topology, s.members))

@@ -57,8 +57,8 @@ defmodule AWSCluster.Loop.Round do
   @typedoc "A running round."
   @type t :: %{ref: reference(), pid: pid()}
 
-  @typedoc "What a round did: connects, and prunes that cut a link."
-  @type result :: %{connect: Connector.result(), prune: Connector.result()}
+  @typedoc "What a round did: connects, prunes that cut a link, and the nodes linked after."
+  @type result :: %{connect: Connector.result(), prune: Connector.result(), linked: [node()]}
 
   @typedoc "The nodes whose last connect failed, and why."
   @type failures :: %{node() => Connector.failure()}
@@ -66,31 +66,34 @@ defmodule AWSCluster.Loop.Round do
   @doc """
   Starts a round that first handles `prune` (under `prune_mode`, see
   `AWSCluster.Connector.prune/4`) then connects `connect`. Options: `:timeout`,
-  `:max_concurrency`, `:prune_mode` (default `:never`).
+  `:max_concurrency`, `:prune_mode` (default `:when_safe`).
   """
   @spec start(State.t(), [node()], [node()], keyword()) :: t()
   def start(%State{} = state, connect, prune, opts) do
     parent = self()
     ref = make_ref()
-    {mode, opts} = Keyword.pop(opts, :prune_mode, :never)
+    {mode, opts} = Keyword.pop(opts, :prune_mode, :when_safe)
 
     pid =
       spawn_link(fn ->
         Logger.metadata(aws_cluster_topology: state.topology)
         pruned = Connector.prune(state, prune, mode, opts)
-        connected = Connector.connect(state, connect, opts)
-        send(parent, {__MODULE__, ref, %{connect: connected, prune: pruned}})
+        result = Connector.connect(state, connect, opts)
+        linked = Connector.list_nodes(state)
+        send(parent, {__MODULE__, ref, %{connect: result, prune: pruned, linked: linked}})
       end)
 
     %{ref: ref, pid: pid}
   end
 
   @doc """
-  Logs what `result` changed against `failures` (the last round's), and returns the
-  failures to compare the next round with.
+  Logs what `result` changed against `failures` (the nodes whose last attempt failed),
+  and returns the failures to compare the next round with: this round's, plus earlier
+  ones of nodes it did not try that are still not linked. A round may try only some
+  nodes (gossip dials a newcomer on its own), so one round does not forget the rest.
   """
   @spec report(atom(), failures(), result()) :: failures()
-  def report(topology, failures, %{connect: connect, prune: prune}) do
+  def report(topology, failures, %{connect: connect, prune: prune, linked: linked}) do
     for node <- prune.ok, do: Loop.log(:info, topology, "disconnected pruned #{node}")
 
     for {node, why} <- prune.failed,
@@ -108,8 +111,7 @@ defmodule AWSCluster.Loop.Round do
       Loop.log(:warning, topology, "cannot connect to #{node}: #{describe(why)}")
     end
 
-    # Nodes not attempted this round are connected (or no longer wanted).
-    now
+    failures |> Map.drop(connect.ok ++ linked) |> Map.merge(now)
   end
 
   defp describe(false), do: "refused or unreachable (cookie, port, firewall, or down)"

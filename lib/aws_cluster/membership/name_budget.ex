@@ -63,9 +63,13 @@ defmodule AWSCluster.Membership.NameBudget do
 
   @doc """
   The atom for `name`: `{:ok, atom, budget}` when it already exists or a token pays for
-  it, `{:refused, budget}` when the budget is spent. Nothing else may make the atom.
+  it, `{:refused, budget}` when the budget is spent or the name is longer than an atom
+  can be (255 bytes). Nothing else may make the atom.
   """
   @spec to_atom(t(), String.t(), integer()) :: {:ok, atom(), t()} | {:refused, t()}
+  def to_atom(%__MODULE__{} = b, name, _now) when byte_size(name) > 255,
+    do: {:refused, %{b | refused: b.refused + 1}}
+
   def to_atom(%__MODULE__{} = b, name, now) when is_binary(name) do
     {:ok, String.to_existing_atom(name), b}
   rescue

@@ -98,11 +98,16 @@ defmodule AWSCluster.Strategy.Naming do
     end
   end
 
-  # The node name as a string: nothing here may create an atom.
+  # The node name as a string: nothing here may create an atom. An atom holds at most
+  # 255 characters, and a 64-byte basename with a 253-byte host name is longer.
   defp name(instance, config) do
     with {:ok, address} <- address(instance, config.address),
          {:ok, basename} <- basename(instance, config.node_basename) do
-      {:ok, basename <> "@" <> address, address}
+      name = basename <> "@" <> address
+
+      if byte_size(name) <= 255,
+        do: {:ok, name, address},
+        else: {:skip, "the node name would be over 255 bytes"}
     end
   end
 

@@ -63,6 +63,13 @@ defmodule AWSCluster.Gossip.MembershipTest do
     assert {:new, ^node, _} = Membership.heard(m, msg(n, 1, 3), @v4, 30_002)
   end
 
+  test "a late leave of an earlier boot does not forget the boot heard now" do
+    n = name("127.0.0.7")
+    {:new, node, m} = Membership.heard(new(), msg(n, 2, 1), @v4, 0)
+    assert {:ignored, m} = Membership.left(m, msg(n, 1, 99), @v4, 1)
+    assert Membership.nodes(m) == [node]
+  end
+
   test "a leave from elsewhere is refused; an unknown leaver is ignored" do
     n = name("127.0.0.7")
     {:new, _, m} = Membership.heard(new(), msg(n, 1, 1), @v4, 0)

@@ -67,6 +67,15 @@ defmodule AWSCluster.Strategy.NamingTest do
              Naming.peers([@instance, other, nameless], config)
   end
 
+  test "a name longer than an atom can be (255 bytes) is skipped, not crashed on" do
+    label = String.duplicate("a", 63)
+    host = Enum.join([label, label, label, String.duplicate("b", 61)], ".")
+    instance = Map.put(@instance, :tags, %{"addr" => host, "name" => String.duplicate("n", 64)})
+
+    assert {:skip, "the node name would be over 255 bytes"} =
+             Naming.peer(instance, %{address: {:tag, "addr"}, node_basename: {:tag, "name"}})
+  end
+
   test "peers/2 refuses more distinct names than max_peers before making any atom" do
     # Names nobody else makes: any of them existing as an atom afterwards is a leak.
     prefix = "refused#{System.unique_integer([:positive])}x"
