@@ -339,7 +339,7 @@ impl Transport {
         }
     }
 
-    /// A dispatch failure: a timeout, or why the endpoint could not be reached.
+    /// A failure after connecting: a timeout, or what went wrong.
     fn dispatch(e: &(dyn std::error::Error + 'static)) -> Transport {
         let mut next = Some(e);
         while let Some(err) = next {
@@ -403,6 +403,22 @@ impl Target {
     }
 }
 
+/// Why a connect failed, in words: refused, timed out, or the OS's text.
+fn connect_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "connect timed out".into(),
+                _ => io.to_string(),
+            };
+        }
+        next = err.source();
+    }
+    e.to_string()
+}
+
 async fn request(
     http: &Http,
     cfg: &ImdsConfig,
@@ -423,10 +439,16 @@ async fn request(
         .body(Empty::new())
         .map_err(|e| Transport::Malformed(format!("request: {e}")))?;
     let exchange = async {
-        let response = http
-            .request(request)
-            .await
-            .map_err(|e| Transport::dispatch(&e))?;
+        let response = http.request(request).await.map_err(|e| {
+            // Nothing connected (refused, or no answer to the SYN): the endpoint is not
+            // there. Only a timeout after connecting means "IMDS did not answer", the case
+            // where the v2 token call falls back to v1 (a hop limit of 1 drops replies).
+            if e.is_connect() {
+                Transport::Unreachable(connect_cause(&e))
+            } else {
+                Transport::dispatch(&e)
+            }
+        })?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -615,6 +637,29 @@ mod tests {
             e.message
         );
         assert_eq!(e.detail("config_keys"), Some("region"));
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_times_out_is_unreachable_not_a_v1_fallback() {
+        // A listener that never accepts, its backlog full: further SYNs go unanswered.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        let _listener = socket.listen(0).expect("listen");
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                held.push(s);
+            }
+        }
+        let e = fetch(&cfg(&format!("http://127.0.0.1:{port}")), &[Key::Region])
+            .await
+            .expect_err("no connect");
+        assert_eq!(e.reason, Reason::Unreachable, "{}", e.message);
+        assert!(e.message.contains("connect timed out"), "{}", e.message);
     }
 
     #[tokio::test]
