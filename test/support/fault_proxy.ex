@@ -29,6 +29,9 @@ defmodule AWSCluster.Test.FaultProxy do
       the body, delimited by the close, no Content-Length), `:drop_next_token` (whole,
       well-formed XML that ends the listing early) or `:wrong_root` (well-formed XML
       answering another action). Other pages pass.
+    * `:unknown_instance_id` - answer every DescribeInstances that names instances
+      (`InstanceId.N`) with EC2's 400 `InvalidInstanceID.NotFound`, as AWS does when one
+      named id no longer exists; other requests pass.
     * `{:once, mode}` - `mode` for the first request it damages (for `{:page, ...}`, the
       first matching page), then `:pass`.
 
@@ -210,6 +213,21 @@ defmodule AWSCluster.Test.FaultProxy do
     end
 
     :close
+  end
+
+  defp respond(:unknown_instance_id, socket, request, upstream) do
+    if action(request) == "DescribeInstances" and request =~ "InstanceId.1=" do
+      send_response(socket, 400, "text/xml", """
+      <?xml version="1.0" encoding="UTF-8"?>
+      <Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code>\
+      <Message>The instance ID 'i-0gone' does not exist</Message></Error></Errors>\
+      <RequestID>fault-proxy</RequestID></Response>\
+      """)
+
+      :close
+    else
+      respond(:pass, socket, request, upstream)
+    end
   end
 
   defp respond(:truncate, socket, request, upstream) do

@@ -15,10 +15,11 @@ defmodule AWSCluster.Strategy.AutoScaling do
   @moduledoc """
   Finds peers among the instances of AutoScaling groups: only `InService` and `Healthy`
   instances are peers; their addresses come from one DescribeInstances by instance id.
-  Instances the group reports as `Terminating` (or `Terminated`), and `InService` ids
-  that EC2 no longer shows running (terminated, or gone altogether), are pruned at
-  once; instances that are merely absent (Standby, Pending, unhealthy) are pruned after
-  `:prune_after` polls.
+  Instances the group reports as `Terminating` (or `Terminated`) are pruned at once;
+  instances that are merely absent (Standby, Pending, unhealthy, or `InService` but not
+  running in EC2's answer) are pruned after `:prune_after` polls. An id that no longer
+  exists at all does not fail the round: instances are asked for by an `instance-id`
+  filter, which leaves it out, not by `InstanceIds`, which fails the whole call.
 
       config :libcluster,
         topologies: [
@@ -73,10 +74,9 @@ defmodule AWSCluster.Strategy.AutoScaling do
          ids = for(i <- members, in_service?(i), do: i.id) |> Enum.uniq(),
          {:ok, instances} <- describe(client, ids),
          {:ok, peers} <- Naming.peers(instances, config) do
-      running = MapSet.new(instances, & &1.id)
-      vanished = Enum.reject(ids, &MapSet.member?(running, &1))
-      gone = for(i <- members, terminating?(i), do: i.id) ++ vanished
-      {:ok, peers, gone}
+      # An InService id EC2 does not show running is only absent from the answer: a
+      # miss, under prune_after and the prune guard, since a short answer looks the same.
+      {:ok, peers, for(i <- members, terminating?(i), do: i.id)}
     end
   end
 
@@ -89,9 +89,7 @@ defmodule AWSCluster.Strategy.AutoScaling do
 
   defp describe(_client, []), do: {:ok, []}
 
-  # By an instance-id *filter*, not InstanceIds: one id that no longer exists makes
-  # InstanceIds fail the whole call (InvalidInstanceID.NotFound), while a filter just
-  # leaves it out. The chunks run side by side, each bounded by operation_timeout, so the
+  # By an instance-id filter (see the moduledoc). The chunks run side by side, each bounded by operation_timeout, so the
   # round takes about one call however large the groups are.
   defp describe(client, ids) do
     ids
