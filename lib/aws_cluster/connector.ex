@@ -16,7 +16,9 @@ defmodule AWSCluster.Connector do
   failure `[:aws_cluster, :node, :connect_error]` or `:disconnect_error`, with the
   failure as `reason` (libcluster's `:connect_node, :error` events, for every topology). When the
   state came from libcluster, each attempt goes through `Cluster.Strategy.connect_nodes/4`
-  or `disconnect_nodes/4`, so libcluster's own telemetry and log lines appear as well.
+  or `disconnect_nodes/4`, so libcluster's own telemetry and log lines appear as well
+  (libcluster logs a failed connect at warning every time; aws_cluster's own line comes
+  once per node and change, see `AWSCluster.Loop.Round`).
 
   ## Why a prune does not disconnect by default
 
@@ -149,8 +151,7 @@ defmodule AWSCluster.Connector do
   end
 
   # The MFA runs inside a task linked to the caller, so anything it raises is turned into
-  # a failure here instead of taking the poller down with it. libcluster's helpers take
-  # one node at a time here, so attempts still run side by side and bounded.
+  # a failure here instead of taking the poller down with it.
   defp attempt(state, action, mfa, node) do
     {node, call(state, action, mfa, node)}
   rescue
@@ -161,6 +162,7 @@ defmodule AWSCluster.Connector do
 
   # libcluster's helpers get one node at a time, so attempts still run side by side and
   # bounded; the module is named at run time because aws_cluster does not depend on it.
+  # They also log each failure themselves, at warning, every round: libcluster's way.
   defp call(%State{libcluster: true} = state, action, mfa, node) do
     args = [state.topology, mfa, state.list_nodes, [node]]
 

@@ -110,6 +110,15 @@ defmodule AWSCluster.Membership do
      }}
   end
 
+  @doc "Keeps the name budget for `topology` past this process (`NameBudget.save/2`)."
+  @spec save(t(), atom()) :: :ok
+  def save(%__MODULE__{budget: budget}, topology), do: NameBudget.save(topology, budget)
+
+  @doc "`t` with the name budget `topology` had left when it last stopped."
+  @spec restore(t(), atom()) :: t()
+  def restore(%__MODULE__{} = m, topology),
+    do: %{m | budget: NameBudget.restore(topology, m.budget)}
+
   @doc "The member nodes."
   @spec nodes(t()) :: [node()]
   def nodes(%__MODULE__{members: members}), do: Map.keys(members)

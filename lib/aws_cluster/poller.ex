@@ -144,7 +144,7 @@ defmodule AWSCluster.Poller do
       state: %{state | config: Config.redact(state.config)},
       config: Config.redact(config),
       sealed_config: fn -> config end,
-      membership: Membership.new(config, now()),
+      membership: Membership.restore(Membership.new(config, now()), state.topology),
       health: :starting,
       last_error: nil,
       failures: 0,
@@ -296,6 +296,7 @@ defmodule AWSCluster.Poller do
   # GenServer.stop/1 is :normal, so they are ended here too.
   @impl true
   def terminate(_reason, s) do
+    Membership.save(s.membership, s.state.topology)
     if s.round, do: Process.exit(s.round.pid, :kill)
     if s.discovery, do: Process.exit(s.discovery.pid, :kill)
     :ok

@@ -11,8 +11,7 @@ defmodule AWSCluster.Strategy do
     * `validate/1` (optional) - checks across options the schema cannot express, before
       anything starts; return `{:error, AWSCluster.Config.error(key, text)}`.
     * `init/2` - turns the validated options (a map) into the strategy state, once, inside
-      the poller process: build the AWS client, read IMDS... An error stops the start.
-      The poller keeps that state as returned and runs `discover/1` with it; only what
+      the poller process: build the AWS client, read IMDS... The poller keeps that state as returned and runs `discover/1` with it; only what
       is printed of it (crash reports, `:sys.get_status/1`) is redacted. So build
       anything needing a secret here, and keep no secret the rounds do not need. Only
       invalid options (`:invalid_config`) fail the start; any other error is retried.

@@ -148,6 +148,15 @@ defmodule AWSCluster.Gossip.Membership do
     {Enum.map(drop, fn {_, p} -> p.node end), %{s | peers: Map.new(keep)}}
   end
 
+  @doc "Keeps the name budget for `topology` past this process (`NameBudget.save/2`)."
+  @spec save(t(), atom()) :: :ok
+  def save(%__MODULE__{budget: budget}, topology), do: NameBudget.save(topology, budget)
+
+  @doc "`t` with the name budget `topology` had left when it last stopped."
+  @spec restore(t(), atom()) :: t()
+  def restore(%__MODULE__{} = m, topology),
+    do: %{m | budget: NameBudget.restore(topology, m.budget)}
+
   @doc "The nodes heard from."
   @spec nodes(t()) :: [node()]
   def nodes(%__MODULE__{peers: peers}), do: Enum.map(peers, fn {_, p} -> p.node end)

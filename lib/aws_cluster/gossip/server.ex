@@ -46,7 +46,7 @@ defmodule AWSCluster.Gossip.Server do
         seq: 0,
         own: own_name(),
         warned_offline: false,
-        members: Membership.new(c, mono()),
+        members: Membership.restore(Membership.new(c, mono()), state.topology),
         stats: Stats.new(),
         pending: MapSet.new(),
         round: nil,
@@ -145,6 +145,11 @@ defmodule AWSCluster.Gossip.Server do
     end
   end
 
+  # An unknown call is answered, not crashed on (as the poller does).
+  def handle_call(request, _from, s) do
+    {:reply, {:error, Error.new(:invalid_argument, "unknown call #{inspect(request)}")}, s}
+  end
+
   @impl true
   def handle_info({:udp, socket, ip, port, packet}, %{socket: socket} = s) do
     {:noreply, receive_packet(s, {ip, port}, packet)}
@@ -203,9 +208,13 @@ defmodule AWSCluster.Gossip.Server do
     :ok
   end
 
-  # A GenServer.stop/1 (:normal) does not end linked helpers; the round is ended here.
-  defp end_round(%{round: %{pid: pid}}), do: Process.exit(pid, :kill) && :ok
-  defp end_round(_s), do: :ok
+  # A GenServer.stop/1 (:normal) does not end linked helpers: the round is ended here.
+  # The name budget outlives the process (AWSCluster.Membership.NameBudget.save/2).
+  defp end_round(s) do
+    Membership.save(s.members, s.state.topology)
+    if s.round, do: Process.exit(s.round.pid, :kill)
+    :ok
+  end
 
   ## Receiving
 

@@ -62,6 +62,29 @@ defmodule AWSCluster.Membership.NameBudget do
   end
 
   @doc """
+  Keeps `budget` for `topology` past this process: the atoms it paid for outlive a
+  restart, so a crash loop must not hand out a fresh budget each time.
+  """
+  @spec save(atom(), t()) :: :ok
+  def save(topology, %__MODULE__{} = budget),
+    do: :persistent_term.put({__MODULE__, topology}, budget)
+
+  @doc """
+  `fresh` (a new bucket for the current options), with the tokens `topology` had left
+  when it last stopped, if it ran before in this VM.
+  """
+  @spec restore(atom(), t()) :: t()
+  def restore(topology, %__MODULE__{} = fresh) do
+    case :persistent_term.get({__MODULE__, topology}, nil) do
+      %__MODULE__{} = saved ->
+        %{fresh | tokens: min(saved.tokens, fresh.capacity / 1), at: saved.at}
+
+      nil ->
+        fresh
+    end
+  end
+
+  @doc """
   The atom for `name`: `{:ok, atom, budget}` when it already exists or a token pays for
   it, `{:refused, budget}` when the budget is spent or the name is longer than an atom
   can be (255 bytes). Nothing else may make the atom.

@@ -3,7 +3,7 @@ defmodule AWSCluster.Strategy.EC2NameBudgetTest do
   # parts: moto, the EC2 strategy, the atom table of this VM.
   use AWSCluster.Test.MotoCase, async: false
 
-  import ExUnit.CaptureLog
+  import ExUnit.CaptureLog, only: [with_log: 1]
 
   alias AWSCluster.Poller
   alias AWSCluster.Strategy.EC2
@@ -34,24 +34,31 @@ defmodule AWSCluster.Strategy.EC2NameBudgetTest do
 
     table = Nodes.table()
 
-    pid =
-      start_supervised!({EC2, [topology: :budget, config: config] ++ Nodes.mfas(self(), table)})
+    topology = :"budget#{System.unique_integer([:positive])}"
+    arg = [topology: topology, config: config] ++ Nodes.mfas(self(), table)
+    pid = start_supervised!({EC2, arg})
 
     assert Wait.until(fn -> map_size(Poller.status(pid).members) == 3 end)
     # The three names were new atoms: three of four tokens spent.
     assert Poller.status(pid).names_left == 1
     stable = [:"#{run}a@127.0.1.51", :"#{run}b@127.0.2.51"]
 
-    atoms = :erlang.system_info(:atom_count)
+    rename = fn i ->
+      Moto.tag!([churner], %{"node_basename" => "#{run}c#{i}"})
+      polls = Poller.status(pid).polls
+      assert Wait.until(fn -> Poller.status(pid).polls >= polls + 2 end)
+    end
 
-    log =
-      capture_log(fn ->
-        # Ten renames of one instance, each seen by at least one poll.
-        for i <- 1..10 do
-          Moto.tag!([churner], %{"node_basename" => "#{run}c#{i}"})
-          polls = Poller.status(pid).polls
-          assert Wait.until(fn -> Poller.status(pid).polls >= polls + 2 end)
-        end
+    # Ten renames of one instance, each seen by at least two polls. The atom table is
+    # counted from the third on: the first two run code (a mint, a first refusal and its
+    # error log) whose first use adds atoms of its own.
+    {atoms, log} =
+      with_log(fn ->
+        rename.(1)
+        rename.(2)
+        atoms = :erlang.system_info(:atom_count)
+        for i <- 3..10, do: rename.(i)
+        atoms
       end)
 
     grown = :erlang.system_info(:atom_count) - atoms
@@ -69,5 +76,11 @@ defmodule AWSCluster.Strategy.EC2NameBudgetTest do
     assert status.health == :healthy
     assert Enum.all?(stable, &Map.has_key?(status.members, &1))
     assert length(String.split(log, "refusing")) == 2, log
+
+    # A restart does not refill the budget: the atoms it paid for are still there.
+    stop_supervised!({EC2, topology})
+    pid = start_supervised!({EC2, arg})
+    assert Wait.until(fn -> Poller.status(pid).polls > 0 end)
+    assert Poller.status(pid).names_left == 0
   end
 end
