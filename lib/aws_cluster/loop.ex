@@ -25,6 +25,14 @@ defmodule AWSCluster.Loop do
     min(max, jitter(min(base * Integer.pow(2, min(failures, 30)), max)))
   end
 
+  @doc """
+  The delay before retry number `failures + 1` of a start that met a transient fault:
+  from an eighth of `interval` up to one, so once the fault clears the next try comes
+  within an interval and the cluster forms in the round after it.
+  """
+  @spec retry_delay(pos_integer(), non_neg_integer()) :: pos_integer()
+  def retry_delay(interval, failures), do: backoff(max(1, div(interval, 8)), failures, interval)
+
   @doc "Logs `text` at `level` as `[aws_cluster:<topology>] text`, built only when logged."
   @spec log(Logger.level(), atom(), String.t() | (() -> String.t())) :: :ok
   def log(level, topology, text) do

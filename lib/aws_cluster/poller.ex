@@ -189,12 +189,8 @@ defmodule AWSCluster.Poller do
           )
         end
 
-        s = %{s | health: :failing, last_error: error, failures: s.failures + 1}
-        s = release_waiters(s)
-        # From an eighth of the interval up to one: once the fault clears, the next
-        # try comes within an interval and the cluster forms in the round after it.
-        interval = s.config.polling_interval
-        delay = Loop.backoff(max(1, div(interval, 8)), s.failures - 1, interval)
+        s = release_waiters(%{s | health: :failing, last_error: error, failures: s.failures + 1})
+        delay = Loop.retry_delay(s.config.polling_interval, s.failures - 1)
         Process.send_after(self(), :init_strategy, delay)
         {:retry, %{s | next_delay: delay}}
     end
@@ -209,24 +205,7 @@ defmodule AWSCluster.Poller do
   def format_status(_reason, [_pdict, s]), do: Config.redact(s)
 
   @impl true
-  def handle_call(:status, _from, s) do
-    reply = %{
-      topology: s.state.topology,
-      health: s.health,
-      last_error: s.last_error,
-      failures: s.failures,
-      throttles: s.throttles,
-      polls: s.polls,
-      connecting: s.round != nil or s.round_pending,
-      next_delay: s.next_delay,
-      members: Membership.misses(s.membership),
-      held: Enum.sort(s.membership.held),
-      names_left: Membership.names_left(s.membership, now()),
-      connect_failures: s.connect_failures
-    }
-
-    {:reply, reply, s}
-  end
+  def handle_call(:status, _from, s), do: {:reply, Report.status(s, now()), s}
 
   def handle_call({:await_first_round, ms}, from, s) do
     if s.rounds_done > 0 do

@@ -95,9 +95,7 @@ defmodule AWSCluster.Gossip.Server do
               "gossip cannot listen yet, retrying: #{e.message}"
             )
 
-        # From an eighth of the interval up to one, as the poller's init retries.
-        interval = s.config.announce_interval
-        delay = Loop.backoff(max(1, div(interval, 8)), s.open_failures, interval)
+        delay = Loop.retry_delay(s.config.announce_interval, s.open_failures)
         Process.send_after(self(), :open_socket, delay)
         {:ok, %{s | health: :failing, last_error: e, open_failures: s.open_failures + 1}}
     end

@@ -70,6 +70,25 @@ defmodule AWSCluster.Poller.Report do
     true
   end
 
+  @doc "What `AWSCluster.Poller.status/1` answers, from the loop's state `s` at `now`."
+  @spec status(map(), integer()) :: AWSCluster.Poller.status()
+  def status(s, now) do
+    %{
+      topology: s.state.topology,
+      health: s.health,
+      last_error: s.last_error,
+      failures: s.failures,
+      throttles: s.throttles,
+      polls: s.polls,
+      connecting: s.round != nil or s.round_pending,
+      next_delay: s.next_delay,
+      members: Membership.misses(s.membership),
+      held: Enum.sort(s.membership.held),
+      names_left: Membership.names_left(s.membership, now),
+      connect_failures: s.connect_failures
+    }
+  end
+
   @doc "Reports a failed round; the log line only when the loop was not failing already."
   @spec failed(meta(), Error.t(), atom(), non_neg_integer()) :: :ok
   def failed(meta, error, health, known) do
