@@ -33,6 +33,15 @@ defmodule AWSCluster.Loop do
   @spec retry_delay(pos_integer(), non_neg_integer()) :: pos_integer()
   def retry_delay(interval, failures), do: backoff(max(1, div(interval, 8)), failures, interval)
 
+  @doc """
+  The reply to a call a loop does not know. Answered rather than crashed on: a crash
+  would print the state in the `FunctionClauseError`'s arguments, where
+  `format_status/2` does not reach.
+  """
+  @spec unknown_call(term()) :: {:error, AWSCluster.Error.t()}
+  def unknown_call(request),
+    do: {:error, AWSCluster.Error.new(:invalid_argument, "unknown call #{inspect(request)}")}
+
   @doc "Logs `text` at `level` as `[aws_cluster:<topology>] text`, built only when logged."
   @spec log(Logger.level(), atom(), String.t() | (() -> String.t())) :: :ok
   def log(level, topology, text) do

@@ -45,12 +45,13 @@ defmodule AWSCluster.Membership do
         }
 
   @doc """
-  An empty membership. `config` holds `:prune_after`, `:prune_guard`, `:prune_guard_min`,
+  An empty membership of `topology`, its name budget as it was when the topology last
+  stopped in this VM (`AWSCluster.Membership.NameBudget.for_topology/3`). `config` holds `:prune_after`, `:prune_guard`, `:prune_guard_min`,
   `:max_peers`, `:name_budget` and `:name_budget_per_day` (the poller's options).
   """
-  @spec new(map(), integer()) :: t()
-  def new(config, now) do
-    %__MODULE__{config: config, budget: NameBudget.from_config(config, now)}
+  @spec new(map(), integer(), atom()) :: t()
+  def new(config, now, topology) do
+    %__MODULE__{config: config, budget: NameBudget.for_topology(config, now, topology)}
   end
 
   @doc """
@@ -109,15 +110,6 @@ defmodule AWSCluster.Membership do
        refused: refused
      }}
   end
-
-  @doc "Keeps the name budget for `topology` past this process (`NameBudget.save/2`)."
-  @spec save(t(), atom()) :: :ok
-  def save(%__MODULE__{budget: budget}, topology), do: NameBudget.save(topology, budget)
-
-  @doc "`t` with the name budget `topology` had left when it last stopped."
-  @spec restore(t(), atom()) :: t()
-  def restore(%__MODULE__{} = m, topology),
-    do: %{m | budget: NameBudget.restore(topology, m.budget)}
 
   @doc "The member nodes."
   @spec nodes(t()) :: [node()]

@@ -3,6 +3,7 @@ defmodule AWSCluster.Poller do
 
   alias AWSCluster.{Config, Error, Loop, Membership, Peers, Redacted}
   alias AWSCluster.Loop.Round
+  alias AWSCluster.Membership.NameBudget
   alias AWSCluster.Poller.{Answer, DiscoveryRun, Options, Report}
   alias AWSCluster.Strategy.State
 
@@ -144,7 +145,7 @@ defmodule AWSCluster.Poller do
       state: %{state | config: Config.redact(state.config)},
       config: Config.redact(config),
       sealed_config: fn -> config end,
-      membership: Membership.restore(Membership.new(config, now()), state.topology),
+      membership: Membership.new(config, now(), state.topology),
       health: :starting,
       last_error: nil,
       failures: 0,
@@ -216,11 +217,7 @@ defmodule AWSCluster.Poller do
     end
   end
 
-  # An unknown call is answered, not crashed on: a crash would print the state in the
-  # FunctionClauseError's arguments, where format_status/2 does not reach.
-  def handle_call(request, _from, s) do
-    {:reply, {:error, Error.new(:invalid_argument, "unknown call #{inspect(request)}")}, s}
-  end
+  def handle_call(request, _from, s), do: {:reply, Loop.unknown_call(request), s}
 
   @impl true
   def handle_info(:poll, s), do: {:noreply, start_discovery(s)}
@@ -275,7 +272,7 @@ defmodule AWSCluster.Poller do
   # GenServer.stop/1 is :normal, so they are ended here too.
   @impl true
   def terminate(_reason, s) do
-    Membership.save(s.membership, s.state.topology)
+    NameBudget.save(s.state.topology, s.membership.budget)
     if s.round, do: Process.exit(s.round.pid, :kill)
     if s.discovery, do: Process.exit(s.discovery.pid, :kill)
     :ok

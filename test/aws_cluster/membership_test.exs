@@ -15,7 +15,8 @@ defmodule AWSCluster.MembershipTest do
   defp peer(name, id \\ nil),
     do: %{node: :"#{name}@127.0.0.1", instance: %{id: id || "i-#{name}"}}
 
-  defp new(extra \\ %{}), do: Membership.new(Map.merge(@config, extra), 0)
+  defp new(extra \\ %{}),
+    do: Membership.new(Map.merge(@config, extra), 0, :"t#{System.unique_integer([:positive])}")
 
   defp answer(m, peers, gone \\ []), do: Membership.answer(m, peers, gone, 0)
 

@@ -52,12 +52,13 @@ defmodule AWSCluster.Gossip.Membership do
   @type reason :: :source_mismatch | :after_leave | :too_many_peers | :name_budget
 
   @doc """
-  An empty membership. `config` holds `:allow_nat`, `:max_peers`, `:peer_timeout`,
+  An empty membership of `topology`, its name budget as it was when the topology last
+  stopped in this VM (`AWSCluster.Membership.NameBudget.for_topology/3`). `config` holds `:allow_nat`, `:max_peers`, `:peer_timeout`,
   `:timestamp_window`, `:name_budget` and `:name_budget_per_day`.
   """
-  @spec new(map(), integer()) :: t()
-  def new(config, now) do
-    %__MODULE__{config: config, budget: NameBudget.from_config(config, now)}
+  @spec new(map(), integer(), atom()) :: t()
+  def new(config, now, topology) do
+    %__MODULE__{config: config, budget: NameBudget.for_topology(config, now, topology)}
   end
 
   @doc """
@@ -147,15 +148,6 @@ defmodule AWSCluster.Gossip.Membership do
     {keep, drop} = Enum.split_with(s.peers, fn {_, p} -> p.last_seen >= cutoff end)
     {Enum.map(drop, fn {_, p} -> p.node end), %{s | peers: Map.new(keep)}}
   end
-
-  @doc "Keeps the name budget for `topology` past this process (`NameBudget.save/2`)."
-  @spec save(t(), atom()) :: :ok
-  def save(%__MODULE__{budget: budget}, topology), do: NameBudget.save(topology, budget)
-
-  @doc "`t` with the name budget `topology` had left when it last stopped."
-  @spec restore(t(), atom()) :: t()
-  def restore(%__MODULE__{} = m, topology),
-    do: %{m | budget: NameBudget.restore(topology, m.budget)}
 
   @doc "The nodes heard from."
   @spec nodes(t()) :: [node()]

@@ -8,6 +8,7 @@ defmodule AWSCluster.Gossip.Server do
   alias AWSCluster.{Error, Loop, Peers, Telemetry}
   alias AWSCluster.Gossip.{Announce, Codec, Config, Membership, Receiver, Stats, Transport}
   alias AWSCluster.Loop.Round
+  alias AWSCluster.Membership.NameBudget
 
   @impl true
   def init({state, c}) do
@@ -46,7 +47,7 @@ defmodule AWSCluster.Gossip.Server do
         seq: 0,
         own: own_name(),
         warned_offline: false,
-        members: Membership.restore(Membership.new(c, mono()), state.topology),
+        members: Membership.new(c, mono(), state.topology),
         stats: Stats.new(),
         pending: MapSet.new(),
         round: nil,
@@ -118,7 +119,7 @@ defmodule AWSCluster.Gossip.Server do
         key_ids: Codec.key_ids(s.ring),
         health: s.health,
         last_error: s.last_error,
-        names_left: AWSCluster.Membership.NameBudget.left(s.members.budget, mono())
+        names_left: NameBudget.left(s.members.budget, mono())
       })
 
     {:reply, reply, s}
@@ -143,10 +144,7 @@ defmodule AWSCluster.Gossip.Server do
     end
   end
 
-  # An unknown call is answered, not crashed on (as the poller does).
-  def handle_call(request, _from, s) do
-    {:reply, {:error, Error.new(:invalid_argument, "unknown call #{inspect(request)}")}, s}
-  end
+  def handle_call(request, _from, s), do: {:reply, Loop.unknown_call(request), s}
 
   @impl true
   def handle_info({:udp, socket, ip, port, packet}, %{socket: socket} = s) do
@@ -209,7 +207,7 @@ defmodule AWSCluster.Gossip.Server do
   # A GenServer.stop/1 (:normal) does not end linked helpers: the round is ended here.
   # The name budget outlives the process (AWSCluster.Membership.NameBudget.save/2).
   defp end_round(s) do
-    Membership.save(s.members, s.state.topology)
+    NameBudget.save(s.state.topology, s.members.budget)
     if s.round, do: Process.exit(s.round.pid, :kill)
     :ok
   end

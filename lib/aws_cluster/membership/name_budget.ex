@@ -46,10 +46,16 @@ defmodule AWSCluster.Membership.NameBudget do
   @spec schema() :: AWSCluster.Config.schema()
   def schema, do: @schema
 
-  @doc "A full bucket for a validated config (`:name_budget`, `:name_budget_per_day`, `:max_peers`)."
-  @spec from_config(map(), integer()) :: t()
-  def from_config(config, now),
-    do: new(config[:name_budget], config[:name_budget_per_day], config.max_peers, now)
+  @doc """
+  The budget of `topology` under a validated config (`:name_budget`,
+  `:name_budget_per_day`, `:max_peers`): full, or with what it had left when it last
+  stopped in this VM (`save/2`).
+  """
+  @spec for_topology(map(), integer(), atom()) :: t()
+  def for_topology(config, now, topology) do
+    fresh = new(config[:name_budget], config[:name_budget_per_day], config.max_peers, now)
+    restore(topology, fresh)
+  end
 
   @doc """
   A full bucket. `capacity` defaults to twice `max_peers` and `per_day` to `max_peers`,

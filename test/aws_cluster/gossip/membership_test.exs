@@ -17,7 +17,8 @@ defmodule AWSCluster.Gossip.MembershipTest do
   defp msg(name, boot, seq, meta \\ %{}),
     do: %{name: name, boot_id: boot, seq: seq, meta: meta}
 
-  defp new(extra \\ %{}), do: Membership.new(Map.merge(@config, extra), 0)
+  defp new(extra \\ %{}),
+    do: Membership.new(Map.merge(@config, extra), 0, :"t#{System.unique_integer([:positive])}")
 
   defp name(host), do: "gm#{System.unique_integer([:positive])}@#{host}"
 

@@ -23,6 +23,18 @@ defmodule AWSCluster.Membership.NameBudgetTest do
     assert_raise ArgumentError, fn -> String.to_existing_atom(refused) end
   end
 
+  test "a topology's budget outlives its process; a new config caps what it restores" do
+    topology = :"nb_topology#{System.unique_integer([:positive])}"
+    config = %{name_budget: 3, name_budget_per_day: 0, max_peers: 10}
+    b = NameBudget.for_topology(config, 0, topology)
+    assert NameBudget.left(b, 0) == 3
+    {:ok, _, b} = NameBudget.to_atom(b, fresh(), 0)
+    :ok = NameBudget.save(topology, b)
+    assert NameBudget.left(NameBudget.for_topology(config, 1, topology), 1) == 2
+    smaller = %{config | name_budget: 1}
+    assert NameBudget.left(NameBudget.for_topology(smaller, 1, topology), 1) == 1
+  end
+
   test "tokens refill continuously, never above capacity" do
     day = 86_400_000
     b = NameBudget.new(2, 24, 10, 0)
