@@ -72,7 +72,7 @@ defmodule AWSCluster.Gossip.Config do
               default: [],
               doc:
                 "Unicast targets: `\"10.0.1.5\"`, `\"10.0.1.5:45910\"`, `\"[fd00::5]:45910\"`, " <>
-                  "`\"host:port\"` (resolved at start) or `{ip_tuple, port}`. Peers heard from are " <>
+                  "`\"host:port\"` (resolved when the socket opens, retried while it does not resolve) or `{ip_tuple, port}`. Peers heard from are " <>
                   "added while they keep announcing."
             ],
             seed_topologies: [
@@ -147,7 +147,8 @@ defmodule AWSCluster.Gossip.Config do
 
   @doc """
   Validates `opts` for `topology`. Returns the config map with `:secrets` (a list),
-  `:label`, `:family`, `:if_addr`, `:peer_timeout` and seeds resolved to `{ip, port}`.
+  `:label`, `:family`, `:if_addr` and `:peer_timeout`. Seed host names are kept as
+  `{:host, name, port}` for `resolve_seeds/1`: validation asks no DNS.
   """
   @spec validate(keyword(), atom()) :: {:ok, map()} | {:error, Error.t()}
   def validate(opts, topology) do
@@ -156,7 +157,6 @@ defmodule AWSCluster.Gossip.Config do
          {:ok, c} <- label(c, topology),
          :ok <- transports(c),
          {:ok, c} <- family(c),
-         {:ok, c} <- resolve_seeds(c),
          :ok <- multicast_if(c) do
       {:ok, Map.put(c, :peer_timeout, c.peer_timeout || 6 * c.announce_interval)}
     end
@@ -281,7 +281,13 @@ defmodule AWSCluster.Gossip.Config do
   defp family_of(ip) when tuple_size(ip) == 4, do: :inet
   defp family_of(ip) when tuple_size(ip) == 8, do: :inet6
 
-  defp resolve_seeds(c) do
+  @doc """
+  The config with every seed as `{ip, port}`: host names resolved in the config's family,
+  ports defaulted. A name that does not resolve is `:unavailable` (DNS may not be up
+  yet when the app starts), naming the seed.
+  """
+  @spec resolve_seeds(map()) :: {:ok, map()} | {:error, Error.t()}
+  def resolve_seeds(c) do
     Enum.reduce_while(c.seeds, {:ok, []}, fn seed, {:ok, acc} ->
       case resolve(seed, c) do
         {:ok, target} -> {:cont, {:ok, [target | acc]}}
@@ -300,7 +306,12 @@ defmodule AWSCluster.Gossip.Config do
         {:ok, {ip, port || c.port}}
 
       {:error, why} ->
-        {:error, Config.error(:seeds, "cannot resolve #{inspect(host)} (#{c.family}): #{why}")}
+        {:error,
+         Error.new(
+           :unavailable,
+           "option :seeds: cannot resolve #{inspect(host)} (#{c.family}): #{why}",
+           %{key: :seeds, seed: host}
+         )}
     end
   end
 

@@ -72,11 +72,12 @@ defmodule AWSCluster.Gossip.Server do
     end
   end
 
-  # Only invalid options stop the start; a missing interface or a taken address is
-  # retried with backoff while the strategy runs in failing health.
+  # Only invalid options stop the start; a seed name that does not resolve yet, a
+  # missing interface or a taken address is retried while the strategy runs failing.
   defp open_socket(s) do
-    case Transport.open(s.config) do
-      {:ok, socket} ->
+    case listen(s.config) do
+      {:ok, c, socket} ->
+        s = %{s | config: c}
         tries = if s.open_failures > 0, do: " after #{s.open_failures + 1} tries", else: ""
         text = "#{Announce.describe(s.config)}; #{Announce.ring_text(s.ring)}"
         Loop.log(:info, s.state.topology, "gossip started#{tries}: #{text}")
@@ -100,6 +101,12 @@ defmodule AWSCluster.Gossip.Server do
         Process.send_after(self(), :open_socket, delay)
         {:ok, %{s | health: :failing, last_error: e, open_failures: s.open_failures + 1}}
     end
+  end
+
+  defp listen(c) do
+    with {:ok, c} <- Config.resolve_seeds(c),
+         {:ok, socket} <- Transport.open(c),
+         do: {:ok, c, socket}
   end
 
   @impl true

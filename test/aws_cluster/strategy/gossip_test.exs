@@ -137,6 +137,36 @@ defmodule AWSCluster.Strategy.GossipTest do
       end)
     end
 
+    test "a seed name that does not resolve yet starts failing and resolves on a retry" do
+      # Lookups from the hosts table only, so the test sends no DNS query anywhere.
+      lookup = :inet_db.res_option(:lookup)
+      :inet_db.set_lookup([:file])
+      host = "seed#{uniq()}.aws-cluster.invalid"
+      port = Ports.udp()
+
+      config = [
+        secret: secret(),
+        seeds: ["#{host}:#{port}"],
+        port: Ports.udp(),
+        announce_interval: 200
+      ]
+
+      try do
+        capture_log(fn ->
+          assert {:ok, pid} = start(config)
+          assert %{health: :failing, last_error: e} = Gossip.stats(pid)
+          assert e.reason == :unavailable and e.details.key == :seeds and e.message =~ host
+
+          :inet_db.add_host({127, 0, 0, 1}, [String.to_charlist(host)])
+          assert Wait.until(fn -> Gossip.stats(pid).health == :healthy end, 5_000)
+          GenServer.stop(pid)
+        end)
+      after
+        :inet_db.del_host({127, 0, 0, 1})
+        :inet_db.set_lookup(lookup)
+      end
+    end
+
     test "rotate/2 checks the new secrets" do
       {:ok, pid} = start(base())
       assert {:error, %Error{details: %{key: :secrets}}} = Gossip.rotate(pid, ["short"])
