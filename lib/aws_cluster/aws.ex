@@ -4,7 +4,7 @@ defmodule AWSCluster.AWS do
   @client_schema [
     region: [type: :non_empty_string, required: true, doc: "e.g. `\"us-east-1\"`."],
     endpoint: [
-      type: :non_empty_string,
+      type: {:custom, "an http:// or https:// URL", &__MODULE__.url?/1},
       doc:
         "`http(s)://host[:port]` of moto, LocalStack or a VPC endpoint. Default: the " <>
           "regional AWS endpoints."
@@ -122,9 +122,13 @@ defmodule AWSCluster.AWS do
   # The NIF enforces operation_timeout itself; this margin only covers message delivery.
   @reply_margin 1_000
 
-  @doc "The option keys `client/1` accepts."
-  @spec client_keys() :: [atom()]
-  def client_keys, do: Keyword.keys(@client_schema)
+  @doc "The options `client/1` accepts, as an `AWSCluster.Config` schema."
+  @spec client_schema() :: AWSCluster.Config.schema()
+  def client_schema, do: @client_schema
+
+  @doc false
+  @spec url?(term()) :: boolean()
+  def url?(v), do: is_binary(v) and v =~ ~r{\Ahttps?://[^/\s]+}
 
   @doc """
   Builds a client from the options above. Unknown keys and wrong types are rejected

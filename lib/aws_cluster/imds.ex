@@ -203,7 +203,7 @@ defmodule AWSCluster.IMDS do
 
   @doc false
   @spec http?(term()) :: boolean()
-  def http?(endpoint), do: is_binary(endpoint) and String.starts_with?(endpoint, "http://")
+  def http?(endpoint), do: is_binary(endpoint) and endpoint =~ ~r{\Ahttp://[^/\s]+}
 
   @doc false
   @spec client?(term()) :: boolean()

@@ -49,56 +49,60 @@ defmodule AWSCluster.NativeTest do
   end
 
   test "a nif_path configured after the module loaded (as in a release) is tried by the stubs" do
-    real = Path.join([Mix.Project.app_path(), "priv", "native", "libaws_cluster_nif.so"])
+    out =
+      with_late_nif_path("""
+      IO.inspect(AWSCluster.Interface.address("lo"))
+      IO.inspect(AWSCluster.Native.runtime_workers())
+      """)
 
-    script = """
-    System.put_env("AWS_CLUSTER_NIF_PATH", "/nonexistent/libaws_cluster_nif.so")
-    {:module, _} = Code.ensure_loaded(AWSCluster.Native)
-    System.delete_env("AWS_CLUSTER_NIF_PATH")
-    Application.put_env(:aws_cluster, :nif_path, #{inspect(real)})
-    IO.inspect(AWSCluster.Interface.address("lo"))
-    IO.inspect(AWSCluster.Native.runtime_workers())
-    """
-
-    {out, 0} = System.cmd("elixir", pa_args() ++ ["-e", script], stderr_to_stdout: true)
     assert out =~ "{:ok, {127, 0, 0, 1}}"
   end
 
   test "many first calls at once after a late nif_path: every one gets the NIF's answer" do
+    # 64 processes released together race to load the library in the stubs.
+    out =
+      with_late_nif_path("""
+      parent = self()
+
+      pids =
+        for _ <- 1..64 do
+          spawn(fn ->
+            receive do
+              :go ->
+                result =
+                  try do
+                    AWSCluster.Interface.address("lo")
+                  rescue
+                    e -> {:raised, Exception.message(e)}
+                  end
+
+                send(parent, {:result, result})
+            end
+          end)
+        end
+
+      for pid <- pids, do: send(pid, :go)
+      results = for _ <- pids, do: receive(do: ({:result, r} -> r))
+      IO.inspect(Enum.frequencies(results), label: "results")
+      """)
+
+    assert out =~ "results: %{{:ok, {127, 0, 0, 1}} => 64}", out
+  end
+
+  # Runs `body` in a fresh VM where AWSCluster.Native loaded without its library (as a
+  # release loads modules before its config) and nif_path was configured afterwards.
+  defp with_late_nif_path(body) do
     real = Path.join([Mix.Project.app_path(), "priv", "native", "libaws_cluster_nif.so"])
 
-    # 64 processes released together race to load the library in the stubs.
     script = """
     System.put_env("AWS_CLUSTER_NIF_PATH", "/nonexistent/libaws_cluster_nif.so")
     {:module, _} = Code.ensure_loaded(AWSCluster.Native)
     System.delete_env("AWS_CLUSTER_NIF_PATH")
     Application.put_env(:aws_cluster, :nif_path, #{inspect(real)})
-    parent = self()
-
-    pids =
-      for _ <- 1..64 do
-        spawn(fn ->
-          receive do
-            :go ->
-              result =
-                try do
-                  AWSCluster.Interface.address("lo")
-                rescue
-                  e -> {:raised, Exception.message(e)}
-                end
-
-              send(parent, {:result, result})
-          end
-        end)
-      end
-
-    for pid <- pids, do: send(pid, :go)
-    results = for _ <- pids, do: receive(do: ({:result, r} -> r))
-    IO.inspect(Enum.frequencies(results), label: "results")
     """
 
-    {out, 0} = System.cmd("elixir", pa_args() ++ ["-e", script], stderr_to_stdout: true)
-    assert out =~ "results: %{{:ok, {127, 0, 0, 1}} => 64}", out
+    {out, 0} = System.cmd("elixir", pa_args() ++ ["-e", script <> body], stderr_to_stdout: true)
+    out
   end
 
   defp pa_args do

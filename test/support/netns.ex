@@ -37,6 +37,29 @@ defmodule AWSCluster.Test.Netns do
     outside
   end
 
+  @doc """
+  Creates a veth pair from namespace `hub` (end `hub_end`) into `ns` (end `inside_name`);
+  both ends stay down.
+  """
+  def veth_between!(hub, hub_end, ns, inside_name) do
+    ip!([
+      "-n",
+      hub,
+      "link",
+      "add",
+      hub_end,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      inside_name,
+      "netns",
+      ns
+    ])
+
+    :ok
+  end
+
   @doc "Deletes a namespace (and with it the veth ends inside it)."
   def delete(ns) do
     System.cmd("ip", ["netns", "delete", ns], stderr_to_stdout: true)

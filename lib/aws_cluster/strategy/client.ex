@@ -6,48 +6,30 @@ defmodule AWSCluster.Strategy.Client do
 
   alias AWSCluster.{AWS, Config, Error, IMDS}
 
-  @schema [
-    region: [
-      type: :non_empty_string,
-      doc: "AWS region; read from instance metadata (IMDS) when not given."
-    ],
-    endpoint: [
-      type: {:custom, "an http:// or https:// URL", &__MODULE__.url?/1},
-      doc: "AWS endpoint override (moto, LocalStack, VPC endpoints)."
-    ],
-    access_key_id: [
-      type: :non_empty_string,
-      doc: "Static credentials; default is aws-config's chain (env, profile, roles)."
-    ],
-    secret_access_key: [type: :non_empty_string, doc: "Static credentials."],
-    session_token: [type: :non_empty_string, doc: "Static credentials."],
-    max_attempts: [type: {:integer, 1..20}, default: 3, doc: "Attempts per AWS request."],
-    operation_timeout: [
-      type: {:integer, 1..3_600_000},
-      default: 10_000,
-      doc: "Milliseconds one AWS call may take, all pages and retries included."
-    ],
-    imds_endpoint: [
-      type: {:custom, "an http:// URL", &__MODULE__.http_url?/1},
-      doc: "Instance metadata endpoint override."
-    ]
-  ]
+  # AWS.client/1's own options (one schema, one set of checks), minus the timeouts that
+  # a topology does not tune; region is not required here: it may come from IMDS.
+  @schema (AWS.client_schema()
+           |> Keyword.drop([:attempt_timeout, :connect_timeout])
+           |> Keyword.update!(:region, fn spec ->
+             spec
+             |> Keyword.delete(:required)
+             |> Keyword.put(
+               :doc,
+               "AWS region; read from instance metadata (IMDS) when not given."
+             )
+           end)) ++
+            [
+              imds_endpoint: [
+                type: {:custom, "an http:// URL", &AWSCluster.IMDS.http?/1},
+                doc: "Instance metadata endpoint override."
+              ]
+            ]
 
-  # The options above that AWS.client/1 takes (it owns that list). Not every key of a
-  # topology's config: the poller's `:connect_timeout` is for node connects, not AWS.
-  @client_keys Enum.filter(AWS.client_keys(), &Keyword.has_key?(@schema, &1))
+  @client_keys Enum.filter(Keyword.keys(AWS.client_schema()), &Keyword.has_key?(@schema, &1))
 
   @doc "The client options as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()
   def schema, do: @schema
-
-  @doc false
-  @spec url?(term()) :: boolean()
-  def url?(v), do: is_binary(v) and v =~ ~r{\Ahttps?://[^/\s]+}
-
-  @doc false
-  @spec http_url?(term()) :: boolean()
-  def http_url?(v), do: is_binary(v) and v =~ ~r{\Ahttp://[^/\s]+}
 
   @doc """
   Builds the client from a validated config, reading the region from IMDS when absent.

@@ -837,20 +837,7 @@ defmodule AWSCluster.Strategy.GossipTest do
         ns = Netns.create!("g#{i}")
         on_exit(fn -> cleanup_namespaces([ns]) end)
 
-        Netns.ip!([
-          "-n",
-          hub,
-          "link",
-          "add",
-          "p#{i}",
-          "type",
-          "veth",
-          "peer",
-          "name",
-          "ethwe",
-          "netns",
-          ns
-        ])
+        Netns.veth_between!(hub, "p#{i}", ns, "ethwe")
 
         Netns.ip!(["-n", hub, "link", "set", "p#{i}", "master", "br0", "up"])
         Netns.ip!(["-n", ns, "addr", "add", "10.251.#{subnet}.#{10 + i}/24", "dev", "ethwe"])
@@ -929,20 +916,7 @@ defmodule AWSCluster.Strategy.GossipTest do
     assert %{health: :failing, last_error: e} = stats(m)
     assert e.reason == :unavailable and e.message =~ "ethwe"
 
-    Netns.ip!([
-      "-n",
-      hub,
-      "link",
-      "add",
-      "p1",
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "ethwe",
-      "netns",
-      ns
-    ])
+    Netns.veth_between!(hub, "p1", ns, "ethwe")
 
     Netns.ip!(["-n", hub, "link", "set", "p1", "up"])
     Netns.ip!(["-n", ns, "addr", "add", "10.252.#{rem(run, 200) + 20}.11/24", "dev", "ethwe"])
