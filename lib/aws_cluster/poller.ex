@@ -293,10 +293,6 @@ defmodule AWSCluster.Poller do
 
   defp start_discovery(s), do: s
 
-  @doc false
-  @spec discover(module(), term()) :: term()
-  defdelegate discover(strategy, strategy_state), to: Answer
-
   defp finish(s, d, result) do
     duration = System.monotonic_time() - d.started
     s = %{s | polls: s.polls + 1}

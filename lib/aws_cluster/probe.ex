@@ -104,7 +104,7 @@ defmodule AWSCluster.Probe do
   # The strategy's discover/1 may block (AWS calls); a task keeps the caller's mailbox
   # clean of the async NIF replies and bounds the wait.
   defp run(strategy, strategy_state, timeout) do
-    task = Task.async(fn -> Poller.discover(strategy, strategy_state) end)
+    task = Task.async(fn -> Poller.Answer.discover(strategy, strategy_state) end)
 
     case Task.yield(task, timeout) || Task.shutdown(task, :brutal_kill) do
       {:ok, {:ok, peers}} -> {:ok, named(peers), []}
