@@ -4,7 +4,7 @@ defmodule AWSCluster.Poller do
   alias AWSCluster.{Config, Error, Loop, Membership, Peers, Redacted}
   alias AWSCluster.Loop.Round
   alias AWSCluster.Membership.NameBudget
-  alias AWSCluster.Poller.{Answer, DiscoveryRun, Options, Report}
+  alias AWSCluster.Poller.{Answer, Coordination, DiscoveryRun, Options, Report}
   alias AWSCluster.Strategy.State
 
   @moduledoc """
@@ -63,6 +63,8 @@ defmodule AWSCluster.Poller do
           failures: non_neg_integer(),
           throttles: non_neg_integer(),
           polls: non_neg_integer(),
+          answers: non_neg_integer(),
+          coordination: Report.coordination(),
           connecting: boolean(),
           next_delay: non_neg_integer() | nil,
           members: %{node() => non_neg_integer()},
@@ -159,7 +161,13 @@ defmodule AWSCluster.Poller do
       connect_failures: %{},
       refusing: false,
       waiters: [],
-      rounds_done: 0
+      rounds_done: 0,
+      coordination: nil,
+      poll_timer: nil,
+      follow_until: nil,
+      answers: 0,
+      answer_from: nil,
+      answer_at: nil
     }
 
     case start_strategy(s) do
@@ -174,7 +182,7 @@ defmodule AWSCluster.Poller do
   defp start_strategy(s) do
     case s.strategy.init(s.sealed_config.(), s.state) do
       {:ok, strategy_state} ->
-        {:ok, %{s | strategy_state: strategy_state, sealed_config: nil}}
+        {:ok, join(%{s | strategy_state: strategy_state, sealed_config: nil})}
 
       # An option the AWS client or the NIF refused is as invalid as one the schema did.
       {:error, %Error{reason: reason} = error} when reason in [:invalid_config, :invalid_argument] ->
@@ -220,7 +228,11 @@ defmodule AWSCluster.Poller do
   def handle_call(request, _from, s), do: {:reply, Loop.unknown_call(request), s}
 
   @impl true
-  def handle_info(:poll, s), do: {:noreply, start_discovery(s)}
+  def handle_info(:poll, s) do
+    if following?(s),
+      do: {:noreply, schedule(s, s.follow_until - now())},
+      else: {:noreply, start_discovery(s)}
+  end
 
   def handle_info(:init_strategy, s) do
     case start_strategy(s) do
@@ -264,6 +276,18 @@ defmodule AWSCluster.Poller do
     {:noreply, if(s.round_pending, do: start_round(s), else: s)}
   end
 
+  def handle_info({ref, event, _key, _pids} = notice, %{coordination: %{monitor: ref}} = s)
+      when event in [:join, :leave] do
+    case Coordination.membership(s.coordination, notice) do
+      {c, true} -> {:noreply, elected(%{s | coordination: c}, s.coordination)}
+      {c, false} -> {:noreply, %{s | coordination: c}}
+      :ignore -> {:noreply, s}
+    end
+  end
+
+  def handle_info({Coordination, _key, _answer} = message, s),
+    do: {:noreply, received(s, message)}
+
   # Normal exits of linked helpers, replies of rounds we gave up on, and stray async-NIF
   # replies land here.
   def handle_info(_other, s), do: {:noreply, s}
@@ -305,7 +329,15 @@ defmodule AWSCluster.Poller do
           meta(s)
         )
 
-        s |> succeed(peers, gone) |> schedule(Loop.jitter(s.config.polling_interval))
+        # Start to start, so followers hear from the poller once per interval.
+        elapsed = System.convert_time_unit(duration, :native, :millisecond)
+        interval = s.config.polling_interval
+        delay = max(Loop.jitter(interval) - elapsed, div(interval, 10))
+
+        s
+        |> succeed(peers, gone, node())
+        |> share({:ok, peers, gone}, d.at)
+        |> schedule(delay)
 
       {:error, error} ->
         AWSCluster.Telemetry.execute(
@@ -314,11 +346,11 @@ defmodule AWSCluster.Poller do
           Map.put(meta(s), :reason, error.reason)
         )
 
-        fail(s, error)
+        fail(s, error, d.at)
     end
   end
 
-  defp succeed(s, peers, gone) do
+  defp succeed(s, peers, gone, from) do
     topology = s.state.topology
     {membership, outcome} = Membership.answer(s.membership, peers, gone, now())
 
@@ -341,12 +373,15 @@ defmodule AWSCluster.Poller do
         failures: 0,
         throttles: 0,
         refusing: refusing,
+        answers: s.answers + 1,
+        answer_from: from,
+        answer_at: now(),
         to_prune: s.to_prune ++ Enum.map(outcome.pruned, &elem(&1, 0))
     }
     |> start_round()
   end
 
-  defp fail(s, error) do
+  defp fail(s, error, started) do
     Report.failed(meta(s), error, s.health, map_size(s.membership.members))
     throttles = if error.reason == :throttled, do: s.throttles + 1, else: s.throttles
     s = %{s | health: :failing, last_error: error, failures: s.failures + 1, throttles: throttles}
@@ -357,13 +392,100 @@ defmodule AWSCluster.Poller do
         do: Loop.backoff(c.polling_interval, throttles, c.max_backoff),
         else: Loop.jitter(c.polling_interval)
 
+    # Throttling is the account's, not this node's: the followers wait with the poller.
+    s = if error.reason == :throttled, do: share(s, {:backoff, delay}, started), else: s
+
     # Reconnecting the last good set heals links that dropped while AWS is unreachable.
     s |> release_waiters() |> start_round() |> schedule(delay)
   end
 
   defp schedule(s, delay) do
-    Process.send_after(self(), :poll, delay)
-    %{s | next_delay: delay}
+    if s.poll_timer, do: Process.cancel_timer(s.poll_timer)
+    %{s | next_delay: delay, poll_timer: Process.send_after(self(), :poll, delay)}
+  end
+
+  # ── coordination (AWSCluster.Poller.Coordination) ──────────────────────────────────
+
+  defp join(s) do
+    if s.config[:coordinate] do
+      case Coordination.join(s.state.topology, s.strategy, s.config) do
+        nil -> s
+        c -> elected(%{s | coordination: c}, nil)
+      end
+    else
+      s
+    end
+  end
+
+  # The poller changed in this node's view (`previous` is the old view, nil at join).
+  defp elected(s, previous) do
+    c = s.coordination
+    role = if Coordination.poller?(c), do: :poller, else: :follower
+    Report.elected(meta(s), c, previous && Coordination.poller_node(previous), role)
+    interval = s.config.polling_interval
+
+    cond do
+      role == :follower ->
+        follow(s, Loop.jitter(div(3 * interval, 2)))
+
+      # Before the first answer the start's own poll is on its way.
+      s.answer_at == nil ->
+        %{s | follow_until: nil}
+
+      # Taking over: the next poll is due one interval after the last answer.
+      true ->
+        delay = max(0, s.answer_at + Loop.jitter(interval) - now())
+        schedule(%{s | follow_until: nil}, delay)
+    end
+  end
+
+  # A follower polls for itself only when nothing came from the poller by then.
+  defp follow(s, delay), do: schedule(%{s | follow_until: now() + delay}, delay)
+
+  defp following?(s) do
+    s.follow_until != nil and not Coordination.poller?(s.coordination) and
+      now() < s.follow_until
+  end
+
+  defp share(%{coordination: c} = s, result, started) when c != nil do
+    if Coordination.poller?(c),
+      do: %{s | coordination: Coordination.broadcast(c, result, started)},
+      else: s
+  end
+
+  defp share(s, _result, _started), do: s
+
+  defp received(s, message) do
+    interval = s.config.polling_interval
+    now = System.system_time(:millisecond)
+
+    case Coordination.accept(s.coordination, message, now, 2 * interval) do
+      :not_ours ->
+        s
+
+      {:ignore, c, reason} ->
+        Report.ignored(meta(s), message, reason)
+        %{s | coordination: c}
+
+      {:ok, c, %{result: {:backoff, delay}}} ->
+        follow(%{s | coordination: c}, delay + Loop.jitter(div(interval, 2)))
+
+      {:ok, c, %{result: result, from: from}} ->
+        s = %{s | coordination: c}
+
+        case Answer.normalize(result, s.strategy, s.config.max_peers) do
+          {:ok, peers, gone} ->
+            Report.received(meta(s), node(from), length(peers))
+
+            s
+            |> succeed(peers, gone, node(from))
+            |> follow(Loop.jitter(div(3 * interval, 2)))
+
+          {:error, _} ->
+            Report.ignored(meta(s), message, :invalid)
+            s
+        end
+    end
   end
 
   # One round at a time; a request during a round runs after it.

@@ -84,12 +84,13 @@ defmodule AWSCluster.PartitionTest do
     members = boot(ctx, "kill", 231)
     victim = Enum.at(members, 4)
     survivors = members -- [victim]
-    polls = Map.new(Fleet.snapshots(survivors), fn {node, s} -> {node, s.polls} end)
+    answers = Map.new(Fleet.snapshots(survivors), fn {node, s} -> {node, s.answers} end)
 
     Fleet.kill!(victim)
 
-    # At least prune_after complete rounds each after the crash: an instance that is
-    # still running must not be pruned, and its failing connects must not disturb anyone.
+    # At least prune_after complete answers each after the crash (their own or the
+    # poller's): an instance that is still running must not be pruned, and its failing
+    # connects must not disturb anyone.
     snaps =
       Wait.until(
         fn ->
@@ -100,7 +101,7 @@ defmodule AWSCluster.PartitionTest do
               s = snaps[m.node]
 
               is_map(s) and victim.node not in s.connected and
-                s.polls >= polls[m.node] + @prune_after + 1
+                s.answers >= answers[m.node] + @prune_after + 1
             end)
 
           done? && snaps
@@ -168,6 +169,10 @@ defmodule AWSCluster.PartitionTest do
     assert during, "the cut node stopped polling"
     assert during[target.node].connected == []
     assert during[target.node].health == :healthy
+    # Connected to no member, it polls for itself; the other 7 keep one poller of theirs.
+    assert during[target.node].role == :poller
+    assert during[target.node].answer_from == target.node
+    assert [_one] = others |> Enum.map(&during[&1.node].poller) |> Enum.uniq()
     assert Fleet.mesh?(others, during)
 
     # Heal, then watch the cut node alone (one round trip per sample) until it is
@@ -190,8 +195,35 @@ defmodule AWSCluster.PartitionTest do
     assert healed.polls - before <= 2,
            "rejoined only after #{healed.polls - before} rounds of #{target.node}"
 
+    # Healed, it follows the cluster's poller again and stops polling for itself: over 3
+    # more answers from the poller, at most the round in flight at the heal is its own.
+    followed =
+      Wait.until(
+        fn ->
+          s = Fleet.snapshot(target)
+          is_map(s) and s.role == :follower and s.answer_from != target.node and s
+        end,
+        30_000
+      )
+
+    assert followed, "still polling for itself: #{inspect(Fleet.snapshot(target))}"
+
+    later =
+      Wait.until(
+        fn ->
+          s = Fleet.snapshot(target)
+          is_map(s) and s.answers >= followed.answers + 3 and s
+        end,
+        30_000
+      )
+
+    assert later, "no answers from the poller: #{inspect(Fleet.snapshot(target))}"
+    assert later.polls - followed.polls <= 1, "#{later.polls - followed.polls} own polls"
+
     final = Fleet.snapshots(members)
     assert Fleet.mesh?(members, final)
+    assert [poller] = members |> Enum.map(&final[&1.node].poller) |> Enum.uniq()
+    assert poller == members |> Enum.map(& &1.node) |> Enum.min()
 
     for m <- others do
       assert Enum.uniq(final[m.node].downs) == [target.node],

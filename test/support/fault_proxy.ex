@@ -59,6 +59,10 @@ defmodule AWSCluster.Test.FaultProxy do
   @spec requests(pid()) :: [String.t()]
   def requests(pid), do: GenServer.call(pid, :requests)
 
+  @doc "`requests/1` with each request's arrival, in this VM's monotonic ms."
+  @spec timed_requests(pid()) :: [{integer(), String.t()}]
+  def timed_requests(pid), do: GenServer.call(pid, :timed_requests)
+
   @doc "Forgets the recorded requests."
   @spec clear_requests(pid()) :: :ok
   def clear_requests(pid), do: GenServer.call(pid, :clear)
@@ -72,7 +76,11 @@ defmodule AWSCluster.Test.FaultProxy do
 
   @impl true
   def handle_call(:port, _from, state), do: {:reply, state.port, state}
-  def handle_call(:requests, _from, state), do: {:reply, Enum.reverse(state.log), state}
+
+  def handle_call(:requests, _from, state),
+    do: {:reply, state.log |> Enum.reverse() |> Enum.map(&elem(&1, 1)), state}
+
+  def handle_call(:timed_requests, _from, state), do: {:reply, Enum.reverse(state.log), state}
   def handle_call(:clear, _from, state), do: {:reply, :ok, %{state | log: []}}
 
   def handle_call({:mode, :refuse}, _from, state) do
@@ -85,7 +93,8 @@ defmodule AWSCluster.Test.FaultProxy do
   end
 
   def handle_call({:request, action}, _from, state) do
-    {:reply, {state.mode, state.upstream}, %{state | log: [action | state.log]}}
+    entry = {System.monotonic_time(:millisecond), action}
+    {:reply, {state.mode, state.upstream}, %{state | log: [entry | state.log]}}
   end
 
   # A one-shot mode has been used up.

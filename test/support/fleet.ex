@@ -56,6 +56,10 @@ defmodule AWSCluster.Test.Fleet do
             connected: [node()],
             members: [node()],
             polls: non_neg_integer(),
+            answers: non_neg_integer(),
+            role: :poller | :follower | :off | :gossip | :none,
+            poller: node() | nil,
+            answer_from: node() | nil,
             health: atom(),
             downs: [node()]
           }
@@ -115,7 +119,7 @@ defmodule AWSCluster.Test.Fleet do
   (options `:secret`, `:port` and `:seeds`, a list of IPs: each node binds its own
   address and announces to the seeds by unicast, as in a VPC without multicast).
   Common options: `:interval` (polling or announce interval), `:prune_after`,
-  `:connect_timeout` and `:endpoint` (default moto's).
+  `:connect_timeout`, `:endpoint` (default moto's) and `:config` (more options, last).
   """
   @spec topology(:ec2 | :autoscaling | :gossip, map(), keyword()) :: keyword()
   def topology(:gossip, spec, opts) do
@@ -147,6 +151,8 @@ defmodule AWSCluster.Test.Fleet do
       prune_after: Keyword.get(opts, :prune_after, 3),
       connect_timeout: Keyword.get(opts, :connect_timeout, 1_000)
     ]
+
+    common = Keyword.merge(common, Keyword.get(opts, :config, []))
 
     case strategy do
       :ec2 ->
@@ -390,29 +396,64 @@ defmodule AWSCluster.Test.Fleet do
   @doc false
   # Peer-side: connections, discovered members and poll count in one round trip.
   def local_snapshot(nil) do
-    %{connected: Enum.sort(Node.list()), members: [], polls: 0, health: :none, downs: []}
+    %{
+      connected: Enum.sort(Node.list()),
+      members: [],
+      polls: 0,
+      answers: 0,
+      role: :none,
+      poller: nil,
+      answer_from: nil,
+      health: :none,
+      downs: []
+    }
   end
 
   def local_snapshot(sup) do
     # AWSCluster.Supervisor's child ids are {strategy, topology}.
     [{{strategy, _topology}, pid, _, _}] = Supervisor.which_children(sup)
 
-    {members, polls, health} =
+    view =
       if strategy == AWSCluster.Strategy.Gossip do
         stats = AWSCluster.Strategy.Gossip.stats(pid)
-        {pid |> AWSCluster.Strategy.Gossip.peers() |> Map.keys(), stats.accepted, :gossip}
+        members = pid |> AWSCluster.Strategy.Gossip.peers() |> Map.keys()
+
+        %{
+          members: members,
+          polls: stats.accepted,
+          answers: stats.accepted,
+          role: :gossip,
+          poller: nil,
+          answer_from: nil,
+          health: :gossip
+        }
       else
         status = AWSCluster.Poller.status(pid)
-        {Map.keys(status.members), status.polls, status.health}
+        c = status.coordination
+
+        %{
+          members: Map.keys(status.members),
+          polls: status.polls,
+          answers: status.answers,
+          role: c.role,
+          poller: c.poller,
+          answer_from: c.answer_from,
+          health: status.health
+        }
       end
 
-    %{
+    Map.merge(view, %{
       connected: Enum.sort(Node.list()),
-      members: Enum.sort(members),
-      polls: polls,
-      health: health,
+      members: Enum.sort(view.members),
       downs: Agent.get(@downs, &Enum.reverse/1)
-    }
+    })
+  end
+
+  @doc false
+  # Peer-side: the poller's full status (AWSCluster.Poller.status/1).
+  def local_status(sup) do
+    [{_id, pid, _, _}] = Supervisor.which_children(sup)
+    AWSCluster.Poller.status(pid)
   end
 
   defp ip_term(ip), do: "{" <> String.replace(ip, ".", ",") <> "}"

@@ -9,15 +9,16 @@ defmodule AWSCluster.Poller.DiscoveryRun do
   alias AWSCluster.Error
   alias AWSCluster.Poller.Answer
 
-  @enforce_keys [:ref, :pid, :monitor, :timer, :started]
-  defstruct [:ref, :pid, :monitor, :timer, :started]
+  @enforce_keys [:ref, :pid, :monitor, :timer, :started, :at]
+  defstruct [:ref, :pid, :monitor, :timer, :started, :at]
 
   @type t :: %__MODULE__{
           ref: reference(),
           pid: pid(),
           monitor: reference(),
           timer: reference(),
-          started: integer()
+          started: integer(),
+          at: integer()
         }
 
   @doc "Starts `strategy.discover(strategy_state)` for the calling poller."
@@ -39,7 +40,9 @@ defmodule AWSCluster.Poller.DiscoveryRun do
       pid: pid,
       monitor: monitor,
       timer: timer,
-      started: System.monotonic_time()
+      started: System.monotonic_time(),
+      # What a shared answer's age is measured from, on every node's clock.
+      at: System.system_time(:millisecond)
     }
   end
 

@@ -5,9 +5,25 @@ defmodule AWSCluster.Poller.Report do
   """
 
   alias AWSCluster.{Error, Loop, Membership, Telemetry}
+  alias AWSCluster.Poller.Coordination
 
   @typedoc "The topology and strategy, the metadata of every event."
   @type meta :: %{topology: atom(), strategy: module()}
+
+  @typedoc """
+  Who polls (`AWSCluster.Poller.Coordination`): this node's `role` (`:off` when the
+  topology does not coordinate), the `poller`'s node, the `nodes` sharing its answers,
+  where the last applied answer came from and how old it is (ms), and how many answers
+  were ignored.
+  """
+  @type coordination :: %{
+          role: :off | :poller | :follower,
+          poller: node() | nil,
+          nodes: [node()],
+          answer_from: node() | nil,
+          answer_age: non_neg_integer() | nil,
+          ignored: non_neg_integer()
+        }
 
   @doc """
   Reports one complete answer's `outcome`. `before` holds the loop's `health`,
@@ -80,6 +96,8 @@ defmodule AWSCluster.Poller.Report do
       failures: s.failures,
       throttles: s.throttles,
       polls: s.polls,
+      answers: s.answers,
+      coordination: coordination(s, now),
       connecting: s.round != nil or s.round_pending,
       next_delay: s.next_delay,
       members: Membership.misses(s.membership),
@@ -87,6 +105,74 @@ defmodule AWSCluster.Poller.Report do
       names_left: Membership.names_left(s.membership, now),
       connect_failures: s.connect_failures
     }
+  end
+
+  defp coordination(s, now) do
+    c = s.coordination
+
+    role =
+      cond do
+        c == nil -> :off
+        Coordination.poller?(c) -> :poller
+        true -> :follower
+      end
+
+    %{
+      role: role,
+      poller: c && Coordination.poller_node(c),
+      nodes: if(c, do: Coordination.nodes(c), else: [node()]),
+      answer_from: s.answer_from,
+      answer_age: s.answer_at && now - s.answer_at,
+      ignored: if(c, do: c.ignored, else: 0)
+    }
+  end
+
+  @doc """
+  Reports that this node sees a new poller (`previous` is nil when the loop just joined
+  its group): a log line and `[:aws_cluster, :poller, :elected]`.
+  """
+  @spec elected(meta(), Coordination.t(), node() | nil, :poller | :follower) :: :ok
+  def elected(meta, c, previous, role) do
+    poller = Coordination.poller_node(c)
+    count = length(c.members)
+
+    Loop.log(:info, meta.topology, fn ->
+      case role do
+        :poller -> "this node polls for the #{count} nodes of the topology"
+        :follower -> "#{poller} polls for the #{count} nodes of the topology; following it"
+      end
+    end)
+
+    Telemetry.execute(
+      [:aws_cluster, :poller, :elected],
+      %{members: count},
+      Map.merge(meta, %{poller: poller, previous: previous, role: role})
+    )
+  end
+
+  @doc "Reports an answer applied from the poller on `from`: `[:aws_cluster, :poller, :answer]`."
+  @spec received(meta(), node(), non_neg_integer()) :: :ok
+  def received(meta, from, peers),
+    do:
+      Telemetry.execute(
+        [:aws_cluster, :poller, :answer],
+        %{peers: peers},
+        Map.put(meta, :from, from)
+      )
+
+  @doc """
+  Reports a shared answer this node ignored (`AWSCluster.Poller.Coordination`): a debug
+  line and `[:aws_cluster, :poller, :ignored]`.
+  """
+  @spec ignored(meta(), term(), Coordination.ignored()) :: :ok
+  def ignored(meta, {_, _, %{from: from}}, reason) do
+    Loop.log(:debug, meta.topology, "ignored an answer from #{node(from)}: #{reason}")
+
+    Telemetry.execute(
+      [:aws_cluster, :poller, :ignored],
+      %{count: 1},
+      Map.merge(meta, %{from: node(from), reason: reason})
+    )
   end
 
   @doc "Reports a failed round; the log line only when the loop was not failing already."

@@ -10,7 +10,9 @@ defmodule AWSCluster.Strategy.AutoScaling do
               type: :non_empty_string,
               doc: "This instance's id, to find its own group without asking IMDS for it."
             ]
-          ] ++ AWSCluster.Strategy.Naming.schema() ++ AWSCluster.Strategy.Client.schema()
+          ] ++
+            AWSCluster.Strategy.Naming.schema() ++
+            AWSCluster.Strategy.Client.schema() ++ AWSCluster.Poller.Coordination.schema(true)
 
   @moduledoc """
   Finds peers among the instances of AutoScaling groups: only `InService` and `Healthy`

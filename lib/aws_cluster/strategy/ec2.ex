@@ -41,7 +41,9 @@ defmodule AWSCluster.Strategy.EC2 do
                 "DescribeInstances MaxResults per page; default AWS's own. Every page is " <>
                   "read before an answer counts."
             ]
-          ] ++ AWSCluster.Strategy.Naming.schema() ++ AWSCluster.Strategy.Client.schema()
+          ] ++
+            AWSCluster.Strategy.Naming.schema() ++
+            AWSCluster.Strategy.Client.schema() ++ AWSCluster.Poller.Coordination.schema(true)
 
   @moduledoc """
   Finds peers with EC2 DescribeInstances: a tag map plus any filters. Only running

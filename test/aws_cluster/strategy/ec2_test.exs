@@ -208,8 +208,10 @@ defmodule AWSCluster.Strategy.EC2Test do
     specs = for {ip, i} <- Enum.with_index(ips, 1), do: spec(tag, i, ip)
     Moto.run_instances!(specs)
 
-    # operation_timeout < the delay fault; backoff capped so recovery is quick.
-    extra = [operation_timeout: 1_000, max_backoff: 1_500]
+    # operation_timeout < the delay fault; backoff capped so recovery is quick. Every
+    # node polls for itself: each must meet every fault (coordination_test.exs covers
+    # a shared poller's faults).
+    extra = [operation_timeout: 1_000, max_backoff: 1_500, coordinate: false]
     peers = for {ip, i} <- Enum.with_index(ips, 1), do: start_node(tag, i, ip, endpoint, extra)
     assert wait_until(fn -> mesh?(peers) end)
     pollers = Enum.map(peers, &poller/1)

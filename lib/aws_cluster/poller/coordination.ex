@@ -1,0 +1,182 @@
+defmodule AWSCluster.Poller.Coordination do
+  @moduledoc """
+  One poller per topology among the connected nodes that run it (`coordinate: true`,
+  the default of the EC2 and AutoScaling strategies).
+
+  Every node's loop joins a `:pg` group named after the topology and a fingerprint of
+  the strategy and the options that decide its answer, so only nodes asking AWS the
+  same question share answers. How a node reaches AWS (endpoint, credentials,
+  timeouts, retries) is not part of it: nodes may use per-AZ VPC endpoints or their own
+  roles and still share; the region is. The member with the lowest node name polls; it sends each complete answer to
+  the others, which apply it exactly like one of their own (`AWSCluster.Poller`).
+
+  ## Why the lowest node name, not a `:global` lock
+
+    * Every node computes the same poller from the same view, with no messages beyond
+      `pg`'s own, and the view changes only at `nodeup`/`nodedown` (and joins/leaves).
+    * A partition needs no lock to time out: each side's `pg` view loses the other side,
+      so each side elects its own poller; when the sides heal, the views merge and the
+      higher of the two steps down.
+    * `pg` spans the visible mesh only, like the membership it coordinates: hidden links
+      (meta-clustering gateways, `mix aws_cluster.peers`) never merge two clusters'
+      pollers. A `:global` lock would also have to be re-taken and probed every round.
+
+  ## What a follower accepts
+
+  An answer counts only when it comes from the process this node sees as the poller,
+  is newer than the last one accepted from it, and was started at most 2 intervals
+  ago by the sender's clock (a clock skew beyond that makes followers poll for
+  themselves: safe, only dearer). Anything else is ignored, with a reason.
+  """
+
+  @scope :aws_cluster_coordination
+  @message __MODULE__
+
+  @enforce_keys [:key, :monitor]
+  defstruct key: nil, monitor: nil, members: [], poller: nil, seq: 0, last: nil, ignored: 0
+
+  @type t :: %__MODULE__{
+          key: {atom(), non_neg_integer()},
+          monitor: reference(),
+          members: [pid()],
+          poller: pid(),
+          seq: non_neg_integer(),
+          last: %{from: pid(), seq: pos_integer()} | nil,
+          ignored: non_neg_integer()
+        }
+
+  @typedoc """
+  What a poller sends: a complete answer (`{:ok, peers, gone}`) or, when throttled, the
+  delay before its next try (`{:backoff, ms}`), stamped with the system time (ms) at
+  which its discovery started.
+  """
+  @type answer :: %{
+          from: pid(),
+          seq: pos_integer(),
+          started: integer(),
+          result: {:ok, [map()], [term()]} | {:backoff, pos_integer()}
+        }
+
+  @typedoc "Why an answer was ignored (`:invalid`: it failed `AWSCluster.Poller.Answer.normalize/3`)."
+  @type ignored :: :not_poller | :stale | :out_of_order | :invalid
+
+  @doc "The `:coordinate` option, with the strategy's default."
+  @spec schema(boolean()) :: AWSCluster.Config.schema()
+  def schema(default) do
+    [
+      coordinate: [
+        type: :boolean,
+        default: default,
+        doc:
+          "One node polls for all the connected nodes running this topology and shares " <>
+            "its answers (`AWSCluster.Poller.Coordination`); a node polls for itself " <>
+            "while connected to none, or when no answer came for 1.5 intervals."
+      ]
+    ]
+  end
+
+  @doc "The `:pg` scope of the groups; `AWSCluster.Application` starts it."
+  @spec scope() :: atom()
+  def scope, do: @scope
+
+  @doc "A child spec for the `:pg` scope."
+  @spec child_spec(term()) :: Supervisor.child_spec()
+  def child_spec(_), do: %{id: @scope, start: {:pg, :start_link, [@scope]}}
+
+  @doc """
+  Joins the calling loop to `topology`'s group; `config` is the validated config.
+  Returns `nil` when this OTP has no `:pg.monitor/2` (before 25.1) or the scope is not
+  running: the node then polls for itself.
+  """
+  @spec join(atom(), module(), map()) :: t() | nil
+  def join(topology, strategy, config) do
+    if function_exported?(:pg, :monitor, 2) and Process.whereis(@scope) do
+      decides = Keyword.keys(strategy.schema()) -- AWSCluster.Strategy.Client.transport_keys()
+      key = {topology, :erlang.phash2({strategy, Map.take(config, decides)})}
+      :ok = :pg.join(@scope, key, self())
+      {ref, pids} = :pg.monitor(@scope, key)
+      elect(%__MODULE__{key: key, monitor: ref}, pids)
+    end
+  end
+
+  @doc """
+  Applies a `:pg` join or leave notice; `:ignore` when `message` is not one of this
+  group's. Returns the new state and whether the poller changed.
+  """
+  @spec membership(t(), term()) :: {t(), boolean()} | :ignore
+  def membership(%__MODULE__{monitor: ref, key: key} = c, {ref, event, key, pids})
+      when event in [:join, :leave] do
+    members =
+      case event do
+        :join -> Enum.uniq(c.members ++ pids)
+        :leave -> c.members -- pids
+      end
+
+    new = elect(c, members)
+    {new, new.poller != c.poller}
+  end
+
+  def membership(_c, _message), do: :ignore
+
+  @doc "Whether this loop is the poller."
+  @spec poller?(t() | nil) :: boolean()
+  def poller?(nil), do: true
+  def poller?(%__MODULE__{poller: poller}), do: poller == self()
+
+  @doc "The poller's node."
+  @spec poller_node(t()) :: node()
+  def poller_node(%__MODULE__{poller: poller}), do: node(poller)
+
+  @doc "The nodes in the group, this one included, sorted."
+  @spec nodes(t()) :: [node()]
+  def nodes(%__MODULE__{members: members}), do: members |> Enum.map(&node/1) |> Enum.sort()
+
+  @doc """
+  Sends `result` of a discovery started at system time `started` (ms) to every other
+  member. Only the poller sends.
+  """
+  @spec broadcast(t(), {:ok, [map()], [term()]} | {:backoff, pos_integer()}, integer()) :: t()
+  def broadcast(%__MODULE__{} = c, result, started) do
+    seq = c.seq + 1
+    answer = %{from: self(), seq: seq, started: started, result: result}
+
+    # :noconnect: a member's node is connected, or pg would have dropped it; an answer
+    # must never open a link (with default kernel settings one would merge meshes).
+    for pid <- c.members,
+        pid != self(),
+        do: :erlang.send(pid, {@message, c.key, answer}, [:noconnect])
+
+    %{c | seq: seq}
+  end
+
+  @doc """
+  Checks a received message against the rules above, at system time `now` (ms) with
+  answers valid for `max_age` ms: `{:ok, c, answer}`, `{:ignore, c, reason}`, or
+  `:not_ours` when it is no answer of this group.
+  """
+  @spec accept(t() | nil, term(), integer(), pos_integer()) ::
+          {:ok, t(), answer()} | {:ignore, t(), ignored()} | :not_ours
+  def accept(%__MODULE__{key: key} = c, {@message, key, %{from: from} = answer}, now, max_age) do
+    cond do
+      from != c.poller or from == self() ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :not_poller}
+
+      now - answer.started > max_age ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :stale}
+
+      c.last != nil and c.last.from == from and answer.seq <= c.last.seq ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :out_of_order}
+
+      true ->
+        {:ok, %{c | last: %{from: from, seq: answer.seq}}, answer}
+    end
+  end
+
+  def accept(_c, _message, _now, _max_age), do: :not_ours
+
+  # The lowest {node, pid}: one answer from every node's same view.
+  defp elect(c, members) do
+    members = Enum.uniq([self() | members])
+    %{c | members: members, poller: Enum.min_by(members, &{node(&1), &1})}
+  end
+end
