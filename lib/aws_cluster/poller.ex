@@ -123,6 +123,23 @@ defmodule AWSCluster.Poller do
   def status(server), do: GenServer.call(server, :status)
 
   @doc """
+  What each coordinated loop of `topology` on this node says about who polls: the
+  `coordination` part of `status/1`. `mix aws_cluster.peers` asks every peer this over
+  distribution.
+  """
+  @spec coordination(atom()) :: [Report.coordination()]
+  def coordination(topology) do
+    # A loop that stops meanwhile has nothing to say.
+    Enum.flat_map(Coordination.local_loops(topology), fn pid ->
+      try do
+        [status(pid).coordination]
+      catch
+        :exit, _ -> []
+      end
+    end)
+  end
+
+  @doc """
   Validates `state.config` against the poller's and `strategy`'s schemas; the error
   message starts with the topology.
   """

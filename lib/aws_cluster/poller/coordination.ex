@@ -174,6 +174,18 @@ defmodule AWSCluster.Poller.Coordination do
 
   def accept(_c, _message, _now, _max_age), do: :not_ours
 
+  @doc "The coordinated loops of `topology` on this node."
+  @spec local_loops(atom()) :: [pid()]
+  def local_loops(topology) do
+    if Process.whereis(@scope) do
+      for {^topology, _} = key <- :pg.which_groups(@scope),
+          pid <- :pg.get_local_members(@scope, key),
+          do: pid
+    else
+      []
+    end
+  end
+
   # The lowest {node, pid}: one answer from every node's same view.
   defp elect(c, members) do
     members = Enum.uniq([self() | members])

@@ -6,9 +6,11 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
       $ mix aws_cluster.peers --topology app
       topology app (AWSCluster.Strategy.EC2): 3 peers in 2 AZs
-      INSTANCE             AZ          ADDRESS     NODE               STATE    CONNECTED
-      i-0a1b2c3d4e5f60718  us-east-1a  10.0.1.17   chat@10.0.1.17     running  yes
+      INSTANCE             AZ          ADDRESS    NODE             STATE    CONNECTED  POLLING  ANSWER_FROM      AGE
+      i-0a1b2c3d4e5f60718  us-east-1a  10.0.1.17  chat@10.0.1.17   running  yes        polls    chat@10.0.1.17   3.2s
+      i-0b2c3d4e5f6071829  us-east-1b  10.0.2.41  chat@10.0.2.41   running  yes        follows  chat@10.0.1.17   3.1s
       ...
+      polling: chat@10.0.1.17 polls for the 3 connected nodes asked
 
   The topology comes from app config (`config :libcluster, topologies: [...]` or
   `config :aws_cluster, topologies: [...]`; all aws_cluster polling topologies unless
@@ -29,7 +31,11 @@ defmodule Mix.Tasks.AwsCluster.Peers do
       distributed.
     * `--no-connect` - do not try to connect.
 
-  CONNECTED says whether this VM is connected to the peer (`self` for this node). When
+  CONNECTED says whether this VM is connected to the peer (`self` for this node).
+  POLLING, ANSWER_FROM and AGE are what a connected peer says about coordinated
+  polling (`AWSCluster.Poller.Coordination`): whether it `polls` or `follows`, where
+  its last applied answer came from, and how long ago; a closing line names the poller,
+  or every poller seen when the peers disagree. When
   the VM is distributed
   (`elixir --name diag@10.0.1.5 --cookie "$COOKIE" -S mix aws_cluster.peers`), peers
   not yet connected are tried first with a hidden connection, which does not make this
@@ -83,8 +89,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   defp probe(name, spec, opts) do
     case Probe.discover(name, spec) do
       {:ok, result} ->
-        connected = connect(result, Keyword.get(opts, :connect, true))
-        Mix.shell().info(render(result, connected))
+        {connected, polling} = connect(result, Keyword.get(opts, :connect, true))
+        Mix.shell().info(render(result, connected, polling))
         :ok
 
       {:error, %Error{reason: :not_supported} = e} ->
@@ -112,7 +118,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   defp hint(_), do: ""
 
-  # Returns the set of connected peers, or nil when this VM cannot connect at all.
+  # Returns the set of connected peers (nil when this VM cannot connect at all) and
+  # what each connected peer says about its polling.
   defp connect(result, try?) do
     if Node.alive?() do
       nodes = Enum.map(result.peers, & &1.node)
@@ -129,17 +136,42 @@ defmodule Mix.Tasks.AwsCluster.Peers do
       end
 
       connected = MapSet.new(Node.list([:visible, :hidden]))
+      polling = polling(result.topology, Enum.filter(nodes, &MapSet.member?(connected, &1)))
 
       # Leave the VM as it was: only links this task opened are closed.
       for node <- MapSet.difference(connected, before), node in nodes, do: Node.disconnect(node)
 
-      connected
+      {connected, polling}
+    else
+      {nil, %{}}
     end
   end
 
+  # A peer that runs no coordinated loop of the topology, or an older aws_cluster,
+  # answers nothing.
+  defp polling(topology, nodes) do
+    nodes
+    |> Task.async_stream(
+      fn node ->
+        try do
+          {node, :erpc.call(node, AWSCluster.Poller, :coordination, [topology], @connect_timeout)}
+        catch
+          _, _ -> {node, []}
+        end
+      end,
+      timeout: @connect_timeout + 1_000,
+      on_timeout: :kill_task
+    )
+    |> Enum.flat_map(fn
+      {:ok, {node, [view | _]}} -> [{node, view}]
+      _ -> []
+    end)
+    |> Map.new()
+  end
+
   @doc false
-  @spec render(Probe.result(), MapSet.t() | nil) :: String.t()
-  def render(result, connected) do
+  @spec render(Probe.result(), MapSet.t() | nil, %{node() => map()}) :: String.t()
+  def render(result, connected, polling) do
     peers = Enum.sort_by(result.peers, &{az(&1), to_string(&1.node)})
     azs = peers |> Enum.map(&az/1) |> Enum.uniq() |> length()
 
@@ -158,10 +190,24 @@ defmodule Mix.Tasks.AwsCluster.Peers do
           to_string(peer.node),
           Map.get(instance, :state) || "-",
           connected_text(connected, peer.node)
-        ]
+        ] ++ polling_cells(polling[peer.node])
       end
 
-    table = table(["INSTANCE", "AZ", "ADDRESS", "NODE", "STATE", "CONNECTED"], rows)
+    table =
+      table(
+        [
+          "INSTANCE",
+          "AZ",
+          "ADDRESS",
+          "NODE",
+          "STATE",
+          "CONNECTED",
+          "POLLING",
+          "ANSWER_FROM",
+          "AGE"
+        ],
+        rows
+      )
 
     gone =
       case result.gone do
@@ -177,7 +223,31 @@ defmodule Mix.Tasks.AwsCluster.Peers do
         ],
         else: []
 
-    Enum.join([header | table] ++ gone ++ note, "\n")
+    Enum.join([header | table] ++ gone ++ pollers(polling) ++ note, "\n")
+  end
+
+  defp polling_cells(nil), do: ["-", "-", "-"]
+
+  defp polling_cells(view) do
+    age = if view.answer_age, do: "#{Float.round(view.answer_age / 1000, 1)}s", else: "-"
+    role = %{poller: "polls", follower: "follows"}[view.role] || "-"
+    [role, to_string(view.answer_from || "-"), age]
+  end
+
+  # Nodes that disagree on who polls are a partition, or views still converging.
+  defp pollers(polling) when map_size(polling) == 0, do: []
+
+  defp pollers(polling) do
+    case polling |> Map.values() |> Enum.map(& &1.poller) |> Enum.uniq() do
+      [poller] ->
+        ["polling: #{poller} polls for the #{map_size(polling)} connected nodes asked"]
+
+      pollers ->
+        [
+          "polling: #{length(pollers)} pollers seen (#{Enum.map_join(pollers, ", ", &to_string/1)}): " <>
+            "a partition, or a heal in progress"
+        ]
+    end
   end
 
   defp az(peer), do: Map.get(peer.instance, :availability_zone)

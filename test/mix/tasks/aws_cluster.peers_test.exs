@@ -3,7 +3,7 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
   # of those addresses, moto's own IAM enforcement for the AccessDenied cases.
   use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{Cluster, MixTask, Moto, MotoIAM}
+  alias AWSCluster.Test.{Cluster, MixTask, Moto, MotoIAM, StrategyPeer, Wait}
 
   @moduletag timeout: 300_000
 
@@ -44,12 +44,26 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     stdout |> String.split("\n") |> Enum.find(&String.starts_with?(&1, id)) |> String.split()
   end
 
-  test "a configured topology: every instance with its AZ, address, node, state and connection",
+  test "a configured topology: every instance with its AZ, address, node, state, connection and who polls",
        %{tag: tag} do
     [id_a, id_b, id_c] = seed(tag)
     {pa, node_a} = Cluster.start_peer("#{tag}a", "127.0.1.31")
     {pb, node_b} = Cluster.start_peer("#{tag}b", "127.0.2.31")
     on_exit(fn -> Enum.each([pa, pb], &Cluster.stop/1) end)
+
+    # Both peers run the topology: a, the lower name, polls and b follows it.
+    topology = [
+      diag: [strategy: AWSCluster.Strategy.EC2, config: ec2_config(tag, polling_interval: 1_000)]
+    ]
+
+    {:ok, sup_a} = :peer.call(pa, StrategyPeer, :start_detached, [topology])
+    {:ok, sup_b} = :peer.call(pb, StrategyPeer, :start_detached, [topology])
+
+    assert Wait.until(fn ->
+             :peer.call(pb, StrategyPeer, :status, [sup_b]).coordination.answer_from == node_a
+           end)
+
+    assert :peer.call(pa, StrategyPeer, :status, [sup_a]).coordination.role == :poller
 
     Application.put_env(:aws_cluster, :topologies,
       diag: [strategy: AWSCluster.Strategy.EC2, config: ec2_config(tag)]
@@ -61,20 +75,39 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     assert out =~ "topology diag (AWSCluster.Strategy.EC2): 3 peers in 3 AZs"
     assert out =~ ~r/INSTANCE\s+AZ\s+ADDRESS\s+NODE\s+STATE\s+CONNECTED/
 
-    assert row(out, id_a) ==
-             [id_a, "us-east-1a", "127.0.1.31", "#{node_a}", "running", "yes"]
+    assert out =~ ~r/CONNECTED\s+POLLING\s+ANSWER_FROM\s+AGE/
 
-    assert row(out, id_b) ==
-             [id_b, "us-east-1b", "127.0.2.31", "#{node_b}", "running", "yes"]
+    a = "#{node_a}"
+    b = "#{node_b}"
+
+    assert [^id_a, "us-east-1a", "127.0.1.31", ^a, "running", "yes", "polls", ^a, age] =
+             row(out, id_a)
+
+    assert age =~ ~r/^\d+\.\ds$/
+
+    assert [^id_b, "us-east-1b", "127.0.2.31", ^b, "running", "yes", "follows", ^a, _] =
+             row(out, id_b)
 
     assert row(out, id_c) ==
-             [id_c, "us-east-1c", "127.0.3.31", "#{tag}c@127.0.3.31", "running", "no"]
+             [
+               id_c,
+               "us-east-1c",
+               "127.0.3.31",
+               "#{tag}c@127.0.3.31",
+               "running",
+               "no",
+               "-",
+               "-",
+               "-"
+             ]
+
+    assert out =~ "polling: #{node_a} polls for the 2 connected nodes asked"
 
     # The task closes the links it opened.
     refute node_a in Node.list([:visible, :hidden])
 
     {0, out, ""} = run_task(["--topology", "diag", "--no-connect"])
-    assert List.last(row(out, id_a)) == "no"
+    assert Enum.at(row(out, id_a), 5) == "no"
   end
 
   # System.put_env does not reach the NIF (the VM keeps its own copy of the
@@ -108,7 +141,10 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
 
     {out, 0} = mix(["aws_cluster.peers" | args], env)
     assert out =~ "topology cli (AWSCluster.Strategy.EC2): 3 peers in 3 AZs"
-    assert row(out, id_a) == [id_a, "us-east-1a", "127.0.1.31", "chat@127.0.1.31", "running", "-"]
+
+    assert row(out, id_a) ==
+             [id_a, "us-east-1a", "127.0.1.31", "chat@127.0.1.31", "running", "-", "-", "-", "-"]
+
     refute out =~ "127.0.1.32"
     # Not distributed, so it cannot say; it says how to make it say.
     assert out =~ "CONNECTED is - because this VM is not distributed"
