@@ -156,6 +156,7 @@ defmodule Demo do
       end)
       |> Enum.sum()
 
+    pollers = for m <- all, %{poller: p} when p != nil <- [final[m.node]], uniq: true, do: p
     calls = Fleet.recorded_calls()
     all |> Task.async_stream(&Fleet.stop/1, timeout: 30_000) |> Stream.run()
     Moto.kill!()
@@ -174,6 +175,7 @@ defmodule Demo do
       join: joined - newcomer_up,
       calls: calls,
       polls: polls,
+      pollers: pollers,
       total: now() - started,
       cluster_time: now() - boot_started,
       run_dir: run_dir
@@ -337,12 +339,31 @@ defmodule Demo do
       {"AWS calls",
        "by the nodes (moto request log): #{node_calls}; #{total} over #{secs(r.cluster_time)} of cluster life (#{Float.round(total / minutes, 1)}/min)"},
       {"", "discovery rounds the nodes reported: #{r.polls}" <> rounds_note(r.opts)},
+      {"", uncoordinated(r)},
       {"", "by the demo itself (seeding): #{seed_calls}"},
       {"total", "#{secs(r.total)}"}
     ]
 
     IO.puts("\n== summary")
     for {k, v} <- rows, do: IO.puts("  " <> String.pad_trailing(k, 14) <> v)
+  end
+
+  # What every node polling for itself would cost, against this run's figure.
+  defp uncoordinated(%{opts: %{strategy: :gossip}}), do: "gossip makes no AWS calls at all"
+
+  defp uncoordinated(r) do
+    per_round = if r.opts.strategy == :autoscaling, do: 2, else: 1
+    n = length(r.nodes)
+    naive = Float.round(n * 60_000 / r.opts.interval * per_round, 1)
+
+    who =
+      case r.pollers do
+        [poller] -> "coordinated: one poller, #{poller}, plus one poll per boot"
+        pollers -> "pollers seen at the end: #{inspect(pollers)}"
+      end
+
+    "uncoordinated, #{n} nodes would make #{naive}/min (#{n} × 60 s / #{r.opts.interval} ms" <>
+      " × #{per_round} calls a round); #{who}"
   end
 
   defp prune_rule(%{strategy: :gossip}), do: "gossip: it said leave on shutdown"

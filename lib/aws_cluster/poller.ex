@@ -12,8 +12,11 @@ defmodule AWSCluster.Poller do
 
   Its promises (DESIGN §3):
 
-    * Polls every `:polling_interval` ms with ±10% jitter, so a fleet does not hit the
-      account-wide API rate limit in lockstep.
+    * Polls every `:polling_interval` ms (start to start) with ±10% jitter, so a fleet
+      does not hit the account-wide API rate limit in lockstep.
+    * With `coordinate: true` (the EC2 and AutoScaling default) only one of the
+      connected nodes running the topology polls, and the others apply its answers
+      (see "Coordinated polling" below).
     * A `:throttled` error doubles the delay per consecutive throttle (with the same
       jitter) up to `:max_backoff`; other errors retry at the normal interval, so the
       cluster catches up within one interval after the fault clears.
@@ -37,6 +40,31 @@ defmodule AWSCluster.Poller do
       always answers. Stopping the topology ends both.
     * Logs once when discovery starts failing and once when it recovers, not every poll.
 
+  ## Coordinated polling
+
+  DescribeInstances has one token bucket per account and region (100 tokens, refilled
+  at 20 a second) shared with every other tool in the account. Uncoordinated, 100 nodes
+  at a 10 s interval spend half the refill, 300 nodes 150% of it. Coordinated, a
+  topology costs one call per interval whatever its size, plus one per node boot.
+
+    * **Who polls.** The lowest node name among the connected nodes that run the
+      topology with the same discovery options (`AWSCluster.Poller.Coordination`
+      says why that and not a lock). It sends each complete answer to the others.
+    * **Followers** apply a received answer exactly like their own: the same last good
+      set, miss counts, prune guard, name budget, `AWSCluster.node_info/1` and
+      connect round. An answer older than 2 intervals, or from a node that is not the
+      poller in this node's view, is ignored (`[:aws_cluster, :poller, :ignored]`).
+    * **Fallbacks.** A node connected to no member polls for itself, which is how a
+      cluster bootstraps: every node polls once at start. A follower that received no
+      answer for 1.5 intervals (±10%) polls for itself until one comes again: the poller
+      died, is partitioned away, or is stuck. Each side of a partition elects its own
+      poller once `nodedown` arrives; when the sides heal, one remains.
+    * **Throttling** on the poller backs off the whole topology: its backoff delay goes
+      to the followers, which wait that long plus half an interval before polling for
+      themselves.
+    * `status/1`'s `coordination` says who polls and where the last answer came from;
+      `mix aws_cluster.peers` shows it for every connected peer.
+
   ## Pruning
 
   A prune means: stop dialing the peer and forget it. By default it does **not** cut
@@ -48,7 +76,8 @@ defmodule AWSCluster.Poller do
   `[:aws_cluster, :discovery, :stop]` (measurements `duration`, `peers`),
   `[:aws_cluster, :discovery, :exception]` (metadata `reason`, the error's reason atom)
   for every failed round, and `[:aws_cluster, :discovery, :names_refused]` when the name
-  budget refuses new names.
+  budget refuses new names. Coordination adds `[:aws_cluster, :poller, :elected]`,
+  `[:aws_cluster, :poller, :answer]` and `[:aws_cluster, :poller, :ignored]`.
 
   Options common to every strategy:
 
@@ -116,7 +145,9 @@ defmodule AWSCluster.Poller do
   prunes the guard holds, the new names the budget still allows and the nodes whose last
   connect failed (with why).
 
-  `polls` counts finished discovery rounds. Connects and disconnects run after a round
+  `polls` counts this node's own finished discovery rounds, `answers` the complete
+  answers applied (its own and the poller's); `coordination` is
+  `t:AWSCluster.Poller.Report.coordination/0`. Connects and disconnects run after a round
   in a separate process; `connecting` is `true` while such a round runs or waits.
   """
   @spec status(GenServer.server()) :: status()

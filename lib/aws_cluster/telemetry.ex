@@ -31,6 +31,22 @@ defmodule AWSCluster.Telemetry do
       Measurements: `%{held: pos_integer, known: pos_integer, percent: pos_integer}`.
       Metadata: `%{topology: atom, strategy: module}`.
 
+  ## Coordinated polling (from `AWSCluster.Poller`, see `AWSCluster.Poller.Coordination`)
+
+    * `[:aws_cluster, :poller, :elected]` - this node sees a new poller for the
+      topology (also once when the loop joins its group).
+      Measurements: `%{members: pos_integer}` - the nodes sharing the answers.
+      Metadata: `%{topology: atom, strategy: module, poller: node, previous: node | nil,
+      role: :poller | :follower}`.
+    * `[:aws_cluster, :poller, :answer]` - a follower applied the poller's answer.
+      Measurements: `%{peers: non_neg_integer}`.
+      Metadata: `%{topology: atom, strategy: module, from: node}`.
+    * `[:aws_cluster, :poller, :ignored]` - a shared answer was not used.
+      Measurements: `%{count: 1}`.
+      Metadata: `%{topology: atom, strategy: module, from: node, reason: atom}` -
+      `:not_poller` (late, from an old poller), `:stale` (started over 2 intervals
+      ago), `:out_of_order` or `:invalid`.
+
   ## Connections (every strategy, from `AWSCluster.Connector`)
 
     * `[:aws_cluster, :node, :connect]` - the topology's connect MFA succeeded for a
