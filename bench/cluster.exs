@@ -2,12 +2,17 @@
 # discovering each other with the EC2 strategy on moto.
 #
 #   MIX_ENV=test mix run bench/cluster.exs [--runs 5] [--window 120] [--intervals 10000,2000]
+#                                          [--modes coordinated,uncoordinated]
 #
 # (MIX_ENV=demo works the same and keeps the nodes' code apart from _build/test, which a
 # concurrent `mix test` may recompile under them.)
 #
-# Expected duration with the defaults: about 8 minutes on 2 cores (per interval: 5 fresh
-# clusters of ~20-30 s each, then a 2-minute counting window).
+# Every figure is taken for each interval in each mode, side by side in one run:
+# `coordinated` (the EC2 default: one elected poller shares its answers) and
+# `uncoordinated` (`coordinate: false`: every node polls), which is the baseline.
+#
+# Expected duration with the defaults: about 20 minutes on 2 cores (per interval and
+# mode: 5 fresh clusters of ~20-30 s each, a 2-minute counting window, one prune).
 #
 # P2: time from the last node's start to a full mesh. Per run a fresh cluster: 16 VMs
 #     boot, 15 instances exist and those 15 nodes start the strategy and mesh; then the
@@ -21,6 +26,9 @@
 # P3: DescribeInstances calls per minute from the 16-node cluster over the window,
 #     counted in moto's request log (moto's recorder; requests whose User-Agent is the
 #     aws-cluster/<version> User-Agent), against the naive expectation nodes × 60 s / interval.
+#     Target: coordinated ≤ 1 call per interval (no boots happen in the window).
+# Prune: on the last cluster after its window, one instance is terminated and its node
+#     stopped; the time until every other node's membership has dropped it (prune_after 3).
 
 defmodule Bench.Cluster do
   alias AWSCluster.Test.{Fleet, Moto, Wait}
@@ -38,18 +46,18 @@ defmodule Bench.Cluster do
 
     IO.puts(
       "cluster bench: #{@nodes} nodes, EC2 strategy on moto, intervals #{inspect(opts.intervals)} ms, " <>
-        "#{opts.runs} runs each, #{opts.window} s window"
+        "modes #{inspect(opts.modes)}, #{opts.runs} runs each, #{opts.window} s window"
     )
 
     results =
-      for interval <- opts.intervals do
+      for interval <- opts.intervals, mode <- opts.modes do
         runs =
           for i <- 1..opts.runs do
-            cluster = boot_cluster(interval, i, dir)
+            cluster = boot_cluster(interval, mode, i, dir)
             result = measure_last(cluster)
 
             IO.puts(
-              "  interval #{interval} ms, run #{i}: mesh #{ms(result.mesh)}, " <>
+              "  interval #{interval} ms, #{mode}, run #{i}: mesh #{ms(result.mesh)}, " <>
                 "known by all #{ms(result.known)} (16 VMs booted in #{ms(cluster.boot)})"
             )
 
@@ -57,11 +65,17 @@ defmodule Bench.Cluster do
             result
           end
 
-        # P3 counts on the last run's cluster, still meshed.
+        # P3 and the prune on the last run's cluster, still meshed.
         members = List.last(runs).members
         p3 = window(members, interval, opts.window)
+        prune = prune(members)
+
+        IO.puts(
+          "  interval #{interval} ms, #{mode}: #{p3.calls} calls in the window, prune #{ms(prune)}"
+        )
+
         halt(members)
-        %{interval: interval, runs: runs, p3: p3}
+        %{interval: interval, mode: mode, runs: runs, p3: p3, prune: prune}
       end
 
     report(results, opts)
@@ -70,9 +84,9 @@ defmodule Bench.Cluster do
   end
 
   # A fresh cluster: instances, 16 VMs, the strategy on the first 15 (meshed).
-  defp boot_cluster(interval, i, dir) do
+  defp boot_cluster(interval, mode, i, dir) do
     Moto.fresh!()
-    run = "#{System.pid()}r#{i}i#{interval}"
+    run = "#{System.pid()}r#{i}i#{interval}#{String.first(to_string(mode))}"
     tag = "bench#{run}"
     specs = Fleet.plan(@nodes, prefix: "b", run: run, host_base: @host_base)
     # The last node's instance is launched only when it starts (measure_last/1): until
@@ -81,7 +95,10 @@ defmodule Bench.Cluster do
     first_specs = Fleet.launch!(first_specs, %{"cluster" => tag})
     specs = first_specs ++ [last_spec]
     cookie = :"bench_#{run}"
-    topology = &Fleet.topology(:ec2, &1, tags: %{"cluster" => tag}, interval: interval)
+    config = [coordinate: mode == :coordinated]
+
+    topology =
+      &Fleet.topology(:ec2, &1, tags: %{"cluster" => tag}, interval: interval, config: config)
 
     t = now()
 
@@ -169,6 +186,29 @@ defmodule Bench.Cluster do
     }
   end
 
+  # Terminates one instance (a follower's when coordinated: the 15th node) and stops its
+  # node; the time until every other member has pruned it.
+  defp prune(members) do
+    victim = Enum.at(members, -2)
+    others = members -- [victim]
+    t = now()
+    Moto.terminate!([victim.instance_id])
+    Fleet.stop(victim)
+
+    Wait.until(
+      fn ->
+        snaps = Fleet.snapshots(others)
+
+        Enum.all?(others, fn m ->
+          match?(%{members: ms} when is_list(ms), snaps[m.node]) and
+            victim.node not in snaps[m.node].members
+        end) and now() - t
+      end,
+      300_000,
+      20
+    ) || raise "the terminated instance was not pruned everywhere"
+  end
+
   defp sdk?({"sdk:" <> _, _}), do: true
   defp sdk?(_), do: false
 
@@ -193,24 +233,11 @@ defmodule Bench.Cluster do
 
   defp report(results, opts) do
     IO.puts(
-      "\nP2  time from the last node's start to a full mesh of #{@nodes} (#{opts.runs} runs per interval)"
+      "\nP2  time from the last node's start to a full mesh of #{@nodes} (#{opts.runs} runs each)"
     )
 
-    IO.puts(
-      "    " <>
-        Enum.map_join(
-          [
-            "interval",
-            "mesh p50",
-            "mesh p95",
-            "known-by-all p50",
-            "known-by-all p95",
-            "mesh runs (ms)"
-          ],
-          "  ",
-          &String.pad_trailing(&1, 16)
-        )
-    )
+    columns = ["interval", "mode", "mesh p50", "mesh p95", "known-by-all p50", "known p95"]
+    IO.puts("    " <> row(columns ++ ["mesh runs (ms)"]))
 
     for r <- results do
       meshes = Enum.map(r.runs, & &1.mesh)
@@ -218,46 +245,54 @@ defmodule Bench.Cluster do
 
       IO.puts(
         "    " <>
-          Enum.map_join(
-            [
-              "#{r.interval} ms",
-              ms(pct(meshes, 50)),
-              ms(pct(meshes, 95)),
-              ms(pct(knowns, 50)),
-              ms(pct(knowns, 95)),
-              inspect(meshes)
-            ],
-            "  ",
-            &String.pad_trailing(&1, 16)
-          )
+          row([
+            "#{r.interval} ms",
+            "#{r.mode}",
+            ms(pct(meshes, 50)),
+            ms(pct(meshes, 95)),
+            ms(pct(knowns, 50)),
+            ms(pct(knowns, 95)),
+            inspect(meshes)
+          ])
       )
-    end
-
-    case results do
-      [a, b | _] ->
-        IO.puts(
-          "    ratio #{a.interval} ms / #{b.interval} ms: mesh p50 #{ratio(pct(Enum.map(a.runs, & &1.mesh), 50), pct(Enum.map(b.runs, & &1.mesh), 50))}, " <>
-            "known-by-all p50 #{ratio(pct(Enum.map(a.runs, & &1.known), 50), pct(Enum.map(b.runs, & &1.known), 50))}"
-        )
-
-      _ ->
-        :ok
     end
 
     IO.puts(
       "\nP3  DescribeInstances per minute, #{@nodes} nodes, #{opts.window} s window (moto's request log)"
     )
 
-    for %{interval: interval, p3: p} <- results do
+    for %{interval: interval, mode: mode, p3: p} <- results do
       IO.puts(
-        "    interval #{interval} ms: #{p.calls} calls in #{Float.round(p.elapsed / 1000, 1)} s = " <>
-          "#{Float.round(p.per_min, 1)}/min; expected #{Float.round(p.expected, 1)}/min " <>
+        "    interval #{interval} ms, #{mode}: #{p.calls} calls in #{Float.round(p.elapsed / 1000, 1)} s = " <>
+          "#{Float.round(p.per_min, 1)}/min; naive #{Float.round(p.expected, 1)}/min " <>
           "(#{@nodes} × 60 s / interval), ratio #{ratio(p.per_min, p.expected)}; " <>
-          "rounds the pollers counted: #{p.rounds}; healthy nodes at the end: #{p.healthy}/#{@nodes}" <>
+          "own rounds the nodes counted: #{p.rounds}; healthy nodes at the end: #{p.healthy}/#{@nodes}" <>
           if(p.other_sdk == [], do: "", else: "; other SDK calls: #{inspect(p.other_sdk)}")
       )
     end
+
+    IO.puts("\nPrune  termination to every other node dropping it (prune_after 3)")
+
+    for r <- results, do: IO.puts("    interval #{r.interval} ms, #{r.mode}: #{ms(r.prune)}")
+
+    IO.puts("\nCoordinated / uncoordinated, per interval (the baseline is the same run's)")
+
+    for interval <- opts.intervals,
+        c = Enum.find(results, &(&1.interval == interval and &1.mode == :coordinated)),
+        u = Enum.find(results, &(&1.interval == interval and &1.mode == :uncoordinated)) do
+      p50 = fn r, key -> pct(Enum.map(r.runs, &Map.fetch!(&1, key)), 50) end
+
+      IO.puts(
+        "    #{interval} ms: calls/min #{ratio(c.p3.per_min, u.p3.per_min)}, " <>
+          "mesh p50 #{ratio(p50.(c, :mesh), p50.(u, :mesh))}, " <>
+          "known-by-all p50 #{ratio(p50.(c, :known), p50.(u, :known))}, " <>
+          "prune #{ratio(c.prune, u.prune)}"
+      )
+    end
   end
+
+  defp row(cells),
+    do: cells |> Enum.map_join("  ", &String.pad_trailing(&1, 16)) |> String.trim_trailing()
 
   defp pct(values, p) do
     sorted = Enum.sort(values)
@@ -271,7 +306,9 @@ defmodule Bench.Cluster do
 
   defp parse(argv) do
     {parsed, _, _} =
-      OptionParser.parse(argv, strict: [runs: :integer, window: :integer, intervals: :string])
+      OptionParser.parse(argv,
+        strict: [runs: :integer, window: :integer, intervals: :string, modes: :string]
+      )
 
     %{
       runs: Keyword.get(parsed, :runs, 5),
@@ -280,7 +317,12 @@ defmodule Bench.Cluster do
         parsed
         |> Keyword.get(:intervals, "10000,2000")
         |> String.split(",")
-        |> Enum.map(&String.to_integer(String.trim(&1)))
+        |> Enum.map(&String.to_integer(String.trim(&1))),
+      modes:
+        parsed
+        |> Keyword.get(:modes, "coordinated,uncoordinated")
+        |> String.split(",")
+        |> Enum.map(&String.to_existing_atom(String.trim(&1)))
     }
   end
 end

@@ -515,24 +515,30 @@ defmodule AWSCluster.Poller do
         Report.ignored(meta(s), message, reason)
         %{s | coordination: c}
 
-      {:ok, c, %{result: {:backoff, delay}}} ->
-        follow(%{s | coordination: c}, delay + Loop.jitter(div(interval, 2)))
-
-      {:ok, c, %{result: result, from: from}} ->
+      {:ok, c, answer} ->
         s = %{s | coordination: c}
 
-        case Answer.normalize(result, s.strategy, s.config.max_peers) do
-          {:ok, peers, gone} ->
-            Report.received(meta(s), node(from), length(peers))
-
-            s
-            |> succeed(peers, gone, node(from))
-            |> follow(Loop.jitter(div(3 * interval, 2)))
-
-          {:error, _} ->
-            Report.ignored(meta(s), message, :invalid)
-            s
+        case Coordination.result(answer) do
+          {:backoff, delay} -> follow(s, delay + Loop.jitter(div(interval, 2)))
+          result -> apply_received(s, message, node(answer.from), result)
         end
+    end
+  end
+
+  # Distribution is trusted (the cookie), but a poller of another version could still
+  # send a shape this one does not know: such an answer changes nothing.
+  defp apply_received(s, message, from, result) do
+    case Answer.normalize(result, s.strategy, s.config.max_peers) do
+      {:ok, peers, gone} ->
+        Report.received(meta(s), from, length(peers))
+
+        s
+        |> succeed(peers, gone, from)
+        |> follow(Loop.jitter(div(3 * s.config.polling_interval, 2)))
+
+      {:error, _} ->
+        Report.ignored(meta(s), message, :invalid)
+        s
     end
   end
 

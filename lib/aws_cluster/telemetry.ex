@@ -43,7 +43,7 @@ defmodule AWSCluster.Telemetry do
       Metadata: `%{topology: atom, strategy: module, from: node}`.
     * `[:aws_cluster, :poller, :ignored]` - a shared answer was not used.
       Measurements: `%{count: 1}`.
-      Metadata: `%{topology: atom, strategy: module, from: node, reason: atom}` -
+      Metadata: `%{topology: atom, strategy: module, from: node | nil, reason: atom}` -
       `:not_poller` (late, from an old poller), `:stale` (started over 2 intervals
       ago), `:out_of_order` or `:invalid`.
 

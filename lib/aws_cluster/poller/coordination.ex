@@ -5,9 +5,13 @@ defmodule AWSCluster.Poller.Coordination do
 
   Every node's loop joins a `:pg` group named after the topology and a fingerprint of
   the strategy and the options that decide its answer, so only nodes asking AWS the
-  same question share answers. How a node reaches AWS (endpoint, credentials,
-  timeouts, retries) is not part of it: nodes may use per-AZ VPC endpoints or their own
-  roles and still share; the region is. The member with the lowest node name polls; it sends each complete answer to
+  same question share answers, at the same interval. How a node reaches AWS (endpoint,
+  credentials, timeouts, retries) is not part of it: nodes may use per-AZ VPC endpoints
+  or their own roles and still share; the region is.
+
+  An answer is encoded once (compressed external term format) and the same binary goes
+  to every follower: 1,000 instances with tags are a few hundred KB as a term, so
+  encoding per send would cost the poller that much work per follower and interval. The member with the lowest node name polls; it sends each complete answer to
   the others, which apply it exactly like one of their own (`AWSCluster.Poller`).
 
   ## Why the lowest node name, not a `:global` lock
@@ -46,15 +50,15 @@ defmodule AWSCluster.Poller.Coordination do
         }
 
   @typedoc """
-  What a poller sends: a complete answer (`{:ok, peers, gone}`) or, when throttled, the
-  delay before its next try (`{:backoff, ms}`), stamped with the system time (ms) at
-  which its discovery started.
+  What a poller sends: a complete answer (`{:ok, peers, gone}`, encoded) or, when
+  throttled, the delay before its next try (`{:backoff, ms}`), stamped with the system
+  time (ms) at which its discovery started.
   """
   @type answer :: %{
           from: pid(),
           seq: pos_integer(),
           started: integer(),
-          result: {:ok, [map()], [term()]} | {:backoff, pos_integer()}
+          result: {:encoded, binary()} | {:backoff, pos_integer()}
         }
 
   @typedoc "Why an answer was ignored (`:invalid`: it failed `AWSCluster.Poller.Answer.normalize/3`)."
@@ -75,11 +79,7 @@ defmodule AWSCluster.Poller.Coordination do
     ]
   end
 
-  @doc "The `:pg` scope of the groups; `AWSCluster.Application` starts it."
-  @spec scope() :: atom()
-  def scope, do: @scope
-
-  @doc "A child spec for the `:pg` scope."
+  @doc "A child spec for the `:pg` scope of the groups; `AWSCluster.Application` starts it."
   @spec child_spec(term()) :: Supervisor.child_spec()
   def child_spec(_), do: %{id: @scope, start: {:pg, :start_link, [@scope]}}
 
@@ -91,7 +91,10 @@ defmodule AWSCluster.Poller.Coordination do
   @spec join(atom(), module(), map()) :: t() | nil
   def join(topology, strategy, config) do
     if function_exported?(:pg, :monitor, 2) and Process.whereis(@scope) do
-      decides = Keyword.keys(strategy.schema()) -- AWSCluster.Strategy.Client.transport_keys()
+      decides =
+        [:polling_interval | Keyword.keys(strategy.schema())] --
+          AWSCluster.Strategy.Client.transport_keys()
+
       key = {topology, :erlang.phash2({strategy, Map.take(config, decides)})}
       :ok = :pg.join(@scope, key, self())
       {ref, pids} = :pg.monitor(@scope, key)
@@ -118,6 +121,21 @@ defmodule AWSCluster.Poller.Coordination do
 
   def membership(_c, _message), do: :ignore
 
+  @doc """
+  The result inside an accepted answer: `{:ok, peers, gone}`, `{:backoff, ms}`, or
+  `:error` when the encoding does not decode (`AWSCluster.Poller.Answer.normalize/3`
+  checks the shape).
+  """
+  @spec result(answer()) :: term()
+  def result(%{result: {:encoded, binary}}) when is_binary(binary) do
+    :erlang.binary_to_term(binary)
+  rescue
+    ArgumentError -> :error
+  end
+
+  def result(%{result: {:backoff, ms}}) when is_integer(ms) and ms > 0, do: {:backoff, ms}
+  def result(_answer), do: :error
+
   @doc "Whether this loop is the poller."
   @spec poller?(t() | nil) :: boolean()
   def poller?(nil), do: true
@@ -138,6 +156,13 @@ defmodule AWSCluster.Poller.Coordination do
   @spec broadcast(t(), {:ok, [map()], [term()]} | {:backoff, pos_integer()}, integer()) :: t()
   def broadcast(%__MODULE__{} = c, result, started) do
     seq = c.seq + 1
+
+    result =
+      case result do
+        {:ok, _, _} -> {:encoded, :erlang.term_to_binary(result, [:compressed])}
+        {:backoff, _} -> result
+      end
+
     answer = %{from: self(), seq: seq, started: started, result: result}
 
     # :noconnect: a member's node is connected, or pg would have dropped it; an answer
@@ -156,23 +181,34 @@ defmodule AWSCluster.Poller.Coordination do
   """
   @spec accept(t() | nil, term(), integer(), pos_integer()) ::
           {:ok, t(), answer()} | {:ignore, t(), ignored()} | :not_ours
-  def accept(%__MODULE__{key: key} = c, {@message, key, %{from: from} = answer}, now, max_age) do
-    cond do
-      from != c.poller or from == self() ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :not_poller}
+  def accept(%__MODULE__{key: key} = c, {@message, key, answer}, now, max_age)
+      when is_map_key(answer, :result) do
+    case answer do
+      %{from: from, seq: seq, started: started} when is_pid(from) and is_integer(started) ->
+        check(c, from, seq, now - started, max_age, answer)
 
-      now - answer.started > max_age ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :stale}
-
-      c.last != nil and c.last.from == from and answer.seq <= c.last.seq ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :out_of_order}
-
-      true ->
-        {:ok, %{c | last: %{from: from, seq: answer.seq}}, answer}
+      _ ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :invalid}
     end
   end
 
   def accept(_c, _message, _now, _max_age), do: :not_ours
+
+  defp check(c, from, seq, age, max_age, answer) do
+    cond do
+      from != c.poller or from == self() ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :not_poller}
+
+      age > max_age ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :stale}
+
+      c.last != nil and c.last.from == from and seq <= c.last.seq ->
+        {:ignore, %{c | ignored: c.ignored + 1}, :out_of_order}
+
+      true ->
+        {:ok, %{c | last: %{from: from, seq: seq}}, answer}
+    end
+  end
 
   @doc "The coordinated loops of `topology` on this node."
   @spec local_loops(atom()) :: [pid()]

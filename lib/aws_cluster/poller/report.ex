@@ -165,13 +165,19 @@ defmodule AWSCluster.Poller.Report do
   line and `[:aws_cluster, :poller, :ignored]`.
   """
   @spec ignored(meta(), term(), Coordination.ignored()) :: :ok
-  def ignored(meta, {_, _, %{from: from}}, reason) do
-    Loop.log(:debug, meta.topology, "ignored an answer from #{node(from)}: #{reason}")
+  def ignored(meta, {_, _, answer}, reason) do
+    from =
+      case answer do
+        %{from: pid} when is_pid(pid) -> node(pid)
+        _ -> nil
+      end
+
+    Loop.log(:debug, meta.topology, "ignored an answer from #{from || "?"}: #{reason}")
 
     Telemetry.execute(
       [:aws_cluster, :poller, :ignored],
       %{count: 1},
-      Map.merge(meta, %{from: node(from), reason: reason})
+      Map.merge(meta, %{from: from, reason: reason})
     )
   end
 

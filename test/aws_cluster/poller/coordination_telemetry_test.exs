@@ -16,7 +16,12 @@ defmodule AWSCluster.Poller.CoordinationTelemetryTest do
     # "a0" sorts before this VM's "aws_cluster_test_..." name.
     basename = "a0t#{System.unique_integer([:positive])}"
     assert basename < Atom.to_string(node())
-    Moto.run_instances!([%{ip: "127.0.1.51", tags: %{"cluster" => basename, "node" => basename}}])
+
+    [id] =
+      Moto.run_instances!([
+        %{ip: "127.0.1.51", tags: %{"cluster" => basename, "node" => basename}}
+      ])
+
     {peer, peer_node} = Cluster.start_peer(basename, "127.0.1.51", [~c"-connect_all", ~c"false"])
     on_exit(fn -> Cluster.stop(peer) end)
 
@@ -48,6 +53,12 @@ defmodule AWSCluster.Poller.CoordinationTelemetryTest do
     assert_receive {:telemetry, [:aws_cluster, :poller, :answer], %{peers: 1},
                     %{topology: :tele, from: ^peer_node}},
                    10_000
+
+    # The peer's answer feeds this node's peer table as its own would.
+    assert {:ok, %{instance_id: ^id, availability_zone: "us-east-1a"}} =
+             AWSCluster.node_info(peer_node)
+
+    assert peer_node in Map.get(AWSCluster.nodes_by_az(), "us-east-1a", [])
 
     :ok = :peer.call(peer, Supervisor, :stop, [peer_sup])
 

@@ -37,11 +37,24 @@ defmodule AWSCluster.Poller.CoordinationTest do
              Coordination.accept(c, {Coordination, {:other, 1}, %{from: poller}}, now, 1)
 
     assert :not_ours = Coordination.accept(nil, answer(poller, 6, now), now, 4_000)
+    # Another shape under the group's key: ignored as invalid, never a crash.
+    assert {:ignore, _, :invalid} =
+             Coordination.accept(c, {Coordination, @key, %{result: :x, from: "p"}}, now, 1)
   end
 
   test "a poller ignores answers, even in its own name" do
     c = %{following(other()) | poller: self()}
     assert {:ignore, _, :not_poller} = Coordination.accept(c, answer(self(), 1, 0), 0, 4_000)
+  end
+
+  test "an answer's result decodes, and a damaged one is an error, not a crash" do
+    result = {:ok, [%{node: "a@127.0.1.5", instance: %{id: "i-1"}}], ["i-2"]}
+    encoded = {:encoded, :erlang.term_to_binary(result, [:compressed])}
+    assert Coordination.result(%{result: encoded}) == result
+    assert Coordination.result(%{result: {:backoff, 4_000}}) == {:backoff, 4_000}
+    assert Coordination.result(%{result: {:encoded, "not a term"}}) == :error
+    assert Coordination.result(%{result: {:backoff, -1}}) == :error
+    assert Coordination.result(%{result: {:ok, [], []}}) == :error
   end
 
   test "pg notices elect the lowest member and say when the poller changed" do
