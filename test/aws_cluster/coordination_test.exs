@@ -16,15 +16,12 @@ defmodule AWSCluster.CoordinationTest do
 
   setup_all do
     Moto.start!()
-    log_dir = Path.join(System.tmp_dir!(), "aws_cluster_coordination_test_logs")
-    File.rm_rf!(log_dir)
-    File.mkdir_p!(log_dir)
-    %{log_dir: log_dir}
+    %{log_dir: Fleet.log_dir!("coordination_test")}
   end
 
   setup do
     Moto.fresh!()
-    %{run: "#{System.pid()}x#{System.unique_integer([:positive])}"}
+    %{run: Fleet.run_id()}
   end
 
   # Boots nodes 1..count (of the address plan) with their own proxies; all are halted

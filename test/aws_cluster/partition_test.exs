@@ -26,17 +26,12 @@ defmodule AWSCluster.PartitionTest do
 
   setup_all do
     Moto.start!()
-    # The nodes' logs of the last run only, kept for a failure's post-mortem.
-    log_dir = Path.join(System.tmp_dir!(), "aws_cluster_partition_test_logs")
-    File.rm_rf!(log_dir)
-    File.mkdir_p!(log_dir)
-    %{log_dir: log_dir}
+    %{log_dir: Fleet.log_dir!("partition_test")}
   end
 
   setup do
     Moto.fresh!()
-    # Basenames unique to this run: epmd keys names per host.
-    %{run: "#{System.pid()}x#{System.unique_integer([:positive])}"}
+    %{run: Fleet.run_id()}
   end
 
   # Boots `@nodes` nodes with instances tagged for this test; every node is halted when

@@ -68,6 +68,22 @@ defmodule AWSCluster.Test.Fleet do
   # ── planning and seeding ─────────────────────────────────────────────────────────
 
   @doc """
+  An empty directory for the nodes' logs of a test module, named after `name`: only the
+  last run's logs are kept, for a failure's post-mortem.
+  """
+  @spec log_dir!(String.t()) :: Path.t()
+  def log_dir!(name) do
+    dir = Path.join(System.tmp_dir!(), "aws_cluster_#{name}_logs")
+    File.rm_rf!(dir)
+    File.mkdir_p!(dir)
+    dir
+  end
+
+  @doc "A string unique to this call, for basenames (epmd keys names per host)."
+  @spec run_id() :: String.t()
+  def run_id, do: "#{System.pid()}x#{System.unique_integer([:positive])}"
+
+  @doc """
   The spec of node `index`. Options: `:prefix` (basename prefix, default `"node"`),
   `:run` (a string making basenames unique on this host's epmd), `:host_base` (default 11).
   """

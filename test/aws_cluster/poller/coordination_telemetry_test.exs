@@ -25,16 +25,7 @@ defmodule AWSCluster.Poller.CoordinationTelemetryTest do
     {peer, peer_node} = Cluster.start_peer(basename, "127.0.1.51", [~c"-connect_all", ~c"false"])
     on_exit(fn -> Cluster.stop(peer) end)
 
-    config = [
-      tags: %{"cluster" => basename},
-      node_basename: {:tag, "node"},
-      region: Moto.region(),
-      endpoint: Moto.endpoint(),
-      access_key_id: "testing",
-      secret_access_key: "testing",
-      max_attempts: 1,
-      polling_interval: 500
-    ]
+    config = Moto.ec2_config(basename, node_basename: {:tag, "node"}, polling_interval: 500)
 
     topologies = [tele: [strategy: EC2, config: config]]
     {:ok, peer_sup} = :peer.call(peer, StrategyPeer, :start_detached, [topologies])
