@@ -7,7 +7,9 @@ defmodule AWSCluster.Poller.Coordination do
   the strategy and the options that decide its answer, so only nodes asking AWS the
   same question share answers, at the same interval. How a node reaches AWS (endpoint,
   credentials, timeouts, retries) is not part of it: nodes may use per-AZ VPC endpoints
-  or their own roles and still share; the region is.
+  or their own roles and still share; the region is, as configured: a region left to
+  IMDS is not, so connected nodes in two regions with the same options would share
+  answers (give `region:` when one cluster spans regions).
 
   An answer is encoded once (compressed external term format) and the same binary goes
   to every follower: 1,000 instances with tags are a few hundred KB as a term, so

@@ -151,7 +151,7 @@ defmodule AWSCluster.Strategy.EC2Test do
     victim = List.last(peers)
     survivors = peers -- [victim]
     for p <- survivors, do: :peer.call(p.pid, StrategyPeer, :reset_downs, [])
-    polls_at_terminate = status(observer).polls
+    answers_at_terminate = status(observer).answers
     Moto.terminate!([List.last(ids)])
     Cluster.stop(victim.pid)
 
@@ -166,7 +166,7 @@ defmodule AWSCluster.Strategy.EC2Test do
             {:cont, {[misses | seen], nil}}
 
           :error ->
-            {:halt, {seen, s.polls}}
+            {:halt, {seen, s.answers}}
         end
       end)
 
@@ -175,7 +175,7 @@ defmodule AWSCluster.Strategy.EC2Test do
     assert Enum.any?(seen, &(&1 in 1..(@prune_after - 1)))
     assert Enum.all?(seen, &(&1 < @prune_after))
     # ... and pruned only once prune_after answers had been counted.
-    assert pruned_at - polls_at_terminate >= @prune_after
+    assert pruned_at - answers_at_terminate >= @prune_after
     assert {:error, _} = :peer.call(observer.pid, AWSCluster, :node_info, [victim.node])
 
     # The survivors lost only the victim.
