@@ -12,8 +12,9 @@ defmodule AWSCluster.Poller do
 
   Its promises (DESIGN §3):
 
-    * Polls every `:polling_interval` ms (start to start) with ±10% jitter, so a fleet
-      does not hit the account-wide API rate limit in lockstep.
+    * Polls every `:polling_interval` ms with ±10% jitter (start to start after a
+      complete answer), so a fleet does not hit the account-wide API rate limit in
+      lockstep.
     * With `coordinate: true` (the EC2 and AutoScaling default) only one of the
       connected nodes running the topology polls, and the others apply its answers
       (see "Coordinated polling" below).
@@ -45,7 +46,9 @@ defmodule AWSCluster.Poller do
   DescribeInstances has one token bucket per account and region (100 tokens, refilled
   at 20 a second) shared with every other tool in the account. Uncoordinated, 100 nodes
   at a 10 s interval spend half the refill, 300 nodes 150% of it. Coordinated, a
-  topology costs one call per interval whatever its size, plus one per node boot.
+  topology costs one discovery round per interval whatever its size, plus one per node
+  boot (a round is one DescribeInstances per page for EC2; for AutoScaling one
+  DescribeAutoScalingGroups plus DescribeInstances).
 
     * **Who polls.** The lowest node name among the connected nodes that run the
       topology with the same discovery options (`AWSCluster.Poller.Coordination`
@@ -62,6 +65,9 @@ defmodule AWSCluster.Poller do
     * **Throttling** on the poller backs off the whole topology: its backoff delay goes
       to the followers, which wait that long plus half an interval before polling for
       themselves.
+    * **A failing poller steps aside.** After 2 failed polls in a row (throttling
+      aside) it leaves the group, so the next node polls for the others, and it polls
+      only for itself until its own discovery succeeds; then it rejoins.
     * `status/1`'s `coordination` says who polls and where the last answer came from;
       `mix aws_cluster.peers` shows it for every connected peer.
 
@@ -163,7 +169,7 @@ defmodule AWSCluster.Poller do
     # A loop that stops meanwhile has nothing to say.
     Enum.flat_map(Coordination.local_loops(topology), fn pid ->
       try do
-        [status(pid).coordination]
+        [GenServer.call(pid, :coordination)]
       catch
         :exit, _ -> []
       end
@@ -215,7 +221,9 @@ defmodule AWSCluster.Poller do
       follow_until: nil,
       answers: 0,
       answer_from: nil,
-      answer_at: nil
+      answer_at: nil,
+      backoff_until: nil,
+      stepped_down: false
     }
 
     case start_strategy(s) do
@@ -263,6 +271,7 @@ defmodule AWSCluster.Poller do
 
   @impl true
   def handle_call(:status, _from, s), do: {:reply, Report.status(s, now()), s}
+  def handle_call(:coordination, _from, s), do: {:reply, Report.coordination(s, now()), s}
 
   def handle_call({:await_first_round, ms}, from, s) do
     if s.rounds_done > 0 do
@@ -382,10 +391,15 @@ defmodule AWSCluster.Poller do
         interval = s.config.polling_interval
         delay = max(Loop.jitter(interval) - elapsed, div(interval, 10))
 
-        s
-        |> succeed(peers, gone, node())
-        |> share({:ok, peers, gone}, d.at)
-        |> schedule(delay)
+        if overtaken?(s, d) do
+          schedule(s, delay)
+        else
+          s
+          |> succeed(peers, gone, node())
+          |> share({:ok, peers, gone})
+          |> rejoin()
+          |> schedule(delay)
+        end
 
       {:error, error} ->
         AWSCluster.Telemetry.execute(
@@ -394,8 +408,15 @@ defmodule AWSCluster.Poller do
           Map.put(meta(s), :reason, error.reason)
         )
 
-        fail(s, error, d.at)
+        fail(s, error)
     end
+  end
+
+  # A follower's own answer that the poller's overtook while it ran is not counted: two
+  # answers of one moment would count as two misses.
+  defp overtaken?(s, d) do
+    started = System.convert_time_unit(d.started, :native, :millisecond)
+    s.answer_from not in [nil, node()] and s.answer_at >= started
   end
 
   defp succeed(s, peers, gone, from) do
@@ -429,7 +450,7 @@ defmodule AWSCluster.Poller do
     |> start_round()
   end
 
-  defp fail(s, error, started) do
+  defp fail(s, error) do
     Report.failed(meta(s), error, s.health, map_size(s.membership.members))
     throttles = if error.reason == :throttled, do: s.throttles + 1, else: s.throttles
     s = %{s | health: :failing, last_error: error, failures: s.failures + 1, throttles: throttles}
@@ -441,14 +462,26 @@ defmodule AWSCluster.Poller do
         else: Loop.jitter(c.polling_interval)
 
     # Throttling is the account's, not this node's: the followers wait with the poller.
-    s = if error.reason == :throttled, do: share(s, {:backoff, delay}, started), else: s
+    # Any other fault may be this node's own (its role, its endpoint): it steps aside.
+    s =
+      if error.reason == :throttled,
+        do: share(s, {:backoff, delay}),
+        else: step_down(s, error)
 
     # Reconnecting the last good set heals links that dropped while AWS is unreachable.
     s |> release_waiters() |> start_round() |> schedule(delay)
   end
 
   defp schedule(s, delay) do
-    if s.poll_timer, do: Process.cancel_timer(s.poll_timer)
+    # A timer that already fired has its :poll in the mailbox: drop it with the timer.
+    if s.poll_timer && Process.cancel_timer(s.poll_timer) == false do
+      receive do
+        :poll -> :ok
+      after
+        0 -> :ok
+      end
+    end
+
     %{s | next_delay: delay, poll_timer: Process.send_after(self(), :poll, delay)}
   end
 
@@ -456,58 +489,88 @@ defmodule AWSCluster.Poller do
 
   defp join(s) do
     if s.config[:coordinate] do
-      case Coordination.join(s.state.topology, s.strategy, s.config) do
+      topology = s.state.topology
+
+      case Coordination.join(topology, s.strategy, s.strategy_state, s.config.polling_interval) do
         nil -> s
-        c -> elected(%{s | coordination: c}, nil)
+        c -> elected(%{s | coordination: c, stepped_down: false}, nil)
       end
     else
       s
     end
   end
 
+  @step_down_after 2
+
+  defp step_down(%{coordination: c} = s, error) when c != nil do
+    if Coordination.poller?(c) and s.failures >= @step_down_after do
+      Loop.log(
+        :warning,
+        s.state.topology,
+        "stepping down as poller after #{s.failures} failed polls (#{error.reason}); " <>
+          "polling for itself until discovery succeeds"
+      )
+
+      Coordination.leave(c)
+      %{s | coordination: nil, stepped_down: true, follow_until: nil}
+    else
+      s
+    end
+  end
+
+  defp step_down(s, _error), do: s
+
+  defp rejoin(%{stepped_down: true} = s), do: join(s)
+  defp rejoin(s), do: s
+
   # The poller changed in this node's view (`previous` is the old view, nil at join).
   defp elected(s, previous) do
     c = s.coordination
-    role = if Coordination.poller?(c), do: :poller, else: :follower
+    role = Coordination.role(c)
     Report.elected(meta(s), c, previous && Coordination.poller_node(previous), role)
     interval = s.config.polling_interval
 
     cond do
       role == :follower ->
-        follow(s, Loop.jitter(div(3 * interval, 2)))
+        follow_poller(s)
 
       # Before the first answer the start's own poll is on its way.
       s.answer_at == nil ->
         %{s | follow_until: nil}
 
-      # Taking over: the next poll is due one interval after the last answer.
+      # Taking over: the next poll is due one interval after the last answer, or when
+      # the old poller's backoff ends.
       true ->
-        delay = max(0, s.answer_at + Loop.jitter(interval) - now())
-        schedule(%{s | follow_until: nil}, delay)
+        now = now()
+        # (Monotonic times are negative: no `|| 0` here.)
+        due = Enum.max([s.answer_at + Loop.jitter(interval) | List.wrap(s.backoff_until)])
+        schedule(%{s | follow_until: nil}, max(0, due - now))
     end
   end
 
   # A follower polls for itself only when nothing came from the poller by then.
   defp follow(s, delay), do: schedule(%{s | follow_until: now() + delay}, delay)
+  defp follow_poller(s), do: follow(s, Loop.jitter(div(3 * s.config.polling_interval, 2)))
 
   defp following?(s) do
     s.follow_until != nil and not Coordination.poller?(s.coordination) and
       now() < s.follow_until
   end
 
-  defp share(%{coordination: c} = s, result, started) when c != nil do
+  defp share(%{coordination: c} = s, result) when c != nil do
     if Coordination.poller?(c),
-      do: %{s | coordination: Coordination.broadcast(c, result, started)},
+      do: %{s | coordination: Coordination.broadcast(c, result)},
       else: s
   end
 
-  defp share(s, _result, _started), do: s
+  defp share(s, _result), do: s
 
   defp received(s, message) do
     interval = s.config.polling_interval
-    now = System.system_time(:millisecond)
+    # Ages are on the senders' clocks: system time, not this loop's monotonic now().
+    system_now = System.system_time(:millisecond)
 
-    case Coordination.accept(s.coordination, message, now, 2 * interval) do
+    case Coordination.accept(s.coordination, message, system_now, 2 * interval) do
       :not_ours ->
         s
 
@@ -519,8 +582,12 @@ defmodule AWSCluster.Poller do
         s = %{s | coordination: c}
 
         case Coordination.result(answer) do
-          {:backoff, delay} -> follow(s, delay + Loop.jitter(div(interval, 2)))
-          result -> apply_received(s, message, node(answer.from), result)
+          {:backoff, delay} ->
+            s = %{s | backoff_until: now() + delay}
+            follow(s, delay + Loop.jitter(div(interval, 2)))
+
+          result ->
+            apply_received(s, message, node(answer.from), result)
         end
     end
   end
@@ -532,13 +599,14 @@ defmodule AWSCluster.Poller do
       {:ok, peers, gone} ->
         Report.received(meta(s), from, length(peers))
 
-        s
+        %{s | backoff_until: nil}
         |> succeed(peers, gone, from)
-        |> follow(Loop.jitter(div(3 * s.config.polling_interval, 2)))
+        |> follow_poller()
 
       {:error, _} ->
-        Report.ignored(meta(s), message, :invalid)
-        s
+        {:ignore, c, reason} = Coordination.ignore(s.coordination, :invalid)
+        Report.ignored(meta(s), message, reason)
+        %{s | coordination: c}
     end
   end
 

@@ -20,6 +20,10 @@ defmodule AWSCluster.Strategy do
       page read): peers missing from it count towards pruning. `{:ok, peers, gone}`
       also names peers the source reports as going away (instance ids or nodes); they
       are pruned at once.
+    * `question/1` (optional, needed for `coordinate: true`) - what decides the answer,
+      from the state `init/2` returned (filters, groups, region, naming): nodes whose
+      question is equal share one poller (`AWSCluster.Poller.Coordination`). Leave out
+      how AWS is reached (client, credentials) and anything per node.
 
   `use AWSCluster.Strategy` adds `start_link/1` and `child_spec/1`, which accept
   libcluster's `[%Cluster.Strategy.State{}]` as well as a keyword list, so the module can
@@ -49,8 +53,9 @@ defmodule AWSCluster.Strategy do
   @callback init(config :: map(), State.t()) :: {:ok, term()} | {:error, Error.t()}
   @callback discover(strategy_state :: term()) ::
               {:ok, [peer()]} | {:ok, [peer()], [gone()]} | {:error, Error.t()}
+  @callback question(strategy_state :: term()) :: term()
 
-  @optional_callbacks validate: 1
+  @optional_callbacks validate: 1, question: 1
 
   @doc """
   Whether `module` declares `@behaviour AWSCluster.Strategy` (loading it if needed), so

@@ -97,7 +97,7 @@ defmodule AWSCluster.CoordinationTest do
 
   defp now, do: System.monotonic_time(:millisecond)
 
-  test "8 nodes make one DescribeInstances call per interval, from the poller only; a boot adds one; a throttled poller holds everyone back",
+  test "8 nodes make one DescribeInstances call per interval, from the poller only; a boot adds one; a throttled poller holds everyone back; a failing one steps aside",
        ctx do
     members = boot(ctx, "coord", 201, 1..@nodes, max_backoff: 6_000)
     assert snaps = settled(members), "no settled cluster: #{inspect(Fleet.snapshots(members))}"
@@ -146,6 +146,40 @@ defmodule AWSCluster.CoordinationTest do
     FaultProxy.set_mode(poller.proxy, :pass)
 
     assert Wait.until(fn -> Fleet.snapshot(poller).health == :healthy end, 30_000)
+
+    # A poller failing for its own reasons (its endpoint refuses) steps aside after 2
+    # failed polls: the next node polls for everyone, and the first takes its place
+    # back once its own discovery works again.
+    [second | _] = followers
+    FaultProxy.set_mode(poller.proxy, :refuse)
+
+    stepped =
+      Wait.until(
+        fn ->
+          snaps = Fleet.snapshots(all)
+
+          snaps[poller.node].role == :stepped_down and
+            Enum.all?(all -- [poller], &(snaps[&1.node].answer_from == second.node)) and snaps
+        end,
+        30_000
+      )
+
+    assert stepped, "no step-down: #{inspect(Fleet.snapshots(all))}"
+    refuse_started = now()
+    polls = Fleet.snapshot(second).polls
+    assert Wait.until(fn -> Fleet.snapshot(second).polls >= polls + 2 end, 30_000)
+    for m <- all -- [poller, second], do: assert(describes(m, refuse_started) == [])
+    FaultProxy.set_mode(poller.proxy, :pass)
+
+    assert Wait.until(
+             fn ->
+               snaps = Fleet.snapshots(all)
+               Enum.all?(all -- [poller], &(snaps[&1.node].answer_from == poller.node))
+             end,
+             30_000
+           ),
+           "the first node did not take over again: #{inspect(Fleet.snapshots(all))}"
+
     final = Fleet.snapshots(all)
     assert Fleet.mesh?(all, final)
     for m <- all, do: assert(final[m.node].downs == [])

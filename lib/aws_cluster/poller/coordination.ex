@@ -3,13 +3,11 @@ defmodule AWSCluster.Poller.Coordination do
   One poller per topology among the connected nodes that run it (`coordinate: true`,
   the default of the EC2 and AutoScaling strategies).
 
-  Every node's loop joins a `:pg` group named after the topology and a fingerprint of
-  the strategy and the options that decide its answer, so only nodes asking AWS the
-  same question share answers, at the same interval. How a node reaches AWS (endpoint,
-  credentials, timeouts, retries) is not part of it: nodes may use per-AZ VPC endpoints
-  or their own roles and still share; the region is, as configured: a region left to
-  IMDS is not, so connected nodes in two regions with the same options would share
-  answers (give `region:` when one cluster spans regions).
+  Every node's loop joins a `:pg` group named after the topology, the interval and the
+  strategy's question (`c:AWSCluster.Strategy.question/1`: filters or groups, region and
+  naming, as resolved at start), so only nodes asking AWS the same question share
+  answers. How a node reaches AWS (endpoint, credentials, timeouts, retries) is not part
+  of it: nodes may use per-AZ VPC endpoints or their own roles and still share.
 
   An answer is encoded once (compressed external term format) and the same binary goes
   to every follower: 1,000 instances with tags are a few hundred KB as a term, so
@@ -30,23 +28,36 @@ defmodule AWSCluster.Poller.Coordination do
   ## What a follower accepts
 
   An answer counts only when it comes from the process this node sees as the poller,
-  is newer than the last one accepted from it, and was started at most 2 intervals
-  ago by the sender's clock (a clock skew beyond that makes followers poll for
-  themselves: safe, only dearer). Anything else is ignored, with a reason.
+  is newer than the last one accepted from it, and was sent at most 2 intervals ago by
+  the sender's clock (a clock skew beyond that makes followers poll for themselves:
+  safe, only dearer). Anything else is ignored, with a reason.
+
+  ## A poller that keeps failing steps aside
+
+  A poller whose discovery fails twice in a row for any reason but throttling leaves the
+  group, so the next node polls for the others, and polls for itself until its own
+  discovery succeeds again; then it rejoins. When AWS fails for everyone, every node
+  ends up polling for itself (the uncoordinated cost, as failed calls) until it
+  recovers.
+
+  ## Known limits
+
+    * The group is the connected mesh as `pg` sees it. In a partial mesh (a-b and b-c
+      linked, a-c not) c follows b, b follows a, and c gets no answers: it polls for
+      itself until the link forms, which the strategies' own connects make happen.
   """
 
   @scope :aws_cluster_coordination
   @message __MODULE__
 
   @enforce_keys [:key, :monitor]
-  defstruct key: nil, monitor: nil, members: [], poller: nil, seq: 0, last: nil, ignored: 0
+  defstruct key: nil, monitor: nil, members: [], poller: nil, last: nil, ignored: 0
 
   @type t :: %__MODULE__{
           key: {atom(), non_neg_integer()},
           monitor: reference(),
           members: [pid()],
           poller: pid(),
-          seq: non_neg_integer(),
           last: %{from: pid(), seq: pos_integer()} | nil,
           ignored: non_neg_integer()
         }
@@ -54,17 +65,20 @@ defmodule AWSCluster.Poller.Coordination do
   @typedoc """
   What a poller sends: a complete answer (`{:ok, peers, gone}`, encoded) or, when
   throttled, the delay before its next try (`{:backoff, ms}`), stamped with the system
-  time (ms) at which its discovery started.
+  time (ms) at which it was sent.
   """
   @type answer :: %{
           from: pid(),
           seq: pos_integer(),
-          started: integer(),
+          sent: integer(),
           result: {:encoded, binary()} | {:backoff, pos_integer()}
         }
 
-  @typedoc "Why an answer was ignored (`:invalid`: it failed `AWSCluster.Poller.Answer.normalize/3`)."
+  @typedoc "Why an answer was ignored (`:invalid`: a shape this version does not know)."
   @type ignored :: :not_poller | :stale | :out_of_order | :invalid
+
+  @typedoc "This loop's part."
+  @type role :: :poller | :follower
 
   @doc "The `:coordinate` option, with the strategy's default."
   @spec schema(boolean()) :: AWSCluster.Config.schema()
@@ -86,18 +100,17 @@ defmodule AWSCluster.Poller.Coordination do
   def child_spec(_), do: %{id: @scope, start: {:pg, :start_link, [@scope]}}
 
   @doc """
-  Joins the calling loop to `topology`'s group; `config` is the validated config.
-  Returns `nil` when this OTP has no `:pg.monitor/2` (before 25.1) or the scope is not
+  Joins the calling loop to `topology`'s group, for `strategy` with the state its
+  `init/2` returned, polling every `interval` ms. Returns `nil` when the strategy has no
+  `question/1`, this OTP has no `:pg.monitor/2` (before 25.1) or the scope is not
   running: the node then polls for itself.
   """
-  @spec join(atom(), module(), map()) :: t() | nil
-  def join(topology, strategy, config) do
-    if function_exported?(:pg, :monitor, 2) and Process.whereis(@scope) do
-      decides =
-        [:polling_interval | Keyword.keys(strategy.schema())] --
-          AWSCluster.Strategy.Client.transport_keys()
-
-      key = {topology, :erlang.phash2({strategy, Map.take(config, decides)})}
+  @spec join(atom(), module(), term(), pos_integer()) :: t() | nil
+  def join(topology, strategy, strategy_state, interval) do
+    if function_exported?(strategy, :question, 1) and function_exported?(:pg, :monitor, 2) and
+         Process.whereis(@scope) do
+      question = strategy.question(strategy_state)
+      key = {topology, :erlang.phash2({strategy, interval, question})}
       :ok = :pg.join(@scope, key, self())
       {ref, pids} = :pg.monitor(@scope, key)
       elect(%__MODULE__{key: key, monitor: ref}, pids)
@@ -143,6 +156,18 @@ defmodule AWSCluster.Poller.Coordination do
   def poller?(nil), do: true
   def poller?(%__MODULE__{poller: poller}), do: poller == self()
 
+  @doc "This loop's role."
+  @spec role(t()) :: role()
+  def role(%__MODULE__{} = c), do: if(poller?(c), do: :poller, else: :follower)
+
+  @doc "Leaves the group: the others elect another poller."
+  @spec leave(t()) :: :ok
+  def leave(%__MODULE__{} = c) do
+    :pg.demonitor(@scope, c.monitor)
+    _ = :pg.leave(@scope, c.key, self())
+    :ok
+  end
+
   @doc "The poller's node."
   @spec poller_node(t()) :: node()
   def poller_node(%__MODULE__{poller: poller}), do: node(poller)
@@ -151,13 +176,13 @@ defmodule AWSCluster.Poller.Coordination do
   @spec nodes(t()) :: [node()]
   def nodes(%__MODULE__{members: members}), do: members |> Enum.map(&node/1) |> Enum.sort()
 
-  @doc """
-  Sends `result` of a discovery started at system time `started` (ms) to every other
-  member. Only the poller sends.
-  """
-  @spec broadcast(t(), {:ok, [map()], [term()]} | {:backoff, pos_integer()}, integer()) :: t()
-  def broadcast(%__MODULE__{} = c, result, started) do
-    seq = c.seq + 1
+  @doc "Sends `result` to every other member. Only the poller sends."
+  @spec broadcast(t(), {:ok, [map()], [term()]} | {:backoff, pos_integer()}) :: t()
+  def broadcast(%__MODULE__{members: [_self]} = c, _result), do: c
+
+  def broadcast(%__MODULE__{} = c, result) do
+    # Increasing for the node's whole life, so also across a step-down and rejoin.
+    seq = System.unique_integer([:monotonic, :positive])
 
     result =
       case result do
@@ -165,7 +190,7 @@ defmodule AWSCluster.Poller.Coordination do
         {:backoff, _} -> result
       end
 
-    answer = %{from: self(), seq: seq, started: started, result: result}
+    answer = %{from: self(), seq: seq, sent: System.system_time(:millisecond), result: result}
 
     # :noconnect: a member's node is connected, or pg would have dropped it; an answer
     # must never open a link (with default kernel settings one would merge meshes).
@@ -173,7 +198,7 @@ defmodule AWSCluster.Poller.Coordination do
         pid != self(),
         do: :erlang.send(pid, {@message, c.key, answer}, [:noconnect])
 
-    %{c | seq: seq}
+    c
   end
 
   @doc """
@@ -186,11 +211,11 @@ defmodule AWSCluster.Poller.Coordination do
   def accept(%__MODULE__{key: key} = c, {@message, key, answer}, now, max_age)
       when is_map_key(answer, :result) do
     case answer do
-      %{from: from, seq: seq, started: started} when is_pid(from) and is_integer(started) ->
-        check(c, from, seq, now - started, max_age, answer)
+      %{from: from, seq: seq, sent: sent} when is_pid(from) and is_integer(sent) ->
+        check(c, from, seq, now - sent, max_age, answer)
 
       _ ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :invalid}
+        ignore(c, :invalid)
     end
   end
 
@@ -199,13 +224,13 @@ defmodule AWSCluster.Poller.Coordination do
   defp check(c, from, seq, age, max_age, answer) do
     cond do
       from != c.poller or from == self() ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :not_poller}
+        ignore(c, :not_poller)
 
       age > max_age ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :stale}
+        ignore(c, :stale)
 
       c.last != nil and c.last.from == from and seq <= c.last.seq ->
-        {:ignore, %{c | ignored: c.ignored + 1}, :out_of_order}
+        ignore(c, :out_of_order)
 
       true ->
         {:ok, %{c | last: %{from: from, seq: seq}}, answer}
@@ -223,6 +248,10 @@ defmodule AWSCluster.Poller.Coordination do
       []
     end
   end
+
+  @doc "Counts an ignored answer: `{:ignore, c, reason}`."
+  @spec ignore(t(), ignored()) :: {:ignore, t(), ignored()}
+  def ignore(%__MODULE__{} = c, reason), do: {:ignore, %{c | ignored: c.ignored + 1}, reason}
 
   # The lowest {node, pid}: one answer from every node's same view.
   defp elect(c, members) do

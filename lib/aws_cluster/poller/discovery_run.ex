@@ -9,16 +9,15 @@ defmodule AWSCluster.Poller.DiscoveryRun do
   alias AWSCluster.Error
   alias AWSCluster.Poller.Answer
 
-  @enforce_keys [:ref, :pid, :monitor, :timer, :started, :at]
-  defstruct [:ref, :pid, :monitor, :timer, :started, :at]
+  @enforce_keys [:ref, :pid, :monitor, :timer, :started]
+  defstruct [:ref, :pid, :monitor, :timer, :started]
 
   @type t :: %__MODULE__{
           ref: reference(),
           pid: pid(),
           monitor: reference(),
           timer: reference(),
-          started: integer(),
-          at: integer()
+          started: integer()
         }
 
   @doc "Starts `strategy.discover(strategy_state)` for the calling poller."
@@ -40,9 +39,7 @@ defmodule AWSCluster.Poller.DiscoveryRun do
       pid: pid,
       monitor: monitor,
       timer: timer,
-      started: System.monotonic_time(),
-      # What a shared answer's age is measured from, on every node's clock.
-      at: System.system_time(:millisecond)
+      started: System.monotonic_time()
     }
   end
 

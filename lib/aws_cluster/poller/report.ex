@@ -12,12 +12,13 @@ defmodule AWSCluster.Poller.Report do
 
   @typedoc """
   Who polls (`AWSCluster.Poller.Coordination`): this node's `role` (`:off` when the
-  topology does not coordinate), the `poller`'s node, the `nodes` sharing its answers,
+  topology does not coordinate, `:stepped_down` while a poller that kept failing polls
+  only for itself), the `poller`'s node, the `nodes` sharing its answers,
   where the last applied answer came from and how old it is (ms), and how many answers
   were ignored.
   """
   @type coordination :: %{
-          role: :off | :poller | :follower,
+          role: :off | :stepped_down | :poller | :follower,
           poller: node() | nil,
           nodes: [node()],
           answer_from: node() | nil,
@@ -107,14 +108,16 @@ defmodule AWSCluster.Poller.Report do
     }
   end
 
-  defp coordination(s, now) do
+  @doc "The `coordination` part of `status/1`."
+  @spec coordination(map(), integer()) :: coordination()
+  def coordination(s, now) do
     c = s.coordination
 
     role =
       cond do
+        s.stepped_down -> :stepped_down
         c == nil -> :off
-        Coordination.poller?(c) -> :poller
-        true -> :follower
+        true -> Coordination.role(c)
       end
 
     %{

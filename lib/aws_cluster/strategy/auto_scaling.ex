@@ -82,6 +82,11 @@ defmodule AWSCluster.Strategy.AutoScaling do
     end
   end
 
+  # The groups as resolved at start: a node of another group asks another question.
+  @impl true
+  def question(%{groups: groups, config: config}),
+    do: {Enum.sort(groups), config.region, Naming.question(config)}
+
   defp in_service?(i), do: i.lifecycle_state == "InService" and i.health_status == "Healthy"
 
   defp terminating?(i) do

@@ -32,13 +32,6 @@ defmodule AWSCluster.Strategy.Client do
   def schema, do: @schema
 
   @doc """
-  The options that only say how to reach AWS (endpoints, credentials, timeouts,
-  retries), not what is asked: every option here but `:region`.
-  """
-  @spec transport_keys() :: [atom()]
-  def transport_keys, do: Keyword.keys(@schema) -- [:region]
-
-  @doc """
   Builds the client from a validated config, reading the region from IMDS when absent.
   Returns the client and the config with `:region` filled in and the static
   credentials left out: the client holds them, and the strategy state keeps none.

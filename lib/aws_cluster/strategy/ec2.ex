@@ -108,6 +108,10 @@ defmodule AWSCluster.Strategy.EC2 do
     end
   end
 
+  @impl true
+  def question(%{filters: filters, config: config}),
+    do: {filters, config.region, Naming.question(config)}
+
   @doc """
   The DescribeInstances filters a validated config stands for, without the state filter
   (which is always `running`).

@@ -53,6 +53,10 @@ defmodule AWSCluster.Strategy.Naming do
   @spec schema() :: Config.schema()
   def schema, do: @schema
 
+  @doc "The naming options of a validated config: how instances become peers."
+  @spec question(map()) :: map()
+  def question(config), do: Map.take(config, Keyword.keys(@schema))
+
   @doc """
   The peer for `instance` under `config` (`:address`, `:node_basename`), or
   `{:skip, why}` when the instance lacks that address or yields an invalid name.

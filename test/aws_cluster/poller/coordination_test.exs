@@ -13,8 +13,8 @@ defmodule AWSCluster.Poller.CoordinationTest do
     %Coordination{key: @key, monitor: make_ref(), members: [self(), poller], poller: poller}
   end
 
-  defp answer(from, seq, started),
-    do: {Coordination, @key, %{from: from, seq: seq, started: started, result: {:ok, [], []}}}
+  defp answer(from, seq, sent),
+    do: {Coordination, @key, %{from: from, seq: seq, sent: sent, result: {:ok, [], []}}}
 
   test "only the poller's newest answer within 2 intervals counts" do
     poller = other()
