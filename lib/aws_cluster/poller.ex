@@ -90,6 +90,11 @@ defmodule AWSCluster.Poller do
   #{Config.docs(AWSCluster.Poller.Options.schema())}
   """
 
+  # Failed polls in a row after which a poller steps aside; the retry of a join after
+  # the pg scope restarted.
+  @step_down_after 2
+  @rejoin_after 1_000
+
   @typedoc "What `status/1` reports."
   @type status :: %{
           topology: atom(),
@@ -345,6 +350,23 @@ defmodule AWSCluster.Poller do
   def handle_info({Coordination, _key, _answer} = message, s),
     do: {:noreply, received(s, message)}
 
+  # The pg scope restarted (its supervisor's work): join its new incarnation.
+  def handle_info({:DOWN, mon, :process, _, _}, %{coordination: %{scope_monitor: mon}} = s) do
+    Process.send_after(self(), :rejoin, @rejoin_after)
+    {:noreply, %{s | coordination: nil, follow_until: nil}}
+  end
+
+  def handle_info(:rejoin, %{coordination: nil, stepped_down: false} = s) do
+    case join(s) do
+      %{coordination: nil} = s ->
+        Process.send_after(self(), :rejoin, @rejoin_after)
+        {:noreply, s}
+
+      s ->
+        {:noreply, s}
+    end
+  end
+
   # Normal exits of linked helpers, replies of rounds we gave up on, and stray async-NIF
   # replies land here.
   def handle_info(_other, s), do: {:noreply, s}
@@ -499,8 +521,6 @@ defmodule AWSCluster.Poller do
       s
     end
   end
-
-  @step_down_after 2
 
   defp step_down(%{coordination: c} = s, error) when c != nil do
     if Coordination.poller?(c) and s.failures >= @step_down_after do

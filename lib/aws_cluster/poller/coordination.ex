@@ -50,12 +50,19 @@ defmodule AWSCluster.Poller.Coordination do
   @scope :aws_cluster_coordination
   @message __MODULE__
 
-  @enforce_keys [:key, :monitor]
-  defstruct key: nil, monitor: nil, members: [], poller: nil, last: nil, ignored: 0
+  @enforce_keys [:key, :monitor, :scope_monitor]
+  defstruct key: nil,
+            monitor: nil,
+            scope_monitor: nil,
+            members: [],
+            poller: nil,
+            last: nil,
+            ignored: 0
 
   @type t :: %__MODULE__{
           key: {atom(), non_neg_integer()},
           monitor: reference(),
+          scope_monitor: reference(),
           members: [pid()],
           poller: pid(),
           last: %{from: pid(), seq: pos_integer()} | nil,
@@ -107,13 +114,17 @@ defmodule AWSCluster.Poller.Coordination do
   """
   @spec join(atom(), module(), term(), pos_integer()) :: t() | nil
   def join(topology, strategy, strategy_state, interval) do
+    scope = Process.whereis(@scope)
+
     if function_exported?(strategy, :question, 1) and function_exported?(:pg, :monitor, 2) and
-         Process.whereis(@scope) do
+         scope do
       question = strategy.question(strategy_state)
       key = {topology, :erlang.phash2({strategy, interval, question})}
+      # A restarted scope forgets its groups and monitors: the loop must join again.
+      scope_monitor = Process.monitor(scope)
       :ok = :pg.join(@scope, key, self())
       {ref, pids} = :pg.monitor(@scope, key)
-      elect(%__MODULE__{key: key, monitor: ref}, pids)
+      elect(%__MODULE__{key: key, monitor: ref, scope_monitor: scope_monitor}, pids)
     end
   end
 
@@ -163,6 +174,7 @@ defmodule AWSCluster.Poller.Coordination do
   @doc "Leaves the group: the others elect another poller."
   @spec leave(t()) :: :ok
   def leave(%__MODULE__{} = c) do
+    Process.demonitor(c.scope_monitor, [:flush])
     :pg.demonitor(@scope, c.monitor)
     _ = :pg.leave(@scope, c.key, self())
     :ok

@@ -56,5 +56,18 @@ defmodule AWSCluster.Poller.CoordinationTelemetryTest do
     assert_receive {:telemetry, [:aws_cluster, :poller, :elected], %{members: 1},
                     %{poller: ^me, previous: ^peer_node, role: :poller}},
                    10_000
+
+    # The pg scope dies and its supervisor restarts it: the loop joins the new one.
+    scope = Process.whereis(:aws_cluster_coordination)
+    Process.exit(scope, :kill)
+
+    assert_receive {:telemetry, [:aws_cluster, :poller, :elected], %{members: 1},
+                    %{poller: ^me, previous: nil, role: :poller}},
+                   10_000
+
+    assert [{:tele, _} = key] =
+             Enum.filter(:pg.which_groups(:aws_cluster_coordination), &match?({:tele, _}, &1))
+
+    assert [_loop] = :pg.get_local_members(:aws_cluster_coordination, key)
   end
 end

@@ -10,7 +10,13 @@ defmodule AWSCluster.Poller.CoordinationTest do
   defp other, do: spawn(fn -> Process.sleep(:infinity) end)
 
   defp following(poller) do
-    %Coordination{key: @key, monitor: make_ref(), members: [self(), poller], poller: poller}
+    %Coordination{
+      key: @key,
+      monitor: make_ref(),
+      scope_monitor: make_ref(),
+      members: [self(), poller],
+      poller: poller
+    }
   end
 
   defp answer(from, seq, sent),
