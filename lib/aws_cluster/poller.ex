@@ -43,33 +43,12 @@ defmodule AWSCluster.Poller do
 
   ## Coordinated polling
 
-  DescribeInstances has one token bucket per account and region (100 tokens, refilled
-  at 20 a second) shared with every other tool in the account. Uncoordinated, 100 nodes
-  at a 10 s interval spend half the refill, 300 nodes 150% of it. Coordinated, a
-  topology costs one discovery round per interval whatever its size, plus one per node
-  boot (a round is one DescribeInstances per page for EC2; for AutoScaling one
-  DescribeAutoScalingGroups plus DescribeInstances).
-
-    * **Who polls.** The lowest node name among the connected nodes that run the
-      topology with the same discovery options (`AWSCluster.Poller.Coordination`
-      says why that and not a lock). It sends each complete answer to the others.
-    * **Followers** apply a received answer exactly like their own: the same last good
-      set, miss counts, prune guard, name budget, `AWSCluster.node_info/1` and
-      connect round. An answer older than 2 intervals, or from a node that is not the
-      poller in this node's view, is ignored (`[:aws_cluster, :poller, :ignored]`).
-    * **Fallbacks.** A node connected to no member polls for itself, which is how a
-      cluster bootstraps: every node polls once at start. A follower that received no
-      answer for 1.5 intervals (±10%) polls for itself until one comes again: the poller
-      died, is partitioned away, or is stuck. Each side of a partition elects its own
-      poller once `nodedown` arrives; when the sides heal, one remains.
-    * **Throttling** on the poller backs off the whole topology: its backoff delay goes
-      to the followers, which wait that long plus half an interval before polling for
-      themselves.
-    * **A failing poller steps aside.** After 2 failed polls in a row (throttling
-      aside) it leaves the group, so the next node polls for the others, and it polls
-      only for itself until its own discovery succeeds; then it rejoins.
-    * `status/1`'s `coordination` says who polls and where the last answer came from;
-      `mix aws_cluster.peers` shows it for every connected peer.
+  With `coordinate: true` one node polls for the connected nodes running the topology
+  and the others apply its answers exactly like their own (last good set, miss counts,
+  prune guard, name budget, `AWSCluster.node_info/1`, connect round). Who polls, what a
+  follower accepts, when a node polls for itself anyway, and why:
+  `AWSCluster.Poller.Coordination`. `status/1`'s `coordination` says who polls and where
+  the last answer came from; `mix aws_cluster.peers` shows it for every connected peer.
 
   ## Pruning
 

@@ -3,9 +3,9 @@ defmodule AWSCluster.CoordinationTest do
   # nodes on moto. Every node reaches moto through its own FaultProxy, so each proxy's
   # log is one node's AWS calls: who polls, and when, is read from the calls AWS got,
   # not from the code under test.
-  use ExUnit.Case, async: false
+  use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{AnswerTap, FaultProxy, Fleet, Moto, Wait}
+  alias AWSCluster.Test.{AnswerTap, FaultProxy, Fleet, Moto, StrategyPeer, Wait}
 
   @moduletag timeout: 300_000
 
@@ -14,17 +14,11 @@ defmodule AWSCluster.CoordinationTest do
   @prune_after 2
   @net_ticktime 4
 
-  setup_all do
-    Moto.start!()
-    %{log_dir: Fleet.log_dir!("coordination_test")}
-  end
+  # MotoCase starts moto and resets it before every test.
+  setup_all do: %{log_dir: Fleet.log_dir!("coordination_test")}
+  setup do: %{run: Fleet.run_id()}
 
-  setup do
-    Moto.fresh!()
-    %{run: Fleet.run_id()}
-  end
-
-  # Boots nodes 1..count (of the address plan) with their own proxies; all are halted
+  # Boots the nodes of `indexes` (in the address plan) with their own proxies; all are halted
   # when the test ends.
   defp boot(ctx, prefix, host_base, indexes, config \\ []) do
     specs =
@@ -283,6 +277,6 @@ defmodule AWSCluster.CoordinationTest do
   end
 
   defp ignored(member) do
-    :peer.call(member.pid, Fleet, :local_status, [member.sup]).coordination.ignored
+    :peer.call(member.pid, StrategyPeer, :status, [member.sup]).coordination.ignored
   end
 end

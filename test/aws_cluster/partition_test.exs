@@ -3,9 +3,9 @@ defmodule AWSCluster.PartitionTest do
   # find each other with the EC2 strategy on moto (AWSCluster.Test.Fleet). Waits are
   # bounded poll loops; "within one polling interval" is counted in the cut node's own
   # discovery rounds, not in wall-clock time.
-  use ExUnit.Case, async: false
+  use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{Firewall, Fleet, Moto, Wait}
+  alias AWSCluster.Test.{Firewall, Fleet, Wait}
 
   @moduletag timeout: 300_000
 
@@ -24,15 +24,9 @@ defmodule AWSCluster.PartitionTest do
                  why
              end)
 
-  setup_all do
-    Moto.start!()
-    %{log_dir: Fleet.log_dir!("partition_test")}
-  end
-
-  setup do
-    Moto.fresh!()
-    %{run: Fleet.run_id()}
-  end
+  # MotoCase starts moto and resets it before every test.
+  setup_all do: %{log_dir: Fleet.log_dir!("partition_test")}
+  setup do: %{run: Fleet.run_id()}
 
   # Boots `@nodes` nodes with instances tagged for this test; every node is halted when
   # the test ends, whatever happened.

@@ -13,7 +13,7 @@ defmodule AWSCluster.Test.AnswerTap do
   @doc false
   # Peer-side: taps the poller of the topology under `sup`.
   def local_start(sup) do
-    [{_id, poller, _, _}] = Supervisor.which_children(sup)
+    poller = AWSCluster.Test.StrategyPeer.poller(sup)
     tap = spawn(fn -> loop(poller, nil) end)
     1 = :erlang.trace(poller, true, [:receive, {:tracer, tap}])
     {:ok, tap}

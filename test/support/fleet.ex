@@ -465,12 +465,5 @@ defmodule AWSCluster.Test.Fleet do
     })
   end
 
-  @doc false
-  # Peer-side: the poller's full status (AWSCluster.Poller.status/1).
-  def local_status(sup) do
-    [{_id, pid, _, _}] = Supervisor.which_children(sup)
-    AWSCluster.Poller.status(pid)
-  end
-
   defp ip_term(ip), do: "{" <> String.replace(ip, ".", ",") <> "}"
 end

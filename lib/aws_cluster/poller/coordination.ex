@@ -3,16 +3,26 @@ defmodule AWSCluster.Poller.Coordination do
   One poller per topology among the connected nodes that run it (`coordinate: true`,
   the default of the EC2 and AutoScaling strategies).
 
+  DescribeInstances has one token bucket per account and region (100 tokens, refilled
+  at 20 a second) shared with every other tool in the account. Uncoordinated, 100 nodes
+  at a 10 s interval spend half the refill, 300 nodes 150% of it. Coordinated, a
+  topology costs one discovery round per interval whatever its size, plus one per node
+  boot (a round is one DescribeInstances per page for EC2; for AutoScaling one
+  DescribeAutoScalingGroups plus DescribeInstances).
+
+  ## Who polls
+
   Every node's loop joins a `:pg` group named after the topology, the interval and the
   strategy's question (`c:AWSCluster.Strategy.question/1`: filters or groups, region and
   naming, as resolved at start), so only nodes asking AWS the same question share
   answers. How a node reaches AWS (endpoint, credentials, timeouts, retries) is not part
   of it: nodes may use per-AZ VPC endpoints or their own roles and still share.
 
-  An answer is encoded once (compressed external term format) and the same binary goes
-  to every follower: 1,000 instances with tags are a few hundred KB as a term, so
-  encoding per send would cost the poller that much work per follower and interval. The member with the lowest node name polls; it sends each complete answer to
-  the others, which apply it exactly like one of their own (`AWSCluster.Poller`).
+  The member with the lowest node name polls. It sends each complete answer to the
+  others, encoded once (compressed external term format): 1,000 instances with tags are
+  a few hundred KB as a term, so encoding per send would cost the poller that much work
+  per follower and interval. Followers apply it exactly like one of their own
+  (`AWSCluster.Poller`).
 
   ## Why the lowest node name, not a `:global` lock
 
@@ -30,21 +40,33 @@ defmodule AWSCluster.Poller.Coordination do
   An answer counts only when it comes from the process this node sees as the poller,
   is newer than the last one accepted from it, and was sent at most 2 intervals ago by
   the sender's clock (a clock skew beyond that makes followers poll for themselves:
-  safe, only dearer). Anything else is ignored, with a reason.
+  safe, only dearer). Anything else is ignored, with a reason
+  (`[:aws_cluster, :poller, :ignored]`).
 
-  ## A poller that keeps failing steps aside
+  ## When a node polls for itself anyway
 
-  A poller whose discovery fails twice in a row for any reason but throttling leaves the
-  group, so the next node polls for the others, and polls for itself until its own
-  discovery succeeds again; then it rejoins. When AWS fails for everyone, every node
-  ends up polling for itself (the uncoordinated cost, as failed calls) until it
-  recovers.
+    * Connected to no member: it is alone in its group, so it polls. That is how a
+      cluster bootstraps: every node polls once at start.
+    * A follower that received no answer for 1.5 intervals (±10%) polls for itself
+      until one comes again: the poller died, is partitioned away, or is stuck. Each
+      side of a partition elects its own poller once `nodedown` arrives; when the sides
+      heal, one remains.
+    * Throttling on the poller backs off the whole topology: its backoff delay goes to
+      the followers, which wait that long plus half an interval before polling for
+      themselves; a node taking over waits it out too.
+    * A poller whose discovery fails twice in a row for any reason but throttling (its
+      role, its endpoint) steps aside: it leaves the group, so the next node polls for
+      the others, and polls only for itself until its own discovery succeeds; then it
+      rejoins. When AWS fails for everyone, every node ends up polling for itself (the
+      uncoordinated cost, as failed calls) until it recovers.
+    * The `pg` scope restarted: the loop joins the new one a second later.
 
   ## Known limits
 
     * The group is the connected mesh as `pg` sees it. In a partial mesh (a-b and b-c
       linked, a-c not) c follows b, b follows a, and c gets no answers: it polls for
       itself until the link forms, which the strategies' own connects make happen.
+    * Followers wait the poller's backoff (its `:max_backoff`), not their own.
   """
 
   @scope :aws_cluster_coordination

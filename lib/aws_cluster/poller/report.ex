@@ -155,13 +155,13 @@ defmodule AWSCluster.Poller.Report do
 
   @doc "Reports an answer applied from the poller on `from`: `[:aws_cluster, :poller, :answer]`."
   @spec received(meta(), node(), non_neg_integer()) :: :ok
-  def received(meta, from, peers),
-    do:
-      Telemetry.execute(
-        [:aws_cluster, :poller, :answer],
-        %{peers: peers},
-        Map.put(meta, :from, from)
-      )
+  def received(meta, from, peers) do
+    Telemetry.execute(
+      [:aws_cluster, :poller, :answer],
+      %{peers: peers},
+      Map.put(meta, :from, from)
+    )
+  end
 
   @doc """
   Reports a shared answer this node ignored (`AWSCluster.Poller.Coordination`): a debug

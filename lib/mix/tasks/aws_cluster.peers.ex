@@ -150,23 +150,10 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   # A peer that runs no coordinated loop of the topology, or an older aws_cluster,
   # answers nothing.
   defp polling(topology, nodes) do
-    nodes
-    |> Task.async_stream(
-      fn node ->
-        try do
-          {node, :erpc.call(node, AWSCluster.Poller, :coordination, [topology], @connect_timeout)}
-        catch
-          _, _ -> {node, []}
-        end
-      end,
-      timeout: @connect_timeout + 1_000,
-      on_timeout: :kill_task
-    )
-    |> Enum.flat_map(fn
-      {:ok, {node, [view | _]}} -> [{node, view}]
-      _ -> []
-    end)
-    |> Map.new()
+    results =
+      :erpc.multicall(nodes, AWSCluster.Poller, :coordination, [topology], @connect_timeout)
+
+    for {node, {:ok, [view | _]}} <- Enum.zip(nodes, results), into: %{}, do: {node, view}
   end
 
   @doc false
