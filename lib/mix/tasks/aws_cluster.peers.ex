@@ -33,7 +33,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   CONNECTED says whether this VM is connected to the peer (`self` for this node).
   POLLING, ANSWER_FROM and AGE are what a connected peer says about coordinated
-  polling (`AWSCluster.Poller.Coordination`): whether it `polls` or `follows`, where
+  polling (`AWSCluster.Poller.Coordination`): whether it `polls`, `follows` or has
+  `stepped-down` (a poller that kept failing polls only for itself), where
   its last applied answer came from, and how long ago; a closing line names the poller,
   or every poller seen when the peers disagree. When
   the VM is distributed
@@ -217,7 +218,7 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   defp polling_cells(view) do
     age = if view.answer_age, do: "#{Float.round(view.answer_age / 1000, 1)}s", else: "-"
-    role = %{poller: "polls", follower: "follows"}[view.role] || "-"
+    role = %{poller: "polls", follower: "follows", stepped_down: "stepped-down"}[view.role] || "-"
     [role, to_string(view.answer_from || "-"), age]
   end
 
@@ -225,7 +226,13 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   defp pollers(polling) when map_size(polling) == 0, do: []
 
   defp pollers(polling) do
-    case polling |> Map.values() |> Enum.map(& &1.poller) |> Enum.uniq() do
+    # A stepped-down node follows nobody: it names no poller.
+    named = for {_node, %{poller: p}} <- polling, p != nil, uniq: true, do: p
+
+    case named do
+      [] ->
+        []
+
       [poller] ->
         ["polling: #{poller} polls for the #{map_size(polling)} connected nodes asked"]
 

@@ -110,6 +110,30 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     assert Enum.at(row(out, id_a), 5) == "no"
   end
 
+  test "a poller that stepped aside shows as stepped-down and names no poller" do
+    peer = fn n ->
+      %{node: n, address: "127.0.1.9", instance: %{id: "i-#{n}", state: "running"}}
+    end
+
+    result = %{topology: :app, strategy: AWSCluster.Strategy.EC2, config: %{}, gone: []}
+    result = Map.put(result, :peers, [peer.(:"a@127.0.1.9"), peer.(:"b@127.0.1.9")])
+
+    view = fn role, poller ->
+      %{role: role, poller: poller, nodes: [], answer_from: poller, answer_age: 1_500, ignored: 0}
+    end
+
+    polling = %{
+      "a@127.0.1.9": view.(:stepped_down, nil),
+      "b@127.0.1.9": view.(:poller, :"b@127.0.1.9")
+    }
+
+    connected = MapSet.new([:"a@127.0.1.9", :"b@127.0.1.9"])
+    out = Mix.Tasks.AwsCluster.Peers.render(result, connected, polling)
+    assert Enum.slice(row(out, "i-a@127.0.1.9"), 6..8) == ["stepped-down", "-", "1.5s"]
+    assert Enum.slice(row(out, "i-b@127.0.1.9"), 6..8) == ["polls", "b@127.0.1.9", "1.5s"]
+    assert out =~ "polling: b@127.0.1.9 polls for the 2 connected nodes asked"
+  end
+
   # System.put_env does not reach the NIF (the VM keeps its own copy of the
   # environment), so the SDK's default chain is exercised the way users run the task:
   # a separate `mix` process with the credentials in its environment.
