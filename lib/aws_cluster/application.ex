@@ -1,15 +1,21 @@
 defmodule AWSCluster.Application do
   @moduledoc false
   # Starts only what must outlive every topology: the peer table behind
-  # AWSCluster.node_info/1 and the pg scope of coordinated polling. Topologies are
-  # started by the host (libcluster or AWSCluster.Supervisor), never here, so the
-  # library does nothing unless asked.
+  # AWSCluster.node_info/1, the pg scope of coordinated polling and the registry of
+  # firewall tables. Topologies are started by the host (libcluster or
+  # AWSCluster.Supervisor), never here, so the library does nothing unless asked.
 
   use Application
 
   @impl true
   def start(_type, _args) do
-    Supervisor.start_link([AWSCluster.Peers, AWSCluster.Poller.Coordination],
+    children = [
+      AWSCluster.Peers,
+      AWSCluster.Poller.Coordination,
+      {Registry, keys: :unique, name: AWSCluster.Firewall.Registry}
+    ]
+
+    Supervisor.start_link(children,
       strategy: :one_for_one,
       name: AWSCluster.ApplicationSupervisor
     )

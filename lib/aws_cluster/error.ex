@@ -8,8 +8,9 @@ defmodule AWSCluster.Error do
   Reasons include `:invalid_argument`, `:invalid_config`, `:no_such_interface`,
   `:no_address`, `:throttled`, `:unauthorized`, `:unreachable`, `:timeout`,
   `:not_found`, `:bad_response`, `:already_started`, `:unavailable` (a local resource,
-  such as an interface or a port, that a later try may find), `:nif_not_loaded` and
-  `:internal`.
+  such as an interface or a port, that a later try may find), `:nif_not_loaded`,
+  `:firewall_unavailable` (no `nft`, no CAP_NET_ADMIN, or the table is taken),
+  `:firewall_failed` (an `nft` run failed) and `:internal`.
   """
 
   defexception [:reason, :message, details: %{}]

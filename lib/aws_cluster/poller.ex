@@ -1,7 +1,7 @@
 defmodule AWSCluster.Poller do
   use GenServer
 
-  alias AWSCluster.{Config, Error, Loop, Membership, Peers, Redacted}
+  alias AWSCluster.{Config, Error, Firewall, Loop, Membership, Peers, Redacted}
   alias AWSCluster.Loop.Round
   alias AWSCluster.Membership.NameBudget
   alias AWSCluster.Poller.{Answer, Coordination, DiscoveryRun, Options, Report}
@@ -207,13 +207,20 @@ defmodule AWSCluster.Poller do
       answer_from: nil,
       answer_at: nil,
       backoff_until: nil,
-      stepped_down: false
+      stepped_down: false,
+      firewall: nil
     }
 
-    case start_strategy(s) do
-      {:ok, s} -> {:ok, s, {:continue, :poll}}
-      {:stop, error} -> {:stop, error}
-      {:retry, s} -> {:ok, s}
+    with {:ok, s} <- start_firewall(s) do
+      case start_strategy(s) do
+        {:ok, s} -> {:ok, s, {:continue, :poll}}
+        {:stop, error} -> {:stop, error}
+        {:retry, s} -> {:ok, s}
+      end
+    else
+      {:error, error} ->
+        Loop.log(:error, state.topology, "could not start: #{error.message}")
+        {:stop, error}
     end
   end
 
@@ -357,6 +364,7 @@ defmodule AWSCluster.Poller do
     NameBudget.save(s.state.topology, s.membership.budget)
     if s.round, do: Process.exit(s.round.pid, :kill)
     if s.discovery, do: Process.exit(s.discovery.pid, :kill)
+    if s.firewall, do: Firewall.stop(s.firewall)
     :ok
   end
 
@@ -448,6 +456,7 @@ defmodule AWSCluster.Poller do
         answer_at: now(),
         to_prune: s.to_prune ++ Enum.map(outcome.pruned, &elem(&1, 0))
     }
+    |> follow_firewall()
     |> start_round()
   end
 
@@ -471,6 +480,21 @@ defmodule AWSCluster.Poller do
 
     # Reconnecting the last good set heals links that dropped while AWS is unreachable.
     s |> release_waiters() |> start_round() |> schedule(delay)
+  end
+
+  defp start_firewall(%{config: %{firewall: nil}} = s), do: {:ok, s}
+
+  defp start_firewall(s) do
+    with {:ok, fw} <- Firewall.start(s.config.firewall, s.state.topology),
+         do: {:ok, %{s | firewall: fw}}
+  end
+
+  # Before the round that dials them: a new member may dial this node first.
+  defp follow_firewall(%{firewall: nil} = s), do: s
+
+  defp follow_firewall(s) do
+    addresses = for {node, m} <- s.membership.members, do: Map.get(m.peer, :address) || node
+    %{s | firewall: Firewall.follow(s.firewall, addresses)}
   end
 
   defp schedule(s, delay) do

@@ -189,7 +189,8 @@ defmodule AWSCluster.Test.Fleet do
   @doc """
   Boots the node of `spec` and starts `topologies` in it. Options: `:cookie` (atom,
   required), `:net_ticktime` (seconds, default 60), `:log_dir` (default the system tmp
-  dir). Returns the member, or raises when the node does not boot.
+  dir), `:netns` (run the node inside that network namespace) and `:args` (more `erl`
+  arguments, strings). Returns the member, or raises when the node does not boot.
   """
   @spec boot(map(), keyword(), keyword()) :: member()
   def boot(spec, topologies, opts) do
@@ -240,8 +241,10 @@ defmodule AWSCluster.Test.Fleet do
           &String.to_charlist/1
         )
 
-    {:ok, pid, node} =
-      :peer.start(%{
+    args = args ++ Enum.map(Keyword.get(opts, :args, []), &String.to_charlist/1)
+
+    peer =
+      %{
         name: String.to_atom(spec.basename),
         host: String.to_charlist(spec.ip),
         longnames: true,
@@ -249,7 +252,10 @@ defmodule AWSCluster.Test.Fleet do
         args: args,
         wait_boot: 60_000,
         shutdown: :halt
-      })
+      }
+      |> in_namespace(opts[:netns])
+
+    {:ok, pid, node} = :peer.start(peer)
 
     os_pid = :peer.call(pid, :os, :getpid, []) |> List.to_string()
     :ok = :peer.call(pid, __MODULE__, :local_setup, [log], 30_000)
@@ -257,6 +263,14 @@ defmodule AWSCluster.Test.Fleet do
     spec
     |> Map.take([:index, :basename, :ip, :az, :instance_id])
     |> Map.merge(%{node: node, pid: pid, os_pid: os_pid, sup: nil, log: log})
+  end
+
+  defp in_namespace(peer, nil), do: peer
+
+  defp in_namespace(peer, ns) do
+    ip = String.to_charlist(System.find_executable("ip"))
+    erl = String.to_charlist(System.find_executable("erl"))
+    Map.put(peer, :exec, {ip, [~c"netns", ~c"exec", String.to_charlist(ns), erl]})
   end
 
   @doc "What `member` reports now; `:down` when it does not answer."

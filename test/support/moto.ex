@@ -167,6 +167,10 @@ defmodule AWSCluster.Test.Moto do
   @spec tag!([String.t()], map()) :: non_neg_integer()
   def tag!(ids, tags), do: seed!("tag", %{ids: ids, tags: tags})
 
+  @doc "Removes the tags `keys` from instances `ids`."
+  @spec untag!([String.t()], [String.t()]) :: non_neg_integer()
+  def untag!(ids, keys), do: seed!("untag", %{ids: ids, keys: keys})
+
   @doc "Creates AutoScaling group `name` over the three AZ subnets, holding `instance_ids`."
   @spec create_asg!(String.t(), [String.t()]) :: String.t()
   def create_asg!(name, instance_ids \\ []),

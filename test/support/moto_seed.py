@@ -179,6 +179,12 @@ def op_tag(req):
     return len(req["ids"])
 
 
+def op_untag(req):
+    ec2, _ = clients(req)
+    ec2.delete_tags(Resources=req["ids"], Tags=[{"Key": k} for k in req["keys"]])
+    return len(req["ids"])
+
+
 def op_create_asg(req):
     """A group over the three AZ subnets holding exactly `instance_ids` (attached)."""
     ec2, asg = clients(req)

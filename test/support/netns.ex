@@ -60,6 +60,80 @@ defmodule AWSCluster.Test.Netns do
     :ok
   end
 
+  @doc """
+  A LAN of test hosts: one namespace per address in `ips` (127.x strings), each with an
+  `ethwe` on one bridge in a hub namespace. Returns `%{hub: ns, hosts: %{ip => ns}}`.
+
+  A 127.x address only leaves a host through a real interface when the host does not
+  own all of 127/8 and accepts such packets: so `lo` keeps only 127.0.0.1/32, ethwe gets
+  the address as a /16, and `route_localnet` is on (namespace-local sysctls).
+  """
+  def lan!(tag, ips) do
+    hub = create!(tag <> "h")
+    ip!(["-n", hub, "link", "add", "br0", "type", "bridge"])
+    ip!(["-n", hub, "link", "set", "br0", "up"])
+
+    hosts =
+      ips
+      |> Enum.with_index(1)
+      |> Map.new(fn {ip, i} ->
+        ns = create!(tag <> "#{i}")
+        veth_between!(hub, "p#{i}", ns, "ethwe")
+        ip!(["-n", hub, "link", "set", "p#{i}", "master", "br0", "up"])
+
+        for key <- ["all", "ethwe"],
+            do: exec!(ns, ["sysctl", "-qw", "net.ipv4.conf.#{key}.route_localnet=1"])
+
+        ip!(["-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo"])
+        ip!(["-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo"])
+        ip!(["-n", ns, "addr", "add", ip <> "/16", "dev", "ethwe"])
+        ip!(["-n", ns, "link", "set", "ethwe", "up"])
+        {ip, ns}
+      end)
+
+    %{hub: hub, hosts: hosts}
+  end
+
+  @doc "Runs `cmd` inside `ns`, raising with its output on failure; returns the output."
+  def exec!(ns, [cmd | args]) do
+    case System.cmd("ip", ["netns", "exec", ns, cmd | args], stderr_to_stdout: true) do
+      {out, 0} -> out
+      {out, code} -> raise "in #{ns}: #{cmd} #{Enum.join(args, " ")} failed (#{code}): #{out}"
+    end
+  end
+
+  @doc """
+  A fresh TCP connect from inside `ns` to `ip:port`: `:connected`, `:refused`, or
+  `:timeout` (no answer within `ms`, as when a firewall drops the SYN).
+  """
+  def tcp_connect(ns, ip, port, ms \\ 2_000) do
+    script = "exec 3<>/dev/tcp/#{ip}/#{port}"
+    secs = Float.to_string(ms / 1000)
+
+    case System.cmd("ip", ["netns", "exec", ns, "timeout", secs, "bash", "-c", script],
+           stderr_to_stdout: true
+         ) do
+      {_, 0} -> :connected
+      {_, 124} -> :timeout
+      {out, _} -> if out =~ "refused", do: :refused, else: {:failed, out}
+    end
+  end
+
+  @doc "Kills what still runs in `namespaces` (nodes, their epmd), then deletes them."
+  def cleanup(namespaces) do
+    for ns <- namespaces do
+      {out, _} = System.cmd("ip", ["netns", "pids", ns], stderr_to_stdout: true)
+
+      for pid <- String.split(out),
+          pid =~ ~r/\A\d+\z/,
+          do: System.cmd("kill", ["-9", pid], stderr_to_stdout: true)
+
+      delete(ns)
+    end
+
+    :ok
+  end
+
   @doc "Deletes a namespace (and with it the veth ends inside it)."
   def delete(ns) do
     System.cmd("ip", ["netns", "delete", ns], stderr_to_stdout: true)

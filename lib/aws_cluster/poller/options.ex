@@ -64,7 +64,15 @@ defmodule AWSCluster.Poller.Options do
               ]
             ] ++
             AWSCluster.Membership.NameBudget.schema() ++
-            []
+            [
+              firewall: [
+                type: :keyword,
+                default: [],
+                doc:
+                  "Host firewall rules that follow this topology's members " <>
+                    "(`AWSCluster.Firewall`), e.g. `[enabled: true, interface: \"ethwe\"]`."
+              ]
+            ]
 
   @doc "The common options as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()
@@ -77,8 +85,9 @@ defmodule AWSCluster.Poller.Options do
   @spec validate(module(), State.t()) :: {:ok, map()} | {:error, Error.t()}
   def validate(strategy, state) do
     with {:ok, config} <- Config.validate(state.config, @schema ++ strategy.schema()),
-         :ok <- strategy_validate(strategy, config) do
-      {:ok, config}
+         :ok <- strategy_validate(strategy, config),
+         {:ok, firewall} <- AWSCluster.Firewall.validate(config.firewall) do
+      {:ok, %{config | firewall: firewall}}
     else
       {:error, error} -> {:error, Config.in_topology(error, state.topology)}
     end

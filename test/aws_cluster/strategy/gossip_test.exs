@@ -827,7 +827,7 @@ defmodule AWSCluster.Strategy.GossipTest do
 
   defp run_netns_mesh(family) do
     hub = Netns.create!("gh")
-    on_exit(fn -> cleanup_namespaces([hub]) end)
+    on_exit(fn -> Netns.cleanup([hub]) end)
     Netns.ip!(["-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
     Netns.ip!(["-n", hub, "link", "set", "br0", "up"])
     subnet = rem(uniq(), 200) + 20
@@ -835,7 +835,7 @@ defmodule AWSCluster.Strategy.GossipTest do
     spaces =
       for i <- 1..4 do
         ns = Netns.create!("g#{i}")
-        on_exit(fn -> cleanup_namespaces([ns]) end)
+        on_exit(fn -> Netns.cleanup([ns]) end)
 
         Netns.veth_between!(hub, "p#{i}", ns, "ethwe")
 
@@ -898,7 +898,7 @@ defmodule AWSCluster.Strategy.GossipTest do
   defp run_late_interface do
     hub = Netns.create!("lh")
     ns = Netns.create!("l1")
-    on_exit(fn -> cleanup_namespaces([hub, ns]) end)
+    on_exit(fn -> Netns.cleanup([hub, ns]) end)
     run = uniq()
     pid = start_ns_peer(ns, [])
     opts = [basename: "late#{run}", ip: "127.0.0.1", cookie: :"late#{run}"]
@@ -967,20 +967,5 @@ defmodule AWSCluster.Strategy.GossipTest do
 
     {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:aws_cluster], 30_000)
     pid
-  end
-
-  # Processes left in a namespace are ones this test started (its nodes and their epmd).
-  defp cleanup_namespaces(namespaces) do
-    for ns <- namespaces do
-      {out, _} = System.cmd("ip", ["netns", "pids", ns], stderr_to_stdout: true)
-
-      for pid <- String.split(out), pid =~ ~r/\A\d+\z/ do
-        System.cmd("kill", ["-9", pid], stderr_to_stdout: true)
-      end
-
-      Netns.delete(ns)
-    end
-
-    :ok
   end
 end
