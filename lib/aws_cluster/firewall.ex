@@ -275,6 +275,41 @@ defmodule AWSCluster.Firewall do
     :ok
   end
 
+  @doc """
+  The addresses the kernel's table holds now (both sets), read with `nft list set`:
+  what `mix aws_cluster.doctor` compares with discovery. `:not_found` when there is no
+  such table.
+  """
+  @spec listed(map()) :: {:ok, [String.t()]} | {:error, Error.t()}
+  def listed(config) do
+    Enum.reduce_while(["peers_v4", "peers_v6"], {:ok, []}, fn set, {:ok, acc} ->
+      case nft_output(config, ["list", "set", "inet", config.table, set]) do
+        {:ok, text} ->
+          {:cont, {:ok, acc ++ set_elements(text)}}
+
+        {:error, %Error{reason: :firewall_failed} = e} ->
+          {:halt,
+           {:error,
+            %{e | reason: :not_found, message: "no table inet #{config.table}: " <> e.message}}}
+
+        error ->
+          {:halt, error}
+      end
+    end)
+  end
+
+  defp set_elements(text) do
+    case Regex.run(~r/elements = \{([^}]*)\}/s, text) do
+      [_, list] ->
+        list |> String.split([",", " ", "\n", "\t"], trim: true) |> Enum.flat_map(&valid_ip/1)
+
+      nil ->
+        []
+    end
+  end
+
+  defp valid_ip(text), do: text |> parse() |> Enum.map(&ip_text/1)
+
   @doc "The addresses in the set now (own ones included), as strings, sorted."
   @spec allowed(t()) :: [String.t()]
   def allowed(%__MODULE__{allowed: allowed}),
@@ -388,11 +423,15 @@ defmodule AWSCluster.Firewall do
   @doc false
   @spec nft(map(), [String.t()]) :: :ok | {:error, Error.t()}
   def nft(config, args) do
+    with {:ok, _} <- nft_output(config, args), do: :ok
+  end
+
+  defp nft_output(config, args) do
     exe = System.find_executable(config.nft) || Path.join("/usr/sbin", config.nft)
 
     case System.cmd(exe, args, stderr_to_stdout: true) do
-      {_, 0} ->
-        :ok
+      {out, 0} ->
+        {:ok, out}
 
       {out, code} ->
         {:error,

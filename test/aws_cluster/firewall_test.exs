@@ -114,6 +114,118 @@ defmodule AWSCluster.FirewallTest do
     end
   end
 
+  describe "start and failures" do
+    if @host_skip, do: @tag(skip: @host_skip)
+
+    setup do
+      table = "awsc_t#{System.unique_integer([:positive])}"
+
+      on_exit(fn ->
+        System.cmd("nft", ["delete", "table", "inet", table], stderr_to_stdout: true)
+      end)
+
+      # On lo only, behind `iif "lo" accept`: the rules cannot drop anything on this host.
+      {:ok, config} = Firewall.validate(Keyword.merge(@config, interface: "lo", table: table))
+      %{config: config}
+    end
+
+    test "no nft command: a start error naming it", %{config: config} do
+      assert {:error, %Error{reason: :firewall_unavailable, details: %{missing: :nft}} = e} =
+               Firewall.start(%{config | nft: "nft-not-installed"}, :fw)
+
+      assert e.message =~ ~s(the nft command "nft-not-installed" is missing)
+    end
+
+    test "no CAP_NET_ADMIN: a start error naming it (a VM started without the capability)", %{
+      config: config
+    } do
+      {:ok, pid, _} =
+        :peer.start_link(%{
+          connection: :standard_io,
+          exec:
+            {String.to_charlist(System.find_executable("setpriv")),
+             [
+               ~c"--bounding-set",
+               ~c"-net_admin",
+               String.to_charlist(System.find_executable("erl"))
+             ]},
+          args: AWSCluster.Test.Cluster.code_path_args()
+        })
+
+      {:ok, _} = :peer.call(pid, Application, :ensure_all_started, [:aws_cluster])
+
+      assert {:error, %Error{reason: :firewall_unavailable, details: %{missing: :cap_net_admin}}} =
+               :peer.call(pid, Firewall, :start, [config, :fw])
+
+      :peer.stop(pid)
+    end
+
+    test "a table is one topology's", %{config: config} do
+      {:ok, fw} = Firewall.start(config, :first)
+      on_exit(fn -> Firewall.stop(fw) end)
+
+      assert {:error, %Error{reason: :firewall_unavailable, message: message}} =
+               Task.async(fn -> Firewall.start(config, :second) end) |> Task.await()
+
+      assert message =~ "already kept by topology :first"
+    end
+
+    test "a failed nft run is an error and an event, and the kernel keeps the last ruleset", %{
+      config: config
+    } do
+      # The real nft behind a switch: while the flag file exists, it fails as nft does.
+      dir = Path.join(System.tmp_dir!(), "awsc_nft_#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf(dir) end)
+      flag = Path.join(dir, "fail")
+      wrapper = Path.join(dir, "nft")
+
+      File.write!(wrapper, """
+      #!/bin/sh
+      if [ -e #{flag} ]; then echo "Error: Could not process rule: Operation not permitted" >&2; exit 1; fi
+      exec #{System.find_executable("nft")} "$@"
+      """)
+
+      File.chmod!(wrapper, 0o755)
+      Application.put_env(:aws_cluster, :telemetry_module, AWSCluster.Test.TelemetryProbe)
+      on_exit(fn -> Application.delete_env(:aws_cluster, :telemetry_module) end)
+      Process.register(self(), AWSCluster.Test.TelemetryProbe)
+
+      {:ok, fw} = Firewall.start(%{config | nft: wrapper}, :fw)
+      fw = Firewall.follow(fw, ["127.0.9.1"])
+      assert_received {:telemetry, [:aws_cluster, :firewall, :applied], %{addresses: _}, _}
+
+      File.write!(flag, "")
+
+      log =
+        capture_log(fn ->
+          failed = Firewall.follow(fw, ["127.0.9.2"])
+          assert Firewall.allowed(failed) == Firewall.allowed(fw)
+          send(self(), {:failed, failed})
+        end)
+
+      assert log =~ "firewall not updated, the last ruleset stays: nft -f"
+      assert log =~ "Operation not permitted"
+
+      assert_received {:telemetry, [:aws_cluster, :firewall, :error], _,
+                       %{error: %Error{reason: :firewall_failed}}}
+
+      assert {:ok, listed} = Firewall.listed(config)
+      assert "127.0.9.1" in listed
+      refute "127.0.9.2" in listed
+
+      # Fixed: the next answer applies.
+      File.rm!(flag)
+      assert_received {:failed, failed}
+      fw = Firewall.follow(failed, ["127.0.9.2"])
+      assert {:ok, listed} = Firewall.listed(config)
+      assert "127.0.9.2" in listed
+      refute "127.0.9.1" in listed
+      Firewall.stop(fw)
+      assert {:error, %Error{reason: :not_found}} = Firewall.listed(config)
+    end
+  end
+
   describe "in network namespaces" do
     if @host_skip, do: @tag(skip: @host_skip)
 
@@ -165,7 +277,7 @@ defmodule AWSCluster.FirewallTest do
           )
 
         {:ok, sup} = :peer.call(member.pid, Fleet, :local_start, [topology], 30_000)
-        Map.put(member, :sup, sup)
+        Map.merge(member, %{sup: sup, topology: topology})
       end
 
       node_a = boot.(a, @config)
@@ -204,6 +316,11 @@ defmodule AWSCluster.FirewallTest do
       assert results["outsider -> a:dist"] == :timeout
       assert results["b -> a:4369 (in the set)"] == :connected
       assert results["b -> a:dist (in the set)"] == :connected
+
+      assert %{status: :pass, message: message} = doctor_firewall(node_a)
+
+      assert message =~
+               "table inet aws_cluster: 3 addresses in the set; every discovered peer is in it"
 
       # The prune: b's instance loses the tag discovery selects on.
       Moto.untag!([b.instance_id], ["cluster"])
@@ -248,7 +365,22 @@ defmodule AWSCluster.FirewallTest do
       {tables, 0} = System.cmd("ip", ["netns", "exec", ns[a.ip], "nft", "list", "tables"])
       refute tables =~ "aws_cluster"
       assert Netns.tcp_connect(ns[outsider], a.ip, 4369) == :connected
+      assert %{status: :fail, message: "no table inet aws_cluster" <> _} = doctor_firewall(node_a)
     end
+  end
+
+  # `mix aws_cluster.doctor`'s checks, run on the host of `member` (IMDS is not there).
+  defp doctor_firewall(member) do
+    checks =
+      :peer.call(
+        member.pid,
+        AWSCluster.Doctor,
+        :run,
+        [member.topology, [imds_endpoint: "http://127.0.0.1:9"]],
+        60_000
+      )
+
+    Enum.find(checks, &(&1.name == "firewall [ec2]")) || checks
   end
 
   defp dist_port(member, spec) do

@@ -28,7 +28,9 @@ defmodule AWSCluster.Doctor.Topology do
 
     cond do
       strategy in [EC2, AutoScaling] ->
-        aws_topology(name, spec, imds)
+        {spec, firewall} = Doctor.Firewall.split(spec)
+        {checks, result} = aws_topology(name, spec, imds)
+        {checks ++ Doctor.Firewall.checks(name, firewall, result), result}
 
       strategy == AWSCluster.Strategy.Gossip ->
         {gossip_topology(name, spec), nil}
