@@ -59,7 +59,20 @@ defmodule AWSCluster.ReadmeTest do
     libcluster
   end
 
+  # The firewall example pins the distribution ports in vm.args, as the README says.
   defp validate(name, spec) do
+    if get_in(spec, [:config, :firewall]) do
+      Application.put_env(:kernel, :inet_dist_listen_min, 9100)
+      Application.put_env(:kernel, :inet_dist_listen_max, 9155)
+    end
+
+    validate_spec(name, spec)
+  after
+    Application.delete_env(:kernel, :inet_dist_listen_min)
+    Application.delete_env(:kernel, :inet_dist_listen_max)
+  end
+
+  defp validate_spec(name, spec) do
     strategy = Keyword.fetch!(spec, :strategy)
     {:ok, state} = State.new(topology: name, config: Keyword.get(spec, :config, []))
 
@@ -71,7 +84,7 @@ defmodule AWSCluster.ReadmeTest do
 
   test "every elixir block that configures topologies is a marked, tested example" do
     all = blocks()
-    assert length(config_examples()) == 4
+    assert length(config_examples()) == 5
 
     for {marker, code} <- all, code =~ "topologies" or code =~ ~r/^config :/m do
       assert marker in ["config-example", "app-example"],
@@ -94,6 +107,15 @@ defmodule AWSCluster.ReadmeTest do
     [{name, spec}] = topologies(ec2)
     typo = put_in(spec, [:config, :node_basenme], "chat")
     assert {:error, %AWSCluster.Error{reason: :invalid_config}} = validate(name, typo)
+  end
+
+  test "the firewall ruleset shown is the one AWSCluster.Firewall writes" do
+    [_, shown] =
+      Regex.run(~r/\n```\n(table inet aws_cluster \{.*?\n\}\n)```/s, File.read!(@readme))
+
+    {:ok, config} = AWSCluster.Firewall.validate(enabled: true, dist_ports: {9100, 9155})
+    addresses = [{10, 0, 1, 11}, {10, 0, 2, 11}, {10, 0, 3, 11}]
+    assert AWSCluster.Firewall.render(%{config | interface: "ethwe"}, addresses) == shown
   end
 
   test "the application examples build the children the README says" do

@@ -40,6 +40,8 @@ defmodule AWSCluster.Poller do
       its reply is tagged, so a late answer cannot confuse the loop and `status/1`
       always answers. Stopping the topology ends both.
     * Logs once when discovery starts failing and once when it recovers, not every poll.
+    * With `firewall: [enabled: true]` the loop keeps the host's nftables rules in step
+      with its members, before each connect round (`AWSCluster.Firewall`).
 
   ## Coordinated polling
 

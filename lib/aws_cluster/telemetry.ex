@@ -63,6 +63,15 @@ defmodule AWSCluster.Telemetry do
     libcluster, its own `[:libcluster, :connect_node | :disconnect_node, :ok | :error]`
     events fire too (connects go through `Cluster.Strategy.connect_nodes/4`).
 
+  ## Firewall (from `AWSCluster.Firewall`)
+
+    * `[:aws_cluster, :firewall, :applied]` - a new ruleset is in the kernel (or was
+      logged, with `dry_run`). Measurements: `%{addresses: n, duration: native}`.
+      Metadata: `%{topology: atom, table: String.t()}`.
+    * `[:aws_cluster, :firewall, :error]` - an `nft` run failed; the last ruleset stays.
+      Measurements: `%{count: 1}`. Metadata: `%{topology: atom, table: String.t(),
+      error: AWSCluster.Error.t()}` (reason `:firewall_failed` or `:firewall_unavailable`).
+
   ## Gossip (from `AWSCluster.Strategy.Gossip`)
 
     * `[:aws_cluster, :gossip, :rejected]` - one datagram was dropped.
