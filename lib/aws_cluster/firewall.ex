@@ -151,17 +151,24 @@ defmodule AWSCluster.Firewall do
 
   defp check_interface(%{interface: nil} = config), do: {:ok, config}
 
+  # The name goes into the ruleset's text: only what a Linux interface name can be.
   defp check_interface(%{interface: name} = config) do
     names = interface_names()
 
-    if name in names,
-      do: {:ok, config},
-      else:
+    cond do
+      not (name =~ ~r/\A[A-Za-z0-9_.@:-]{1,15}\z/) ->
+        {:error, key_error(:interface, "#{inspect(name)} is not an interface name")}
+
+      name in names ->
+        {:ok, config}
+
+      true ->
         {:error,
          key_error(
            :interface,
            "no interface #{inspect(name)} here (have: #{Enum.join(names, ", ")})"
          )}
+    end
   end
 
   defp interface_names do

@@ -40,6 +40,13 @@ defmodule AWSCluster.FirewallTest do
       assert e.details.key == {:firewall, :interface}
       assert e.message =~ ~s(no interface "nosuch0" here (have: )
       assert e.message =~ "lo"
+
+      assert {:error, %Error{details: %{key: {:firewall, :interface}}} = e} =
+               Firewall.validate(
+                 Keyword.put(@config, :interface, ~s(lo" accept; flush ruleset "x))
+               )
+
+      assert e.message =~ "is not an interface name"
     end
 
     test "a bad table name is refused; disabled is nil" do
