@@ -198,8 +198,7 @@ defmodule AWSCluster.Firewall do
 
   defp check_host(config) do
     cond do
-      System.find_executable(config.nft) == nil and
-          not File.exists?(Path.join("/usr/sbin", config.nft)) ->
+      executable(config) == nil ->
         {:error,
          unavailable(
            "the nft command #{inspect(config.nft)} is missing (Debian: apt-get install nftables)",
@@ -217,6 +216,12 @@ defmodule AWSCluster.Firewall do
       true ->
         :ok
     end
+  end
+
+  # nft lives in /usr/sbin, which a non-root PATH often lacks.
+  defp executable(config) do
+    System.find_executable(config.nft) ||
+      Enum.find([Path.join("/usr/sbin", config.nft)], &File.exists?/1)
   end
 
   # CapEff in /proc/self/status is a hex mask; CAP_NET_ADMIN is bit 12.
@@ -434,9 +439,7 @@ defmodule AWSCluster.Firewall do
   end
 
   defp nft_output(config, args) do
-    exe = System.find_executable(config.nft) || Path.join("/usr/sbin", config.nft)
-
-    case System.cmd(exe, args, stderr_to_stdout: true) do
+    case System.cmd(executable(config) || config.nft, args, stderr_to_stdout: true) do
       {out, 0} ->
         {:ok, out}
 
