@@ -77,8 +77,8 @@ defmodule AWSCluster.Firewall do
       CAP_NET_ADMIN. `dry_run: true` needs neither `nft` nor the capability: it logs the
       ruleset instead of applying it.
     * On a clean stop the table is deleted, unless `keep_on_exit: true`. A loop that
-      crashes leaves its last ruleset (which still admits every member) until its
-      restart replaces it.
+      crashes leaves its last ruleset (which still admits every member), and its
+      restart starts from that set until its first answer.
 
   One table belongs to one topology; a second topology asking for the same table fails
   to start. Why the `nft` command and not netlink from the NIF: the rules are few and
@@ -107,6 +107,7 @@ defmodule AWSCluster.Firewall do
   def schema, do: @schema
 
   @doc false
+  @spec identifier(term()) :: :ok | :error
   def identifier(name) when is_binary(name) do
     if name =~ ~r/\A[A-Za-z][A-Za-z0-9_]{0,63}\z/, do: :ok, else: :error
   end
@@ -189,8 +190,18 @@ defmodule AWSCluster.Firewall do
 
     with :ok <- check_host(config),
          :ok <- claim(config.table, topology),
-         {:ok, fw} <- apply_set(fw, MapSet.new(fw.own)) do
+         {:ok, fw} <- apply_set(fw, MapSet.new(fw.own ++ kept(config))) do
       {:ok, fw}
+    end
+  end
+
+  # A restart after a crash keeps what the table admitted, until the first answer.
+  defp kept(%{dry_run: true}), do: []
+
+  defp kept(config) do
+    case listed(config) do
+      {:ok, addresses} -> Enum.flat_map(addresses, &parse/1)
+      {:error, _} -> []
     end
   end
 
@@ -299,10 +310,13 @@ defmodule AWSCluster.Firewall do
         {:ok, text} ->
           {:cont, {:ok, acc ++ set_elements(text)}}
 
-        {:error, %Error{reason: :firewall_failed} = e} ->
-          {:halt,
-           {:error,
-            %{e | reason: :not_found, message: "no table inet #{config.table}: " <> e.message}}}
+        {:error, %Error{reason: :firewall_failed} = e} = error ->
+          if e.message =~ "No such file or directory",
+            do:
+              {:halt,
+               {:error,
+                %{e | reason: :not_found, message: "no table inet #{config.table}: " <> e.message}}},
+            else: {:halt, error}
 
         error ->
           {:halt, error}
@@ -417,18 +431,27 @@ defmodule AWSCluster.Firewall do
     end
   end
 
+  # In a fresh directory only this process can write to (it is root's, in a shared tmp).
   defp apply_batch(config, text) do
-    path =
-      Path.join(
-        System.tmp_dir!(),
-        "aws_cluster_#{config.table}_#{System.unique_integer([:positive])}.nft"
-      )
+    random = Base.url_encode64(:crypto.strong_rand_bytes(12), padding: false)
+    dir = Path.join(System.tmp_dir!(), "aws_cluster_nft_" <> random)
 
     try do
-      File.write!(path, text)
-      nft(config, ["-f", path])
+      with :ok <- File.mkdir(dir),
+           :ok <- File.chmod(dir, 0o700),
+           path = Path.join(dir, "batch.nft"),
+           :ok <- File.write(path, text, [:exclusive]) do
+        nft(config, ["-f", path])
+      else
+        {:error, why} ->
+          {:error,
+           Error.new(
+             :firewall_failed,
+             "cannot write the nft batch in #{dir}: #{:file.format_error(why)}"
+           )}
+      end
     after
-      File.rm(path)
+      File.rm_rf(dir)
     end
   end
 

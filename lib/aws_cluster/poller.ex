@@ -216,7 +216,8 @@ defmodule AWSCluster.Poller do
     with {:ok, s} <- start_firewall(s) do
       case start_strategy(s) do
         {:ok, s} -> {:ok, s, {:continue, :poll}}
-        {:stop, error} -> {:stop, error}
+        # terminate/2 does not run after a failed init.
+        {:stop, error} -> if(s.firewall, do: Firewall.stop(s.firewall)) && {:stop, error}
         {:retry, s} -> {:ok, s}
       end
     else
@@ -362,13 +363,16 @@ defmodule AWSCluster.Poller do
   # Links end the helpers when the loop exits with any reason but :normal; a
   # GenServer.stop/1 is :normal, so they are ended here too.
   @impl true
-  def terminate(_reason, s) do
+  def terminate(reason, s) do
     NameBudget.save(s.state.topology, s.membership.budget)
     if s.round, do: Process.exit(s.round.pid, :kill)
     if s.discovery, do: Process.exit(s.discovery.pid, :kill)
-    if s.firewall, do: Firewall.stop(s.firewall)
+    # A crash keeps the table, which still admits every member, for the restart to take.
+    if s.firewall && clean_stop?(reason), do: Firewall.stop(s.firewall)
     :ok
   end
+
+  defp clean_stop?(reason), do: reason in [:normal, :shutdown] or match?({:shutdown, _}, reason)
 
   defp release_waiters(s), do: %{s | waiters: Round.release(s.waiters)}
 
@@ -495,7 +499,12 @@ defmodule AWSCluster.Poller do
   defp follow_firewall(%{firewall: nil} = s), do: s
 
   defp follow_firewall(s) do
-    addresses = for {node, m} <- s.membership.members, do: Map.get(m.peer, :address) || node
+    # A node named by DNS name or public IP still reaches this one from its private IPs.
+    addresses =
+      for {node, m} <- s.membership.members,
+          address <- [Map.get(m.peer, :address), node, Map.get(m.peer.instance, :private_ip)],
+          do: address
+
     %{s | firewall: Firewall.follow(s.firewall, addresses)}
   end
 
