@@ -167,6 +167,25 @@ defmodule AWSCluster.FirewallTest do
       :peer.stop(pid)
     end
 
+    test "a loop that crashed leaves its set, and the restart starts from it", %{config: config} do
+      crashed =
+        Task.async(fn ->
+          {:ok, fw} = Firewall.start(config, :fw)
+          Firewall.follow(fw, ["127.0.9.7"])
+          # No stop/1: the process ends as a crash would, its claim with it.
+        end)
+
+      Task.await(crashed)
+      assert {:ok, listed} = Firewall.listed(config)
+      assert "127.0.9.7" in listed
+
+      {:ok, fw} = Firewall.start(config, :fw)
+      assert "127.0.9.7" in Firewall.allowed(fw)
+      assert {:ok, listed} = Firewall.listed(config)
+      assert "127.0.9.7" in listed
+      Firewall.stop(fw)
+    end
+
     test "a table is one topology's", %{config: config} do
       {:ok, fw} = Firewall.start(config, :first)
       on_exit(fn -> Firewall.stop(fw) end)
