@@ -215,10 +215,16 @@ defmodule AWSCluster.Poller do
 
     with {:ok, s} <- start_firewall(s) do
       case start_strategy(s) do
-        {:ok, s} -> {:ok, s, {:continue, :poll}}
-        # terminate/2 does not run after a failed init.
-        {:stop, error} -> if(s.firewall, do: Firewall.stop(s.firewall)) && {:stop, error}
-        {:retry, s} -> {:ok, s}
+        {:ok, s} ->
+          {:ok, s, {:continue, :poll}}
+
+        {:stop, error} ->
+          # terminate/2 does not run after a failed init.
+          if s.firewall, do: Firewall.stop(s.firewall)
+          {:stop, error}
+
+        {:retry, s} ->
+          {:ok, s}
       end
     else
       {:error, error} ->
