@@ -15,12 +15,14 @@ defmodule AWSCluster do
           instance_id: String.t() | nil,
           availability_zone: String.t() | nil,
           address: String.t() | nil,
-          tags: %{optional(String.t()) => String.t()}
+          tags: %{optional(String.t()) => String.t()},
+          group: String.t() | nil
         }
 
   @doc """
   What discovery knows about `node`: its instance id, availability zone, the address in
-  its name, its tags and the topology that found it.
+  its name, its tags, its group (for a topology with `group:`, see `AWSCluster.Groups`)
+  and the topology that found it.
 
   Known means in some topology's current peer set (discovered and not yet pruned),
   whether or not a connection is up at this moment.

@@ -10,6 +10,8 @@ defmodule AWSCluster.Peers do
   use GenServer
 
   @table __MODULE__
+  # One row per grouped topology: {topology, AWSCluster.Groups.view()}.
+  @views AWSCluster.Peers.Groups
 
   @type info :: AWSCluster.node_info()
 
@@ -66,11 +68,25 @@ defmodule AWSCluster.Peers do
     end
   end
 
+  @doc "Stores `topology`'s group view (`AWSCluster.Groups`)."
+  @spec put_view(atom(), map()) :: :ok
+  def put_view(topology, view) do
+    if :ets.whereis(@views) != :undefined, do: :ets.insert(@views, {topology, view})
+    :ok
+  end
+
+  @doc "Every grouped topology's view, as `{topology, view}`."
+  @spec views() :: [{atom(), map()}]
+  def views do
+    if :ets.whereis(@views) != :undefined, do: :ets.tab2list(@views), else: []
+  end
+
   defp table?, do: :ets.whereis(@table) != :undefined
 
   @impl true
   def init(:ok) do
     :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
+    :ets.new(@views, [:named_table, :public, :set, read_concurrency: true])
     {:ok, %{}}
   end
 
@@ -83,7 +99,12 @@ defmodule AWSCluster.Peers do
   @impl true
   def handle_info({:DOWN, ref, :process, _pid, _reason}, monitors) do
     {topology, monitors} = Map.pop(monitors, ref)
-    if topology, do: :ets.match_delete(@table, {{topology, :_}, :_})
+
+    if topology do
+      :ets.match_delete(@table, {{topology, :_}, :_})
+      :ets.delete(@views, topology)
+    end
+
     {:noreply, monitors}
   end
 end

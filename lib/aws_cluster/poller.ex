@@ -2,6 +2,7 @@ defmodule AWSCluster.Poller do
   use GenServer
 
   alias AWSCluster.{Config, Error, Firewall, Loop, Membership, Peers, Redacted}
+  alias AWSCluster.Groups.Plan
   alias AWSCluster.Loop.Round
   alias AWSCluster.Membership.NameBudget
   alias AWSCluster.Poller.{Answer, Coordination, DiscoveryRun, Options, Report}
@@ -91,7 +92,8 @@ defmodule AWSCluster.Poller do
           members: %{node() => non_neg_integer()},
           held: [node()],
           names_left: non_neg_integer(),
-          connect_failures: %{node() => term()}
+          connect_failures: %{node() => term()},
+          groups: AWSCluster.Groups.view() | nil
         }
 
   @doc "The options every polling strategy accepts, as an `AWSCluster.Config` schema."
@@ -210,7 +212,9 @@ defmodule AWSCluster.Poller do
       answer_at: nil,
       backoff_until: nil,
       stepped_down: false,
-      firewall: nil
+      firewall: nil,
+      plan: nil,
+      groups: nil
     }
 
     with {:ok, s} <- start_firewall(s) do
@@ -323,7 +327,7 @@ defmodule AWSCluster.Poller do
       |> Map.take(Membership.nodes(s.membership))
 
     s = %{s | round: nil, connect_failures: failures, rounds_done: s.rounds_done + 1}
-    s = release_waiters(s)
+    s = s |> grouped(result.groups) |> release_waiters()
     {:noreply, if(s.round_pending, do: start_round(s), else: s)}
   end
 
@@ -452,12 +456,21 @@ defmodule AWSCluster.Poller do
     }
 
     refusing = Report.answer(meta(s), outcome, map_size(membership.members), before)
-    rows = Enum.map(membership.members, fn {node, m} -> Answer.info(topology, node, m.peer) end)
+    plan = Plan.new(s.config, membership.members, peers, s.plan && s.plan.group)
+    if plan, do: Peers.put_view(topology, Plan.view(plan, s.groups))
+
+    rows =
+      Enum.map(membership.members, fn {node, m} ->
+        topology |> Answer.info(node, m.peer) |> Map.put(:group, Plan.group_of(plan, node))
+      end)
+
     Peers.replace(topology, rows)
+    unplaced(s, plan)
 
     %{
       s
       | membership: membership,
+        plan: plan,
         health: :healthy,
         last_error: nil,
         failures: 0,
@@ -492,6 +505,32 @@ defmodule AWSCluster.Poller do
 
     # Reconnecting the last good set heals links that dropped while AWS is unreachable.
     s |> release_waiters() |> start_round() |> schedule(delay)
+  end
+
+  # ── groups (AWSCluster.Groups) ─────────────────────────────────────────────────────
+
+  defp grouped(s, nil), do: s
+
+  defp grouped(%{plan: plan} = s, result) when plan != nil do
+    Report.gateways(meta(s), plan.group, s.groups, result)
+    Peers.put_view(s.state.topology, Plan.view(plan, result))
+    %{s | groups: result}
+  end
+
+  defp grouped(s, _result), do: s
+
+  # A node without a group dials nobody; said once per answer that changes it.
+  defp unplaced(s, plan) do
+    if plan && plan.group == nil && (s.plan == nil || s.plan.group != nil) do
+      Loop.log(
+        :warning,
+        s.state.topology,
+        "the group: rule gives this node no group (its own instance is not in the answer, " <>
+          "or lacks what the rule reads); it connects to nobody until it has one: set self_group:"
+      )
+    end
+
+    :ok
   end
 
   defp start_firewall(%{config: %{firewall: nil}} = s), do: {:ok, s}
@@ -658,7 +697,9 @@ defmodule AWSCluster.Poller do
       prune_mode: s.config.prune_disconnect
     ]
 
-    round = Round.start(s.state, Membership.nodes(s.membership), s.to_prune, opts)
+    opts = if s.plan, do: [{:groups, s.plan} | opts], else: opts
+    dial = Plan.dial(s.plan, Membership.nodes(s.membership))
+    round = Round.start(s.state, dial, s.to_prune, opts)
     %{s | round: round, round_pending: false, to_prune: []}
   end
 

@@ -9,8 +9,8 @@ defmodule AWSCluster.Test.Fleet do
   halts as soon as its controller goes away (its stdin closes), whatever the reason.
   Every node is started with:
 
-    * `-connect_all false`, so `global` does not complete the mesh transitively: every
-      link is the strategy's own work;
+    * `-connect_all false` (unless `connect_all: true`), so `global` does not complete
+      the mesh transitively: every link is the strategy's own work;
     * its distribution listener bound to its own address and its outgoing distribution
       connections bound to it too (`inet_dist_use_interface`, `inet_dist_connect_options`),
       so all its cluster traffic carries that address and a firewall rule on the address
@@ -189,8 +189,8 @@ defmodule AWSCluster.Test.Fleet do
   @doc """
   Boots the node of `spec` and starts `topologies` in it. Options: `:cookie` (atom,
   required), `:net_ticktime` (seconds, default 60), `:log_dir` (default the system tmp
-  dir), `:netns` (run the node inside that network namespace) and `:args` (more `erl`
-  arguments, strings). Returns the member, or raises when the node does not boot.
+  dir), `:netns` (run the node inside that network namespace), `:connect_all` (default
+  `false`; `true` runs OTP's default) and `:args` (more `erl` arguments, strings). Returns the member, or raises when the node does not boot.
   """
   @spec boot(map(), keyword(), keyword()) :: member()
   def boot(spec, topologies, opts) do
@@ -226,8 +226,6 @@ defmodule AWSCluster.Test.Fleet do
             ~s([{handler,default,logger_std_h,\#{config=>\#{file=>"#{log}"}}}]),
             "-setcookie",
             Atom.to_string(cookie),
-            "-connect_all",
-            "false",
             "-kernel",
             "net_ticktime",
             Integer.to_string(ticktime),
@@ -241,7 +239,8 @@ defmodule AWSCluster.Test.Fleet do
           &String.to_charlist/1
         )
 
-    args = args ++ Enum.map(Keyword.get(opts, :args, []), &String.to_charlist/1)
+    connect_all = if opts[:connect_all], do: [], else: ["-connect_all", "false"]
+    args = args ++ Enum.map(connect_all ++ Keyword.get(opts, :args, []), &String.to_charlist/1)
 
     peer =
       %{
@@ -468,12 +467,14 @@ defmodule AWSCluster.Test.Fleet do
           role: c.role,
           poller: c.poller,
           answer_from: c.answer_from,
-          health: status.health
+          health: status.health,
+          groups: status.groups
         }
       end
 
     Map.merge(view, %{
       connected: Enum.sort(Node.list()),
+      hidden: Enum.sort(Node.list(:hidden)),
       members: Enum.sort(view.members),
       downs: Agent.get(@downs, &Enum.reverse/1)
     })

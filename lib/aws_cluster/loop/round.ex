@@ -13,6 +13,7 @@ defmodule AWSCluster.Loop.Round do
   """
 
   alias AWSCluster.{Connector, Loop}
+  alias AWSCluster.Groups.Gateways
   alias AWSCluster.Strategy.State
 
   @schema [
@@ -57,8 +58,16 @@ defmodule AWSCluster.Loop.Round do
   @typedoc "A running round."
   @type t :: %{ref: reference(), pid: pid()}
 
-  @typedoc "What a round did: connects, prunes that cut a link, and the nodes linked after."
-  @type result :: %{connect: Connector.result(), prune: Connector.result(), linked: [node()]}
+  @typedoc """
+  What a round did: connects, prunes that cut a link, the nodes linked after, and for a
+  grouped topology the gateway links (`AWSCluster.Groups.Gateways.arrange/2`, else `nil`).
+  """
+  @type result :: %{
+          connect: Connector.result(),
+          prune: Connector.result(),
+          linked: [node()],
+          groups: Gateways.result() | nil
+        }
 
   @typedoc "The nodes whose last connect failed, and why."
   @type failures :: %{node() => Connector.failure()}
@@ -66,21 +75,25 @@ defmodule AWSCluster.Loop.Round do
   @doc """
   Starts a round that first handles `prune` (under `prune_mode`, see
   `AWSCluster.Connector.prune/4`) then connects `connect`. Options: `:timeout`,
-  `:max_concurrency`, `:prune_mode` (default `:when_safe`).
+  `:max_concurrency`, `:prune_mode` (default `:when_safe`) and `:groups`, a
+  `t:AWSCluster.Groups.Gateways.plan/0` whose gateway links follow the connects.
   """
   @spec start(State.t(), [node()], [node()], keyword()) :: t()
   def start(%State{} = state, connect, prune, opts) do
     parent = self()
     ref = make_ref()
     {mode, opts} = Keyword.pop(opts, :prune_mode, :when_safe)
+    {plan, opts} = Keyword.pop(opts, :groups)
 
     pid =
       spawn_link(fn ->
         Logger.metadata(aws_cluster_topology: state.topology)
         pruned = Connector.prune(state, prune, mode, opts)
         result = Connector.connect(state, connect, opts)
+        groups = plan && Gateways.arrange(plan, opts)
         linked = Connector.list_nodes(state)
-        send(parent, {__MODULE__, ref, %{connect: result, prune: pruned, linked: linked}})
+        result = %{connect: result, prune: pruned, linked: linked, groups: groups}
+        send(parent, {__MODULE__, ref, result})
       end)
 
     %{ref: ref, pid: pid}

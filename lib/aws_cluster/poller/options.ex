@@ -72,7 +72,8 @@ defmodule AWSCluster.Poller.Options do
                   "Host firewall rules that follow this topology's members " <>
                     "(`AWSCluster.Firewall`), e.g. `[enabled: true, interface: \"ethwe\"]`."
               ]
-            ]
+            ] ++
+            AWSCluster.Groups.Options.schema()
 
   @doc "The common options as an `AWSCluster.Config` schema."
   @spec schema() :: Config.schema()
@@ -86,6 +87,7 @@ defmodule AWSCluster.Poller.Options do
   def validate(strategy, state) do
     with {:ok, config} <- Config.validate(state.config, @schema ++ strategy.schema()),
          :ok <- strategy_validate(strategy, config),
+         :ok <- AWSCluster.Groups.Options.validate(config),
          {:ok, firewall} <- AWSCluster.Firewall.validate(config.firewall) do
       {:ok, %{config | firewall: firewall}}
     else

@@ -1,0 +1,215 @@
+defmodule AWSCluster.Groups do
+  @moduledoc """
+  Meta-clustering: many small clusters joined by gateways instead of one huge mesh.
+
+  Distribution is a full mesh: `n` nodes keep `n(n-1)/2` links, each ticking, and
+  `global` syncs over all of them on every connect. With `group:` on a topology
+  (`AWSCluster.Groups.Rule`), discovery connects visibly only to the peers of this
+  node's own group, so each group is a full mesh of its own with its own `pg` and
+  `global`. In every group a few gateways (`AWSCluster.Groups.Gateways`) keep
+  **hidden** links to the other groups' gateways (`AWSCluster.Groups.Link`): hidden
+  links never join `pg` or `global` and are never transitive.
+
+  This module routes between the groups: `call/6` runs a function on a member of a
+  group in at most two hops (this node's gateway, then a gateway of that group), and
+  `route/3` picks a stable member of a group for a key (rendezvous hashing), to shard
+  state by group.
+
+  The mode (`AWSCluster.Groups.Mode`) is checked before the topology starts.
+
+  Every function takes an optional topology; without it, the one grouped topology
+  running on this node is used.
+  """
+
+  alias AWSCluster.{Error, Peers}
+  alias AWSCluster.Groups.Server
+
+  @typedoc """
+  A grouped topology's view, as its poller last wrote it: this node's group, the mode,
+  every group's discovered members, the gateways it knows (its own group's, and when it
+  is a gateway those it links to), whether it is one, and its hidden links.
+  """
+  @type view :: %{
+          group: String.t() | nil,
+          mode: :compat | :strict,
+          members: %{String.t() => [node()]},
+          gateways: %{String.t() => [node()]},
+          gateway?: boolean(),
+          links: [node()]
+        }
+
+  @typedoc "A group, as a string or an atom (`:c` is `\"c\"`)."
+  @type group :: String.t() | atom()
+
+  @doc "This node's group in `topology`, or `nil` when it has none yet."
+  @spec my_group(atom() | nil) :: String.t() | nil
+  def my_group(topology \\ nil) do
+    case view(topology) do
+      {:ok, _topology, view} -> view.group
+      {:error, _} -> nil
+    end
+  end
+
+  @doc """
+  Every group of `topology` with its discovered members and the gateways this node
+  knows of (its own group's always; another group's when this node links to it).
+  """
+  @spec groups(atom() | nil) :: %{String.t() => %{members: [node()], gateways: [node()]}}
+  def groups(topology \\ nil) do
+    case view(topology) do
+      {:ok, _topology, view} ->
+        Map.new(view.members, fn {group, members} ->
+          {group, %{members: members, gateways: Map.get(view.gateways, group, [])}}
+        end)
+
+      {:error, _} ->
+        %{}
+    end
+  end
+
+  @doc """
+  Runs `apply(m, f, a)` on a member of `group` and returns `{:ok, value}`.
+
+    * In this node's own group, it runs here.
+    * From a gateway, on a gateway of `group` over the hidden link.
+    * From any other node, through a gateway of this node's group: two hops.
+
+  Nothing is ever dialled: a hop without a link fails (see `AWSCluster.Groups.Server`).
+  `timeout` bounds each hop. Errors name the group and the hop (`details.hop`:
+  `:local`, `:gateway` or `:remote`): `:not_found` (no grouped topology, unknown
+  group), `:no_gateway` (no gateway up, no link to the group), `:unreachable`,
+  `:timeout` and `:call_failed` (it raised, threw or exited; the term is in details).
+  """
+  @spec call(group(), module(), atom(), [term()], timeout(), atom() | nil) ::
+          {:ok, term()} | {:error, Error.t()}
+  def call(group, m, f, a, timeout \\ 5_000, topology \\ nil) do
+    group = to_string(group)
+
+    with {:ok, topology, view} <- view(topology),
+         :ok <- known(view, group) do
+      cond do
+        group == view.group -> local(group, m, f, a)
+        view.gateway? -> direct(topology, group, m, f, a, timeout)
+        true -> relay(topology, view, group, m, f, a, timeout)
+      end
+    end
+  end
+
+  @doc """
+  The member of `group` that owns `key`: the highest `:erlang.phash2({key, node})`
+  among the group's discovered members (rendezvous hashing). Every node with the same
+  members picks the same one, and a change of members moves only the keys of the
+  members that came or went.
+  """
+  @spec route(group(), term(), atom() | nil) :: {:ok, node()} | {:error, Error.t()}
+  def route(group, key, topology \\ nil) do
+    group = to_string(group)
+
+    with {:ok, _topology, view} <- view(topology),
+         :ok <- known(view, group) do
+      {:ok, Enum.max_by(Map.fetch!(view.members, group), &:erlang.phash2({key, &1}))}
+    end
+  end
+
+  @doc false
+  # The hop from a gateway of this node's group to one of `group`: on this node, when
+  # it is a gateway (or it is the relayed end of a call).
+  @spec direct(atom(), String.t(), module(), atom(), [term()], timeout()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def direct(topology, group, m, f, a, timeout) do
+    with {:ok, _topology, view} <- view(topology) do
+      linked = MapSet.new(Node.list(:connected))
+
+      # Any linked member will do; the view's gateways may be a round behind the links.
+      case Enum.filter(Map.get(view.members, group, []), &MapSet.member?(linked, &1)) do
+        [] ->
+          error(:no_gateway, group, :remote, "this node has no link to group #{group}")
+
+        targets ->
+          target = Enum.at(targets, rem(:erlang.phash2(make_ref()), length(targets)))
+          outcome(Server.request(target, {:apply, m, f, a}, timeout), group, :remote, target)
+      end
+    end
+  end
+
+  defp relay(topology, view, group, m, f, a, timeout) do
+    visible = Node.list(:visible)
+
+    case Enum.filter(Map.get(view.gateways, view.group, []), &(&1 in visible)) do
+      [] ->
+        error(:no_gateway, group, :gateway, "no gateway of group #{view.group} is up")
+
+      [gateway | _] ->
+        request = {:relay, topology, group, m, f, a, timeout}
+
+        case Server.request(gateway, request, timeout * 2) do
+          {:relayed, result} -> result
+          other -> outcome(other, group, :gateway, gateway)
+        end
+    end
+  end
+
+  defp local(group, m, f, a) do
+    {:ok, apply(m, f, a)}
+  catch
+    kind, reason -> outcome({:raised, kind, reason}, group, :local, node())
+  end
+
+  defp outcome({:ok, value}, _group, _hop, _node), do: {:ok, value}
+
+  defp outcome({:raised, kind, reason}, group, hop, node) do
+    Error.new(:call_failed, "the call in group #{group} (#{hop} hop, #{node}) failed: #{kind}", %{
+      group: group,
+      hop: hop,
+      node: node,
+      kind: kind,
+      reason: reason
+    })
+    |> then(&{:error, &1})
+  end
+
+  defp outcome(why, group, hop, node) when why in [:unreachable, :timeout] do
+    text = if why == :timeout, do: "did not answer in time", else: "has no link from here"
+    error(why, group, hop, "#{node} (#{hop} hop to group #{group}) #{text}", node)
+  end
+
+  defp outcome(other, group, hop, node),
+    do: outcome({:raised, :error, {:bad_reply, other}}, group, hop, node)
+
+  defp error(reason, group, hop, message, node \\ nil) do
+    {:error, Error.new(reason, message, %{group: group, hop: hop, node: node})}
+  end
+
+  defp known(view, group) do
+    if Map.has_key?(view.members, group),
+      do: :ok,
+      else: error(:not_found, group, :local, "no group #{group} is known")
+  end
+
+  defp view(nil) do
+    case Peers.views() do
+      [{topology, view}] ->
+        {:ok, topology, view}
+
+      [] ->
+        {:error, Error.new(:not_found, "no topology with group: runs on this node")}
+
+      many ->
+        names = many |> Enum.map(&elem(&1, 0)) |> Enum.sort()
+
+        {:error,
+         Error.new(
+           :invalid_argument,
+           "several grouped topologies run here (#{inspect(names)}); name one",
+           %{topologies: names}
+         )}
+    end
+  end
+
+  defp view(topology) do
+    case List.keyfind(Peers.views(), topology, 0) do
+      {_, view} -> {:ok, topology, view}
+      nil -> {:error, Error.new(:not_found, "topology #{inspect(topology)} runs no groups here")}
+    end
+  end
+end

@@ -1,0 +1,60 @@
+defmodule AWSCluster.Groups.Options do
+  @moduledoc """
+  The meta-clustering options every polling strategy accepts (`AWSCluster.Groups`),
+  and their check against the VM's kernel settings before anything starts.
+  """
+
+  alias AWSCluster.{Config, Error}
+  alias AWSCluster.Groups.{Gateways, Link, Mode, Rule}
+
+  @schema [
+    group: [
+      type: {:custom, Rule.description(), &Rule.conform/1},
+      doc:
+        "Splits the topology into groups (`AWSCluster.Groups.Rule`): visible links stay " <>
+          "inside this node's group, gateways link the groups. Unset: one group, as without it."
+    ],
+    self_group: [
+      type: :non_empty_string,
+      doc:
+        "This node's group, when the rule cannot find it (its own instance is not in the " <>
+          "answer, or the rule gives it no group)."
+    ],
+    gateways: [
+      type: {:custom, Gateways.description(), &Gateways.conform/1},
+      default: {:lowest, 2},
+      doc: "Which members of each group link to the other groups (`AWSCluster.Groups.Gateways`)."
+    ],
+    group_mode: [
+      type: {:in, [:compat, :strict]},
+      default: :compat,
+      doc:
+        "`:compat` runs on OTP's default kernel settings; `:strict` needs " <>
+          "`-kernel connect_all false -kernel dist_auto_connect never` (`AWSCluster.Groups.Mode`)."
+    ]
+  ]
+
+  @doc "The options as an `AWSCluster.Config` schema."
+  @spec schema() :: Config.schema()
+  def schema, do: @schema
+
+  @doc """
+  Checks validated options that set `group:`: the mode against this VM's kernel, and
+  that this OTP can make hidden links (`AWSCluster.Groups.Link`).
+  """
+  @spec validate(map()) :: :ok | {:error, Error.t()}
+  def validate(%{group: nil}), do: :ok
+
+  def validate(config) do
+    with :ok <- Mode.check(config.group_mode) do
+      if Link.available?(),
+        do: :ok,
+        else:
+          {:error,
+           Config.error(
+             :group,
+             "this OTP has no :net_kernel.hidden_connect_node/1; start gateway nodes with -hidden"
+           )}
+    end
+  end
+end

@@ -1,0 +1,192 @@
+defmodule AWSCluster.Groups.RuleTest do
+  use ExUnit.Case, async: true
+
+  alias AWSCluster.{Error, Poller}
+  alias AWSCluster.Groups.{Link, Mode, Plan, Rule}
+  alias AWSCluster.Strategy.{EC2, State}
+
+  defp peer(node, instance), do: %{node: node, instance: instance, address: nil}
+
+  defp instance(id, opts \\ []) do
+    %{
+      id: id,
+      availability_zone: Keyword.get(opts, :az, "eu-west-1a"),
+      tags: Keyword.get(opts, :tags, %{})
+    }
+  end
+
+  describe "group/2" do
+    test "each rule reads what it names, and gives no group when it is missing" do
+      p =
+        peer(
+          :"a@127.0.0.1",
+          instance("i-1", tags: %{"G" => "red", "aws:autoscaling:groupName" => "web"})
+        )
+
+      bare = peer(:"b@127.0.0.1", %{id: "i-2"})
+
+      assert Rule.group("static", p) == "static"
+      assert Rule.group({:tag, "G"}, p) == "red"
+      assert Rule.group({:tag, "G"}, bare) == nil
+      assert Rule.group(:availability_zone, p) == "eu-west-1a"
+      assert Rule.group(:availability_zone, bare) == nil
+      assert Rule.group(:auto_scaling_group, p) == "web"
+      assert Rule.group(:auto_scaling_group, bare) == nil
+      assert Rule.group({:shard, 4}, p) == "shard-#{:erlang.phash2("i-1", 4)}"
+      assert Rule.group(fn peer -> peer.instance.id <> "!" end, p) == "i-1!"
+    end
+
+    test "a function that raises or returns a non-string gives no group" do
+      p = peer(:"a@127.0.0.1", instance("i-1"))
+      assert Rule.group(fn _ -> raise "boom" end, p) == nil
+      assert Rule.group(fn _ -> :atom end, p) == nil
+      assert Rule.group(fn _ -> "" end, p) == nil
+    end
+
+    test "{:shard, k} is a function of the instance id alone, the same in another VM" do
+      ids =
+        for i <- 1..12, do: "i-#{:crypto.strong_rand_bytes(8) |> Base.encode16(case: :lower)}#{i}"
+
+      here = Map.new(ids, &{&1, Rule.group({:shard, 3}, peer(:"n@127.0.0.1", %{id: &1}))})
+
+      # A fresh VM (a restart) computes the same shards.
+      {out, 0} =
+        System.cmd("erl", [
+          "-noshell",
+          "-eval",
+          "Ids = [#{Enum.map_join(ids, ",", &~s("#{&1}"))}], " <>
+            "io:format(\"~w\", [[erlang:phash2(list_to_binary(I), 3) || I <- Ids]]), halt()."
+        ])
+
+      there = out |> Code.eval_string() |> elem(0)
+      assert Enum.map(ids, &here[&1]) == Enum.map(there, &"shard-#{&1}")
+
+      # Each shard's share of many ids is close to 1/k: the hash spreads them.
+      counts = Enum.frequencies(for i <- 1..30_000, do: Rule.shard("i-#{i}", 3))
+      assert map_size(counts) == 3
+      for {_shard, n} <- counts, do: assert(abs(n - 10_000) < 500, inspect(counts))
+    end
+  end
+
+  describe "configuration" do
+    defp start(config) do
+      base = [
+        region: "eu-west-1",
+        access_key_id: "k",
+        secret_access_key: "s",
+        tags: %{"a" => "b"},
+        node_basename: "app"
+      ]
+
+      EC2.start_link(topology: :groups_config, config: Keyword.merge(base, config))
+    end
+
+    test "an unknown group rule, k < 1 and a bad gateway rule name the key" do
+      for {config, key} <- [
+            {[group: :by_magic], :group},
+            {[group: {:shard, 0}], :group},
+            {[group: {:tag, ""}], :group},
+            {[group: "a", gateways: {:lowest, 0}], :gateways},
+            {[group: "a", gateways: {:tag, "gw"}], :gateways},
+            {[group: "a", group_mode: :loose], :group_mode}
+          ] do
+        assert {:error, %Error{reason: :invalid_config, details: %{key: ^key}} = e} =
+                 start(config)
+
+        assert e.message =~ inspect(key)
+      end
+    end
+
+    test "strict mode on a VM with default kernel settings names the kernel parameters" do
+      assert Mode.kernel() == %{connect_all: true, dist_auto_connect: :always}
+
+      assert {:error, %Error{reason: :invalid_config, details: %{key: :group_mode}} = e} =
+               start(group: {:tag, "g"}, group_mode: :strict)
+
+      assert e.message =~ "-kernel connect_all false -kernel dist_auto_connect never"
+      assert e.message =~ "connect_all true, dist_auto_connect always"
+    end
+
+    test "without group: nothing changes, and the gateway rule defaults to {:lowest, 2}" do
+      {:ok, state} =
+        State.new(topology: :t, config: [region: "r", tags: %{"a" => "b"}, node_basename: "app"])
+
+      assert {:ok, config} = Poller.validate(EC2, state)
+      assert %{group: nil, self_group: nil, gateways: {:lowest, 2}, group_mode: :compat} = config
+      assert Plan.new(config, %{}, []) == nil
+    end
+  end
+
+  test "route/3 picks one member per key, and a leaving member moves only its own keys" do
+    topology = :"route_#{System.unique_integer([:positive])}"
+    members = for i <- 1..5, do: :"n#{i}@127.0.0.1"
+
+    view = fn nodes ->
+      %{
+        group: "a",
+        mode: :compat,
+        members: %{"a" => nodes, "b" => [:"x@127.0.0.2"]},
+        gateways: %{},
+        gateway?: false,
+        links: []
+      }
+    end
+
+    AWSCluster.Peers.put_view(topology, view.(members))
+    keys = for k <- 1..1_000, do: "user-#{k}"
+    before = Map.new(keys, &{&1, elem(AWSCluster.Groups.route(:a, &1, topology), 1)})
+    counts = Enum.frequencies(Map.values(before))
+    assert map_size(counts) == 5
+    assert Enum.all?(Map.values(counts), &(&1 > 120)), inspect(counts)
+
+    gone = hd(members)
+    AWSCluster.Peers.put_view(topology, view.(tl(members)))
+    after_ = Map.new(keys, &{&1, elem(AWSCluster.Groups.route("a", &1, topology), 1)})
+    moved = Enum.filter(keys, &(before[&1] != after_[&1]))
+    assert moved != []
+    assert Enum.all?(moved, &(before[&1] == gone))
+
+    assert {:error, %Error{reason: :not_found, details: %{group: "zz"}}} =
+             AWSCluster.Groups.route(:zz, "k", topology)
+  end
+
+  # If this fails, OTP removed what gateway links rely on (erlang/otp#6932): gateways
+  # must then run on nodes started with -hidden (see AWSCluster.Groups.Link).
+  test "this OTP can make hidden links" do
+    assert function_exported?(:net_kernel, :hidden_connect_node, 1),
+           "OTP #{System.otp_release()} has no :net_kernel.hidden_connect_node/1"
+
+    assert Link.available?()
+  end
+
+  test "a plan dials only this node's group; self_group wins over the rule; a group is kept when the answer misses this node" do
+    me = Atom.to_string(node())
+    other = :"x@127.0.0.9"
+    untagged = :"y@127.0.0.9"
+
+    members = %{
+      other => %{peer: peer(other, instance("i-2", tags: %{"g" => "b"}))},
+      untagged => %{peer: peer(untagged, instance("i-3"))}
+    }
+
+    # Names in an answer may still be strings.
+    answer = [
+      peer(me, instance("i-1", tags: %{"g" => "a"})) | Enum.map(members, &elem(&1, 1).peer)
+    ]
+
+    config = %{group: {:tag, "g"}, self_group: nil, gateways: {:lowest, 2}, group_mode: :compat}
+    plan = Plan.new(config, members, answer)
+    assert plan.group == "a"
+    assert plan.members == %{"a" => [node()], "b" => [other]}
+    assert Plan.dial(plan, Map.keys(members)) == []
+    assert Plan.group_of(plan, other) == "b"
+
+    plan = Plan.new(%{config | self_group: "b"}, members, answer)
+    assert Plan.dial(plan, Map.keys(members)) == [other]
+    assert Enum.sort(plan.members["b"]) == Enum.sort([node(), other])
+
+    assert Plan.new(config, members, tl(answer), "a").group == "a"
+    assert Plan.new(config, members, tl(answer)).group == nil
+    assert Plan.dial(Plan.new(config, members, tl(answer)), Map.keys(members)) == []
+  end
+end

@@ -1,0 +1,250 @@
+defmodule AWSCluster.GroupsTest do
+  # Meta-clustering on real nodes: 9 BEAM nodes on moto in 3 groups by tag, with OTP's
+  # default kernel settings (connect_all true), then the two modes facing a stray send.
+  use AWSCluster.Test.MotoCase, async: false
+
+  alias AWSCluster.Test.{Fleet, Wait}
+
+  @moduletag timeout: 300_000
+
+  @interval 1_000
+  @letters ~w(a b c)
+
+  setup_all do: %{log_dir: Fleet.log_dir!("groups_test")}
+  setup do: %{run: Fleet.run_id()}
+
+  # Nodes `indexes` of the address plan; node i is in group (i - 1) div per, named
+  # g<group><i>, so a group's lowest names are its first members.
+  defp boot(ctx, host_base, indexes, per, opts) do
+    tag = "groups#{ctx.run}"
+
+    specs =
+      for i <- indexes do
+        group = Enum.at(@letters, div(i - 1, per))
+
+        Map.put(
+          Fleet.spec(i, prefix: "g#{group}", run: ctx.run, host_base: host_base),
+          :group,
+          group
+        )
+      end
+
+    specs =
+      specs
+      |> Enum.group_by(& &1.group)
+      |> Enum.flat_map(fn {group, specs} ->
+        Fleet.launch!(specs, %{"cluster" => tag, "group" => group})
+        |> Enum.map(&Map.put(&1, :group, group))
+      end)
+
+    config = [group: {:tag, "group"}] ++ Keyword.get(opts, :config, [])
+
+    members =
+      specs
+      |> Task.async_stream(
+        fn spec ->
+          topology =
+            Fleet.topology(:ec2, spec,
+              tags: %{"cluster" => tag},
+              interval: @interval,
+              config: config
+            )
+
+          spec
+          |> Fleet.boot(topology,
+            cookie: :"groups_#{ctx.run}",
+            net_ticktime: 4,
+            log_dir: ctx.log_dir,
+            connect_all: Keyword.get(opts, :connect_all, true),
+            args: Keyword.get(opts, :args, [])
+          )
+          |> Map.put(:group, spec.group)
+        end,
+        timeout: 120_000,
+        max_concurrency: 4
+      )
+      |> Enum.map(fn {:ok, member} -> member end)
+      |> Enum.sort_by(& &1.node)
+
+    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+    members
+  end
+
+  # The expected links: each group a full visible mesh, its k lowest live members its
+  # gateways, each gateway hidden-linked to exactly the other groups' gateways.
+  defp expected(members, k) do
+    by_group = Enum.group_by(members, & &1.group, & &1.node)
+    gateways = Map.new(by_group, fn {g, nodes} -> {g, nodes |> Enum.sort() |> Enum.take(k)} end)
+
+    Map.new(members, fn m ->
+      others = by_group |> Map.delete(m.group) |> Map.keys()
+      gateway? = m.node in gateways[m.group]
+      hidden = if gateway?, do: Enum.flat_map(others, &gateways[&1]) |> Enum.sort(), else: []
+      {m.node, %{connected: Enum.sort(by_group[m.group] -- [m.node]), hidden: hidden}}
+    end)
+  end
+
+  defp formed(members, k, timeout \\ 60_000) do
+    want = expected(members, k)
+
+    Wait.until(
+      fn ->
+        snaps = Fleet.snapshots(members)
+
+        Enum.all?(members, fn m ->
+          case snaps[m.node] do
+            %{connected: c, hidden: h} -> c == want[m.node].connected and h == want[m.node].hidden
+            _ -> false
+          end
+        end) and snaps
+      end,
+      timeout,
+      100
+    )
+  end
+
+  defp call(member, m, f, a), do: :peer.call(member.pid, m, f, a, 15_000)
+
+  defp in_group(members, group), do: Enum.filter(members, &(&1.group == group))
+
+  test "9 nodes in 3 groups: visible meshes per group, hidden gateway links, separate pg and global, cross-group calls; a killed gateway is replaced",
+       ctx do
+    started = System.monotonic_time(:millisecond)
+    members = boot(ctx, 61, 1..9, 3, [])
+    assert snaps = formed(members, 2), "not formed: #{inspect(Fleet.snapshots(members))}"
+
+    IO.puts(
+      "groups: 9 nodes in 3 groups formed #{System.monotonic_time(:millisecond) - started} ms from the first boot"
+    )
+
+    [a1, a2, a3] = in_group(members, "a")
+    [b1, _b2, b3] = in_group(members, "b")
+    [c1, c2, c3] = in_group(members, "c")
+
+    # What the node reports: its group, the gateways, and node_info's group.
+    view = snaps[a1.node].groups
+    assert view.group == "a" and view.gateway? and view.mode == :compat
+    assert view.gateways["a"] == [a1.node, a2.node]
+    assert view.gateways["c"] == [c1.node, c2.node]
+    refute snaps[a3.node].groups.gateway?
+    assert {:ok, %{group: "c"}} = call(a3, AWSCluster, :node_info, [c3.node])
+    assert call(a3, AWSCluster.Groups, :my_group, []) == "a"
+    assert %{"b" => %{members: bs}} = call(a3, AWSCluster.Groups, :groups, [])
+    assert bs == Enum.map(in_group(members, "b"), & &1.node)
+
+    # pg and global stay inside the group, even across a gateway's hidden links.
+    for m <- members, do: {:ok, _} = call(m, :pg, :start, [:groups_test])
+    pid = call(a1, :erlang, :spawn, [:timer, :sleep, [:infinity]])
+    :ok = call(a1, :pg, :join, [:groups_test, :chat, pid])
+    :yes = call(a1, :global, :register_name, [:groups_test_name, pid])
+
+    assert Wait.until(
+             fn -> call(a3, :pg, :get_members, [:groups_test, :chat]) == [pid] end,
+             10_000
+           )
+
+    assert Wait.until(
+             fn -> call(a2, :global, :whereis_name, [:groups_test_name]) == pid end,
+             10_000
+           )
+
+    # A join reaches a neighbour in milliseconds: a second is far more than it takes.
+    Process.sleep(1_000)
+
+    for m <- [b1, b3, c1, c3] do
+      assert call(m, :pg, :get_members, [:groups_test, :chat]) == [], "#{m.node} sees a's pg"
+      assert call(m, :global, :whereis_name, [:groups_test_name]) == :undefined
+    end
+
+    # Two hops from a non-gateway of a (through a1 or a2), one from a gateway.
+    assert {:ok, node} = call(a3, AWSCluster.Groups, :call, [:c, :erlang, :node, []])
+    assert node in [c1.node, c2.node]
+    assert {:ok, node} = call(a1, AWSCluster.Groups, :call, ["b", :erlang, :node, []])
+    assert node in Enum.map(in_group(members, "b"), & &1.node)
+    assert {:ok, n} = call(a3, AWSCluster.Groups, :call, [:a, :erlang, :node, []])
+    assert n == a3.node
+
+    assert {:error, %{reason: :call_failed, details: %{group: "c", hop: :remote}}} =
+             call(a3, AWSCluster.Groups, :call, [:c, :erlang, :error, [:boom]])
+
+    assert {:error, %{reason: :not_found, details: %{group: "zz"}}} =
+             call(a3, AWSCluster.Groups, :call, [:zz, :erlang, :node, []])
+
+    # Rendezvous routing agrees across groups.
+    assert call(a3, AWSCluster.Groups, :route, [:c, "user-42"]) ==
+             call(b3, AWSCluster.Groups, :route, [:c, "user-42"])
+
+    # kill -9 a gateway of c: c3 takes over, in c's view and in every other gateway's.
+    killed_at = System.monotonic_time(:millisecond)
+    Fleet.kill!(c1)
+    alive = members -- [c1]
+    want = expected(alive, 2)
+
+    assert Wait.until(fn -> Fleet.snapshot(c3).groups.gateway? end, 20_000)
+    took = System.monotonic_time(:millisecond) - killed_at
+
+    assert Wait.until(
+             fn ->
+               snaps = Fleet.snapshots(alive)
+               Enum.all?(alive, &(snaps[&1.node].hidden == want[&1.node].hidden))
+             end,
+             20_000
+           ),
+           "gateways not replaced: #{inspect(Fleet.snapshots(alive))}"
+
+    IO.puts(
+      "groups: c3 became a gateway #{took} ms after kill -9 of c1 (interval #{@interval} ms)"
+    )
+
+    assert {:ok, node} = call(a3, AWSCluster.Groups, :call, [:c, :erlang, :node, []])
+    assert node in [c2.node, c3.node]
+
+    # Outside c, nobody lost a visible peer (c1's links to them were hidden).
+    final = Fleet.snapshots(alive)
+
+    for m <- alive,
+        m.group != "c",
+        do: assert(final[m.node].downs == [], "#{m.node}: #{inspect(final[m.node].downs)}")
+  end
+
+  test "compat mode: a stray send merges two groups; it is reported and nothing is disconnected",
+       ctx do
+    compat = boot(ctx, 64, 1..4, 2, config: [gateways: {:lowest, 1}])
+    assert formed(compat, 1)
+    [_a1, a2, _b1, b2] = compat
+
+    assert call(a2, :erpc, :call, [b2.node, :erlang, :node, []]) == b2.node
+
+    assert Wait.until(
+             fn -> File.read!(a2.log) =~ "group a's mesh merged with group b" end,
+             10_000
+           ),
+           "no merge reported in #{a2.log}"
+
+    # global completes the merged mesh (connect_all true); no one cut a link to undo it.
+    assert Wait.until(fn -> length(Fleet.snapshot(a2).connected) == 3 end, 10_000)
+  end
+
+  test "strict mode: the same send fails, the meshes stay apart, and calls go through the gateways",
+       ctx do
+    strict =
+      boot(ctx, 66, 1..4, 2,
+        config: [gateways: {:lowest, 1}, group_mode: :strict],
+        connect_all: false,
+        args: ["-kernel", "dist_auto_connect", "never"]
+      )
+
+    assert formed(strict, 1)
+    [a1, a2, b1, b2] = strict
+
+    assert catch_error(call(a2, :erpc, :call, [b2.node, :erlang, :node, []])) ==
+             {:erpc, :noconnection}
+
+    # Routed through the gateways, the same call works.
+    assert call(a2, AWSCluster.Groups, :call, [:b, :erlang, :node, []]) == {:ok, b1.node}
+    Process.sleep(2_000)
+    snaps = Fleet.snapshots(strict)
+    assert snaps[a2.node].connected == [a1.node]
+    assert snaps[b2.node].connected == [b1.node]
+  end
+end
