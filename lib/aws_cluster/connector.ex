@@ -97,11 +97,8 @@ defmodule AWSCluster.Connector do
   """
   @spec overlap_guarded?() :: boolean()
   def overlap_guarded? do
-    connect_all? =
-      Application.get_env(:kernel, :connect_all) != false and
-        :init.get_argument(:connect_all) != {:ok, [[~c"false"]]}
-
-    connect_all? and Application.get_env(:kernel, :prevent_overlapping_partitions) != false
+    AWSCluster.Groups.Mode.kernel().connect_all and
+      Application.get_env(:kernel, :prevent_overlapping_partitions) != false
   end
 
   @doc """

@@ -41,10 +41,19 @@ defmodule AWSCluster.Groups do
   @typedoc "A group, as a string or an atom (`:c` is `\"c\"`)."
   @type group :: String.t() | atom()
 
+  @doc """
+  The grouped `topology`'s view on this node (see `t:view/0`); `:not_found` when no
+  such topology runs here, `:invalid_argument` when `nil` is given and several do.
+  """
+  @spec view(atom() | nil) :: {:ok, view()} | {:error, Error.t()}
+  def view(topology \\ nil) do
+    with {:ok, _topology, view} <- lookup(topology), do: {:ok, view}
+  end
+
   @doc "This node's group in `topology`, or `nil` when it has none yet."
   @spec my_group(atom() | nil) :: String.t() | nil
   def my_group(topology \\ nil) do
-    case view(topology) do
+    case lookup(topology) do
       {:ok, _topology, view} -> view.group
       {:error, _} -> nil
     end
@@ -56,7 +65,7 @@ defmodule AWSCluster.Groups do
   """
   @spec groups(atom() | nil) :: %{String.t() => %{members: [node()], gateways: [node()]}}
   def groups(topology \\ nil) do
-    case view(topology) do
+    case lookup(topology) do
       {:ok, _topology, view} ->
         Map.new(view.members, fn {group, members} ->
           {group, %{members: members, gateways: Map.get(view.gateways, group, [])}}
@@ -85,7 +94,7 @@ defmodule AWSCluster.Groups do
   def call(group, m, f, a, timeout \\ 5_000, topology \\ nil) do
     group = to_string(group)
 
-    with {:ok, topology, view} <- view(topology),
+    with {:ok, topology, view} <- lookup(topology),
          :ok <- known(view, group) do
       cond do
         group == view.group -> local(group, m, f, a)
@@ -105,7 +114,7 @@ defmodule AWSCluster.Groups do
   def route(group, key, topology \\ nil) do
     group = to_string(group)
 
-    with {:ok, _topology, view} <- view(topology),
+    with {:ok, _topology, view} <- lookup(topology),
          :ok <- known(view, group) do
       {:ok, Enum.max_by(Map.fetch!(view.members, group), &:erlang.phash2({key, &1}))}
     end
@@ -117,7 +126,7 @@ defmodule AWSCluster.Groups do
   @spec direct(atom(), String.t(), module(), atom(), [term()], timeout()) ::
           {:ok, term()} | {:error, Error.t()}
   def direct(topology, group, m, f, a, timeout) do
-    with {:ok, _topology, view} <- view(topology) do
+    with {:ok, _topology, view} <- lookup(topology) do
       linked = MapSet.new(Node.list(:connected))
 
       # Any linked member will do; the view's gateways may be a round behind the links.
@@ -186,7 +195,7 @@ defmodule AWSCluster.Groups do
       else: error(:not_found, group, :local, "no group #{group} is known")
   end
 
-  defp view(nil) do
+  defp lookup(nil) do
     case Peers.views() do
       [{topology, view}] ->
         {:ok, topology, view}
@@ -206,7 +215,7 @@ defmodule AWSCluster.Groups do
     end
   end
 
-  defp view(topology) do
+  defp lookup(topology) do
     case List.keyfind(Peers.views(), topology, 0) do
       {_, view} -> {:ok, topology, view}
       nil -> {:error, Error.new(:not_found, "topology #{inspect(topology)} runs no groups here")}

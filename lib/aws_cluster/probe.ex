@@ -49,7 +49,8 @@ defmodule AWSCluster.Probe do
 
   @doc """
   Validates the topology's config with the strategy's schema. Returns the strategy, the
-  normalized state and the validated config.
+  normalized state and the validated config. `group_mode: :strict` is not checked
+  against this VM's kernel settings: they are the node's to have.
   """
   @spec validate(atom(), keyword()) ::
           {:ok, module(), State.t(), map()} | {:error, Error.t()}
@@ -73,9 +74,15 @@ defmodule AWSCluster.Probe do
          )}
 
       true ->
-        with {:ok, state} <-
-               State.new(topology: topology, config: Keyword.get(spec, :config, [])),
+        config = Keyword.get(spec, :config, [])
+        # A :strict node's kernel settings are its own, not this diagnostic VM's: the
+        # doctor reports them (AWSCluster.Doctor.Groups).
+        strict? = Keyword.keyword?(config) and config[:group_mode] == :strict
+        config = if strict?, do: Keyword.put(config, :group_mode, :compat), else: config
+
+        with {:ok, state} <- State.new(topology: topology, config: config),
              {:ok, config} <- Poller.validate(strategy, state) do
+          config = if strict?, do: %{config | group_mode: :strict}, else: config
           {:ok, strategy, state, config}
         end
     end

@@ -72,6 +72,19 @@ defmodule AWSCluster.Telemetry do
       Measurements: `%{count: 1}`. Metadata: `%{topology: atom, table: String.t(),
       error: AWSCluster.Error.t()}` (reason `:firewall_failed` or `:firewall_unavailable`).
 
+  ## Groups (from `AWSCluster.Groups`)
+
+    * `[:aws_cluster, :groups, :gateways]` - after a connect round, this node's group
+      has other gateways than before, or this node became or stopped being one.
+      Measurements: `%{gateways: n, links: n}` (its hidden links to other groups).
+      Metadata: `%{topology: atom, strategy: module, group: String.t(), gateways:
+      [node], previous: [node], gateway?: boolean}`.
+    * `[:aws_cluster, :groups, :crossed]` - a node that discovery placed in another
+      group came up as a visible peer: a stray message merged two meshes (`:compat`
+      mode). Once per topology and group until no node of that group is visible.
+      Measurements: `%{count: 1}`. Metadata: `%{topology: atom, group: String.t(),
+      other_group: String.t(), node: node, mode: :compat | :strict}`.
+
   ## Gossip (from `AWSCluster.Strategy.Gossip`)
 
     * `[:aws_cluster, :gossip, :rejected]` - one datagram was dropped.

@@ -52,7 +52,8 @@ defmodule AWSCluster.GroupsTest do
 
           spec
           |> Fleet.boot(topology,
-            cookie: :"groups_#{ctx.run}",
+            # This VM's own: mix aws_cluster.peers runs here and dials them hidden.
+            cookie: Node.get_cookie(),
             net_ticktime: 4,
             log_dir: ctx.log_dir,
             connect_all: Keyword.get(opts, :connect_all, true),
@@ -205,6 +206,31 @@ defmodule AWSCluster.GroupsTest do
     for m <- alive,
         m.group != "c",
         do: assert(final[m.node].downs == [], "#{m.node}: #{inspect(final[m.node].downs)}")
+
+    # Where users look: the doctor inside a node, mix aws_cluster.peers from outside.
+    tags = %{"cluster" => "groups#{ctx.run}"}
+    [{:ec2, spec}] = Fleet.topology(:ec2, a1, tags: tags, config: [group: {:tag, "group"}])
+    checks = call(a1, AWSCluster.Doctor, :run, [[ec2: spec], [imds: false, connect: false]])
+    by_name = Map.new(checks, &{&1.name, &1})
+
+    assert %{status: :pass, message: "3 groups: a (3), b (3), c (3)" <> _} =
+             by_name["groups [ec2]"]
+
+    assert %{status: :pass, message: ":compat; this VM runs connect_all true" <> _} =
+             by_name["group mode [ec2]"]
+
+    assert by_name["gateway [ec2]"].message =~
+             "this node is a gateway of group a; hidden links to #{b1.node}"
+
+    Application.put_env(:aws_cluster, :topologies, ec2: spec)
+    on_exit(fn -> Application.delete_env(:aws_cluster, :topologies) end)
+    {0, out, _} = AWSCluster.Test.MixTask.run("aws_cluster.peers", ["--topology", "ec2"])
+    rows = out |> String.split("\n") |> Map.new(&{Enum.at(String.split(&1), 3), String.split(&1)})
+    assert ["c", "yes", "(4", "links)"] = Enum.take(rows[Atom.to_string(c3.node)], -4)
+    assert ["a", "no"] = Enum.take(rows[Atom.to_string(a3.node)], -2)
+    assert out =~ "gateway: #{a1.node} (group a) links to #{b1.node}"
+    assert out =~ "gateway: #{c3.node} (group c) links to"
+    assert Node.list(:hidden) == []
   end
 
   test "compat mode: a stray send merges two groups; it is reported and nothing is disconnected",

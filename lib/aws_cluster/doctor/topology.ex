@@ -59,7 +59,8 @@ defmodule AWSCluster.Doctor.Topology do
             {:ok, client, _config} ->
               iam = IAM.checks(name, strategy, client, config)
               {discovery_check, result} = discovery(name, spec, config)
-              {[region_check | iam] ++ [discovery_check], result}
+              groups = Doctor.Groups.checks(name, config, result)
+              {[region_check | iam] ++ [discovery_check | groups], result}
 
             {:error, e} ->
               {[region_check, check("aws client [#{name}]", :fail, e.message)], nil}

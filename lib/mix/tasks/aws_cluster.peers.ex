@@ -32,6 +32,9 @@ defmodule Mix.Tasks.AwsCluster.Peers do
     * `--no-connect` - do not try to connect.
 
   CONNECTED says whether this VM is connected to the peer (`self` for this node).
+  With `group:` (`AWSCluster.Groups`), GROUP is each peer's group by the topology's
+  rule and GATEWAY what a connected peer says of itself: `yes (n links)` for a gateway,
+  with a closing line per gateway naming the gateways it links to.
   POLLING, ANSWER_FROM and AGE are what a connected peer says about coordinated
   polling (`AWSCluster.Poller.Coordination`): whether it `polls`, `follows` or has
   `stepped-down` (a poller that kept failing polls only for itself), where
@@ -90,8 +93,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   defp probe(name, spec, opts) do
     case Probe.discover(name, spec) do
       {:ok, result} ->
-        {connected, polling} = connect(result, Keyword.get(opts, :connect, true))
-        Mix.shell().info(render(result, connected, polling))
+        {connected, polling, views} = connect(result, Keyword.get(opts, :connect, true))
+        Mix.shell().info(render(result, connected, polling, views))
         :ok
 
       {:error, %Error{reason: :not_supported} = e} ->
@@ -119,8 +122,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   defp hint(_), do: ""
 
-  # Returns the set of connected peers (nil when this VM cannot connect at all) and
-  # what each connected peer says about its polling.
+  # Returns the set of connected peers (nil when this VM cannot connect at all), what
+  # each connected peer says about its polling and, for a grouped topology, its group view.
   defp connect(result, try?) do
     if Node.alive?() do
       nodes = Enum.map(result.peers, & &1.node)
@@ -137,15 +140,23 @@ defmodule Mix.Tasks.AwsCluster.Peers do
       end
 
       connected = MapSet.new(Node.list([:visible, :hidden]))
-      polling = polling(result.topology, Enum.filter(nodes, &MapSet.member?(connected, &1)))
+      linked = Enum.filter(nodes, &MapSet.member?(connected, &1))
+      polling = polling(result.topology, linked)
+      views = if result.config[:group], do: views(result.topology, linked), else: %{}
 
       # Leave the VM as it was: only links this task opened are closed.
       for node <- MapSet.difference(connected, before), node in nodes, do: Node.disconnect(node)
 
-      {connected, polling}
+      {connected, polling, views}
     else
-      {nil, %{}}
+      {nil, %{}, %{}}
     end
+  end
+
+  # Only over the links made above: a call to an unlinked node would auto-connect it.
+  defp views(topology, nodes) do
+    results = :erpc.multicall(nodes, AWSCluster.Groups, :view, [topology], @connect_timeout)
+    for {node, {:ok, {:ok, view}}} <- Enum.zip(nodes, results), into: %{}, do: {node, view}
   end
 
   # A peer that runs no coordinated loop of the topology, or an older aws_cluster,
@@ -158,8 +169,11 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   end
 
   @doc false
-  @spec render(Probe.result(), MapSet.t() | nil, %{node() => map()}) :: String.t()
-  def render(result, connected, polling) do
+  @spec render(Probe.result(), MapSet.t() | nil, %{node() => map()}, %{node() => map()}) ::
+          String.t()
+  def render(result, connected, polling, views \\ %{}) do
+    rule = result.config[:group]
+
     peers = Enum.sort_by(result.peers, &{az(&1), to_string(&1.node)})
     azs = peers |> Enum.map(&az/1) |> Enum.uniq() |> length()
 
@@ -178,7 +192,7 @@ defmodule Mix.Tasks.AwsCluster.Peers do
           to_string(peer.node),
           Map.get(instance, :state) || "-",
           connected_text(connected, peer.node)
-        ] ++ polling_cells(polling[peer.node])
+        ] ++ polling_cells(polling[peer.node]) ++ group_cells(rule, peer, views[peer.node])
       end
 
     table =
@@ -193,7 +207,7 @@ defmodule Mix.Tasks.AwsCluster.Peers do
           "POLLING",
           "ANSWER_FROM",
           "AGE"
-        ],
+        ] ++ if(rule, do: ["GROUP", "GATEWAY"], else: []),
         rows
       )
 
@@ -211,7 +225,28 @@ defmodule Mix.Tasks.AwsCluster.Peers do
         ],
         else: []
 
-    Enum.join([header | table] ++ gone ++ pollers(polling) ++ note, "\n")
+    Enum.join([header | table] ++ gone ++ pollers(polling) ++ gateways(views) ++ note, "\n")
+  end
+
+  defp group_cells(nil, _peer, _view), do: []
+
+  # The group by the rule; the gateway role as the peer itself reports it.
+  defp group_cells(rule, peer, view) do
+    group = AWSCluster.Groups.Rule.group(rule, peer) || "-"
+
+    case view do
+      %{gateway?: true, links: links} -> [group, "yes (#{length(links)} links)"]
+      %{gateway?: false} -> [group, "no"]
+      nil -> [group, "-"]
+    end
+  end
+
+  defp gateways(views) when map_size(views) == 0, do: []
+
+  defp gateways(views) do
+    for {node, %{gateway?: true} = view} <- Enum.sort(views) do
+      "gateway: #{node} (group #{view.group}) links to #{Enum.join(view.links, ", ")}"
+    end
   end
 
   defp polling_cells(nil), do: ["-", "-", "-"]
