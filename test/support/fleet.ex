@@ -343,6 +343,88 @@ defmodule AWSCluster.Test.Fleet do
     :ok
   end
 
+  # ── groups ─────────────────────────────────────────────────────────────────────
+
+  @doc """
+  The links a grouped fleet should settle on, per node: `members` carry `:group`; each
+  group is a visible full mesh, its `k` lowest names are its gateways, and each gateway
+  is hidden-linked to exactly the other groups' gateways.
+  """
+  @spec group_links([map()], pos_integer()) :: %{
+          node() => %{connected: [node()], hidden: [node()]}
+        }
+  def group_links(members, k) do
+    by_group = Enum.group_by(members, & &1.group, & &1.node)
+    gateways = Map.new(by_group, fn {g, nodes} -> {g, nodes |> Enum.sort() |> Enum.take(k)} end)
+
+    Map.new(members, fn m ->
+      others = by_group |> Map.delete(m.group) |> Map.keys()
+
+      hidden =
+        if m.node in gateways[m.group],
+          do: others |> Enum.flat_map(&gateways[&1]) |> Enum.sort(),
+          else: []
+
+      {m.node,
+       %{
+         connected: Enum.sort(by_group[m.group] -- [m.node]),
+         hidden: hidden,
+         gateway?: m.node in gateways[m.group]
+       }}
+    end)
+  end
+
+  @doc """
+  Whether every member's links are what `group_links/2` says and, unless `views?` is
+  `false` (an ungrouped baseline), its own view agrees: its group and its role.
+  """
+  @spec groups_formed?([map()], %{node() => snapshot()}, pos_integer(), boolean()) :: boolean()
+  def groups_formed?(members, snapshots, k, views? \\ true) do
+    want = group_links(members, k)
+
+    Enum.all?(members, fn m ->
+      case snapshots[m.node] do
+        %{connected: c, hidden: h} = snap ->
+          w = want[m.node]
+
+          c == w.connected and h == w.hidden and
+            (not views? or view_agrees?(snap[:groups], m.group, w.gateway?))
+
+        _ ->
+          false
+      end
+    end)
+  end
+
+  defp view_agrees?(%{group: group, gateway?: gateway?}, group, gateway?), do: true
+  defp view_agrees?(_view, _group, _gateway?), do: false
+
+  @doc """
+  What distribution costs `member` now: its links (visible and hidden), the memory of
+  their controllers (ports) and their send counters (packets and bytes since each
+  link came up), and the VM's total memory.
+  """
+  @spec dist_stats(member()) :: map()
+  def dist_stats(member), do: :peer.call(member.pid, __MODULE__, :local_dist_stats, [], 10_000)
+
+  @doc false
+  def local_dist_stats do
+    ctrls = for {_node, ctrl} <- :erlang.system_info(:dist_ctrl), is_port(ctrl), do: ctrl
+
+    stats =
+      for port <- ctrls, {:ok, stat} <- [:inet.getstat(port, [:send_cnt, :send_oct])], do: stat
+
+    %{
+      links: length(Node.list(:connected)),
+      hidden: length(Node.list(:hidden)),
+      ctrl_memory:
+        Enum.sum(for port <- ctrls, {:memory, m} <- [:erlang.port_info(port, :memory)], do: m),
+      send_cnt: Enum.sum(for s <- stats, do: s[:send_cnt]),
+      send_oct: Enum.sum(for s <- stats, do: s[:send_oct]),
+      memory: :erlang.memory(:total)
+    }
+  end
+
   # ── moto's request log ───────────────────────────────────────────────────────────
 
   @doc """
