@@ -158,12 +158,12 @@ defmodule Bench.Groups do
     )
 
     for {label, key, fmt} <- [
-          {"links", :links, &Integer.to_string/1},
-          {"  of them hidden", :hidden, &Integer.to_string/1},
-          {"ctrl mem (KiB)", :ctrl_memory, &kib/1},
+          {"links", :links, &whole/1},
+          {"  of them hidden", :hidden, &whole/1},
+          {"ctrl mem (KiB)", :ctrl_memory, &Float.to_string(Float.round(&1 / 1024, 1))},
           {"vm mem (MiB)", :memory, &Bench.Support.mb/1},
           {"packets/s", :packets, &Float.to_string(Float.round(&1 * 1.0, 1))},
-          {"formed (ms, median)", :formed, &Integer.to_string(round(&1))}
+          {"formed (ms)", :formed, &whole/1}
         ] do
       a = median(Enum.map(one, & &1[key]))
       b = median(Enum.map(grouped, & &1[key]))
@@ -176,7 +176,7 @@ defmodule Bench.Groups do
     end
   end
 
-  defp kib(bytes), do: Integer.to_string(round(bytes / 1024))
+  defp whole(n), do: Integer.to_string(round(n))
 
   defp median(values) do
     sorted = Enum.sort(values)

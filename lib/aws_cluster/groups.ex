@@ -24,6 +24,9 @@ defmodule AWSCluster.Groups do
   alias AWSCluster.{Error, Peers}
   alias AWSCluster.Groups.Server
 
+  # Failures of one gateway's hop that another gateway of the group may not have.
+  @retried [:no_gateway, :unreachable, :timeout]
+
   @typedoc """
   A grouped topology's view, as its poller last wrote it: this node's group, the mode,
   every group's discovered members, the gateways it knows (its own group's, and when it
@@ -84,7 +87,10 @@ defmodule AWSCluster.Groups do
     * From any other node, through a gateway of this node's group: two hops.
 
   Nothing is ever dialled: a hop without a link fails (see `AWSCluster.Groups.Server`).
-  `timeout` bounds each hop. Errors name the group and the hop (`details.hop`:
+  `timeout` bounds each hop; a relay that fails at one gateway of this node's group is
+  tried at the next. The value comes back as a message: a pid or reference of the other
+  group in it is fine to hold, but a message or monitor to it would connect that node
+  visibly under OTP defaults, and merge the meshes; reply through `call/6` instead. Errors name the group and the hop (`details.hop`:
   `:local`, `:gateway` or `:remote`): `:not_found` (no grouped topology, unknown
   group), `:no_gateway` (no gateway up, no link to the group), `:unreachable`,
   `:timeout` and `:call_failed` (it raised, threw or exited; the term is in details).
@@ -95,6 +101,7 @@ defmodule AWSCluster.Groups do
     group = to_string(group)
 
     with {:ok, topology, view} <- lookup(topology),
+         :ok <- placed(view, group),
          :ok <- known(view, group) do
       cond do
         group == view.group -> local(group, m, f, a)
@@ -141,28 +148,32 @@ defmodule AWSCluster.Groups do
     end
   end
 
+  # Through the first of this node's gateways that gets the call there: a gateway that
+  # just took over may not have linked yet.
   defp relay(topology, view, group, m, f, a, timeout) do
     visible = Node.list(:visible)
+    request = {:relay, topology, group, m, f, a, timeout}
 
     case Enum.filter(Map.get(view.gateways, view.group, []), &(&1 in visible)) do
       [] ->
         error(:no_gateway, group, :gateway, "no gateway of group #{view.group} is up")
 
-      [gateway | _] ->
-        request = {:relay, topology, group, m, f, a, timeout}
-
-        case Server.request(gateway, request, timeout * 2) do
-          {:relayed, result} -> result
-          other -> outcome(other, group, :gateway, gateway)
-        end
+      gateways ->
+        Enum.reduce_while(gateways, nil, fn gateway, _ ->
+          case Server.request(gateway, request, relay_timeout(timeout)) do
+            {:relayed, {:error, %Error{reason: r}} = e} when r in @retried -> {:cont, e}
+            {:relayed, result} -> {:halt, result}
+            other -> {:cont, outcome(other, group, :gateway, gateway)}
+          end
+        end)
     end
   end
 
-  defp local(group, m, f, a) do
-    {:ok, apply(m, f, a)}
-  catch
-    kind, reason -> outcome({:raised, kind, reason}, group, :local, node())
-  end
+  # The relay's own hop to the other group fits inside the caller's wait.
+  defp relay_timeout(:infinity), do: :infinity
+  defp relay_timeout(timeout), do: timeout * 2
+
+  defp local(group, m, f, a), do: outcome(Server.run({:apply, m, f, a}), group, :local, node())
 
   defp outcome({:ok, value}, _group, _hop, _node), do: {:ok, value}
 
@@ -188,6 +199,11 @@ defmodule AWSCluster.Groups do
   defp error(reason, group, hop, message, node \\ nil) do
     {:error, Error.new(reason, message, %{group: group, hop: hop, node: node})}
   end
+
+  defp placed(%{group: nil}, group),
+    do: error(:not_found, group, :local, "this node has no group yet (see self_group:)")
+
+  defp placed(_view, _group), do: :ok
 
   defp known(view, group) do
     if Map.has_key?(view.members, group),

@@ -217,6 +217,9 @@ defmodule AWSCluster.Poller do
       groups: nil
     }
 
+    # A gateway that goes down is replaced by the next round: run one at once.
+    if config.group, do: _ = :net_kernel.monitor_nodes(true, node_type: :all)
+
     with {:ok, s} <- start_firewall(s) do
       case start_strategy(s) do
         {:ok, s} ->
@@ -366,8 +369,13 @@ defmodule AWSCluster.Poller do
     end
   end
 
+  def handle_info({:nodedown, node, _info}, %{groups: %{} = groups} = s) do
+    gateway? = Enum.any?(Map.values(groups.gateways), &(node in &1))
+    {:noreply, if(gateway?, do: start_round(s), else: s)}
+  end
+
   # Normal exits of linked helpers, replies of rounds we gave up on, and stray async-NIF
-  # replies land here.
+  # replies land here (nodeups and other nodedowns too).
   def handle_info(_other, s), do: {:noreply, s}
 
   # Links end the helpers when the loop exits with any reason but :normal; a
@@ -456,7 +464,7 @@ defmodule AWSCluster.Poller do
     }
 
     refusing = Report.answer(meta(s), outcome, map_size(membership.members), before)
-    plan = Plan.new(s.config, membership.members, peers, s.plan && s.plan.group)
+    plan = Plan.new(s.config, membership.members, peers, s.plan)
     if plan, do: Peers.put_view(topology, Plan.view(plan, s.groups))
 
     rows =
@@ -519,7 +527,8 @@ defmodule AWSCluster.Poller do
 
   defp grouped(s, _result), do: s
 
-  # A node without a group dials nobody; said once per answer that changes it.
+  # A node without a group dials nobody, and a member the rule moved keeps its group:
+  # each said once, when it starts.
   defp unplaced(s, plan) do
     if plan && plan.group == nil && (s.plan == nil || s.plan.group != nil) do
       Loop.log(
@@ -527,6 +536,18 @@ defmodule AWSCluster.Poller do
         s.state.topology,
         "the group: rule gives this node no group (its own instance is not in the answer, " <>
           "or lacks what the rule reads); it connects to nobody until it has one: set self_group:"
+      )
+    end
+
+    new = if plan, do: plan.moved -- ((s.plan && s.plan.moved) || []), else: []
+
+    for node <- new do
+      Loop.log(
+        :warning,
+        s.state.topology,
+        "the group: rule now puts #{node} in another group; it stays in " <>
+          "#{Plan.group_of(plan, node)} until it leaves and comes back (group_mode :compat " <>
+          "cannot cut its links safely)"
       )
     end
 

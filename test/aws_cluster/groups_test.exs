@@ -3,7 +3,7 @@ defmodule AWSCluster.GroupsTest do
   # default kernel settings (connect_all true), then the two modes facing a stray send.
   use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{Fleet, Wait}
+  alias AWSCluster.Test.{Fleet, Moto, Wait}
 
   @moduletag timeout: 300_000
 
@@ -36,6 +36,9 @@ defmodule AWSCluster.GroupsTest do
         Fleet.launch!(specs, %{"cluster" => tag, "group" => group})
         |> Enum.map(&Map.put(&1, :group, group))
       end)
+
+    tagged = for s <- specs, s.index in Keyword.get(opts, :gateway_tag, []), do: s.instance_id
+    if tagged != [], do: Moto.tag!(tagged, %{"gateway" => "yes"})
 
     config = [group: {:tag, "group"}] ++ Keyword.get(opts, :config, [])
 
@@ -240,9 +243,11 @@ defmodule AWSCluster.GroupsTest do
 
   test "strict mode: the same send fails, the meshes stay apart, and calls go through the gateways",
        ctx do
+    # Gateways by tag: a1 and b1.
     strict =
       boot(ctx, 66, 1..4, 2,
-        config: [gateways: {:lowest, 1}, group_mode: :strict],
+        config: [gateways: {:tag, "gateway", "yes"}, group_mode: :strict],
+        gateway_tag: [1, 3],
         connect_all: false,
         args: ["-kernel", "dist_auto_connect", "never"]
       )
@@ -254,7 +259,9 @@ defmodule AWSCluster.GroupsTest do
              {:erpc, :noconnection}
 
     # Routed through the gateways, the same call works.
-    assert call(a2, AWSCluster.Groups, :call, [:b, :erlang, :node, []]) == {:ok, b1.node}
+    assert call(a2, AWSCluster.Groups, :call, [:b, :erlang, :node, [], :infinity]) ==
+             {:ok, b1.node}
+
     Process.sleep(2_000)
     snaps = Fleet.snapshots(strict)
     assert snaps[a2.node].connected == [a1.node]

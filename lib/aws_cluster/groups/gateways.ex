@@ -7,9 +7,11 @@ defmodule AWSCluster.Groups.Gateways do
       group's members that are up. Every node computes the same answer from what it
       sees, so no election is needed: this node's group is what its visible links show
       alive; another group is walked in name order, and the first `k` members a hidden
-      link reaches are its gateways, as they are in that group's own view. A gateway
-      that dies is replaced by the next member in the next connect round.
-    * `{:tag, key, value}` - the members whose instance carries that tag (all of them).
+      link reaches are its gateways, as they are in that group's own view. When a
+      gateway goes down, its group's members and the gateways linked to it run a connect
+      round at once (`nodedown`), and the next member takes over.
+    * `{:tag, key, value}` - the members whose instance carries that tag and are up
+      (this node's group), or answer a hidden link (another group's).
 
   `arrange/2` runs in the connect round, after the visible connects, so a member just
   connected counts as up. A node that is no gateway keeps no hidden link to another
@@ -40,6 +42,7 @@ defmodule AWSCluster.Groups.Gateways do
   that cross groups (cut in `:strict` mode).
   """
   @type result :: %{
+          group: String.t() | nil,
           gateway?: boolean(),
           gateways: %{String.t() => [node()]},
           links: [node()],
@@ -75,12 +78,16 @@ defmodule AWSCluster.Groups.Gateways do
   def choose(%{rule: {:tag, _, _}, tagged: tagged}, _members, up),
     do: Enum.filter(up, &(&1 in tagged))
 
+  @doc "The result of a round that made no gateway links (this node has no group)."
+  @spec none() :: result()
+  def none, do: %{group: nil, gateway?: false, gateways: %{}, links: [], crossed: []}
+
   @doc """
   Makes and cuts hidden links as `plan` says (see the moduledoc). `opts`: `:timeout`
   for one link attempt (default 5000 ms).
   """
   @spec arrange(plan(), keyword()) :: result()
-  def arrange(%{group: nil}, _opts), do: %{gateway?: false, gateways: %{}, links: [], crossed: []}
+  def arrange(%{group: nil}, _opts), do: none()
 
   def arrange(plan, opts) do
     own = Map.get(plan.members, plan.group, [])
@@ -104,6 +111,7 @@ defmodule AWSCluster.Groups.Gateways do
     if plan.mode == :strict, do: Enum.each(crossed, &:erlang.disconnect_node/1)
 
     %{
+      group: plan.group,
       gateway?: gateway?,
       gateways: Map.put(remote, plan.group, own_gateways),
       links: Enum.sort(MapSet.to_list(keep)),

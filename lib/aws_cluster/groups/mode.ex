@@ -5,7 +5,7 @@ defmodule AWSCluster.Groups.Mode do
     * `:compat` - OTP's defaults (`connect_all true`, `dist_auto_connect` on). Every
       `global` and `pg` feature works inside a group. A stray message from one group to
       a node of another auto-connects visibly, and `global` then merges the two meshes;
-      `AWSCluster.Groups.Watch` reports it, and nothing is disconnected.
+      `AWSCluster.Groups.Server` reports it, and nothing is disconnected.
     * `:strict` - `-kernel connect_all false -kernel dist_auto_connect never`. A stray
       send fails with `noconnection` and the meshes stay apart, links come only from
       discovery, and the topology also cuts visible links that cross groups (safe there,

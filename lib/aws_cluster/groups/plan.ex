@@ -13,6 +13,7 @@ defmodule AWSCluster.Groups.Plan do
           group: String.t() | nil,
           members: %{String.t() => [node()]},
           of: %{node() => String.t()},
+          moved: [node()],
           tagged: MapSet.t(node()),
           rule: Gateways.rule(),
           mode: :compat | :strict
@@ -20,45 +21,68 @@ defmodule AWSCluster.Groups.Plan do
 
   @doc """
   The plan for `members` (the membership's `node => %{peer: peer}`, which never holds
-  this node), or `nil` when `config` sets no `group:`. This node's group is
-  `self_group:` when given, else the rule applied to its own peer in `answer` (the
-  answer's peers), else `previous` (its group in the last plan): an answer that
-  misses this node's own instance once does not take it out of its group.
+  this node), or `nil` when `config` sets no `group:`.
+
+  This node's group is the rule applied to its own peer in `answer` (the answer's
+  peers, which may hold it), else `self_group:`, else its group in `previous` (the last
+  plan): an answer that misses its own instance once does not take it out of its group.
+
+  In `:compat` mode a member keeps the group it had in `previous` while it stays a
+  member, even when the rule now says otherwise (a tag was edited): dialling its new
+  group while its links to the old one stay up would merge the two meshes, and those
+  links cannot be cut safely. Such members are listed in `moved`; they change group
+  once they leave and come back. `:strict` mode regroups at once and cuts the old links.
   """
-  @spec new(map(), %{node() => %{peer: map()}}, [map()], String.t() | nil) :: t() | nil
+  @spec new(map(), %{node() => %{peer: map()}}, [map()], t() | nil) :: t() | nil
   def new(config, members, answer, previous \\ nil)
   def new(%{group: nil}, _members, _answer, _previous), do: nil
 
   def new(config, members, answer, previous) do
-    of =
+    me = Atom.to_string(node())
+    mine = Enum.find(answer, &(&1.node == node() or &1.node == me))
+
+    found =
       for {node, m} <- members,
           group = Rule.group(config.group, m.peer),
           group != nil,
           into: %{},
           do: {node, group}
 
-    me = Atom.to_string(node())
-    mine = Enum.find(answer, &(&1.node == node() or &1.node == me))
-    own = config.self_group || (mine && Rule.group(config.group, mine)) || previous
-    of = if own, do: Map.put(of, node(), own), else: of
+    own = (mine && Rule.group(config.group, mine)) || config.self_group
+    found = if own, do: Map.put(found, node(), own), else: found
+    {of, moved} = keep_groups(found, previous, config.group_mode)
+    of = if previous && previous.group, do: Map.put_new(of, node(), previous.group), else: of
 
     tagged =
-      for {node, m} <- members,
-          Gateways.tagged?(config.gateways, m.peer.instance),
+      for {node, peer} <- [{node(), mine} | Enum.map(members, fn {n, m} -> {n, m.peer} end)],
+          peer != nil and Gateways.tagged?(config.gateways, peer.instance),
           into: MapSet.new(),
           do: node
 
     %{
-      group: own,
+      group: Map.get(of, node()),
       members:
         of
         |> Enum.group_by(&elem(&1, 1), &elem(&1, 0))
         |> Map.new(fn {g, n} -> {g, Enum.sort(n)} end),
       of: of,
+      moved: Enum.sort(moved),
       tagged: tagged,
       rule: config.gateways,
       mode: config.group_mode
     }
+  end
+
+  defp keep_groups(found, nil, _mode), do: {found, []}
+  defp keep_groups(found, _previous, :strict), do: {found, []}
+
+  defp keep_groups(found, previous, :compat) do
+    Enum.reduce(found, {%{}, []}, fn {node, group}, {of, moved} ->
+      case Map.get(previous.of, node, group) do
+        ^group -> {Map.put(of, node, group), moved}
+        old -> {Map.put(of, node, old), [node | moved]}
+      end
+    end)
   end
 
   @doc "Which of `nodes` to dial visibly: all of them without a plan, else this node's group's."
@@ -75,7 +99,8 @@ defmodule AWSCluster.Groups.Plan do
   @doc "The view a round's `result` (or none yet) gives, for `AWSCluster.Groups`."
   @spec view(t(), Gateways.result() | nil) :: AWSCluster.Groups.view()
   def view(plan, result) do
-    result = result || %{gateway?: false, gateways: %{}, links: []}
+    # A round that ran on an older plan of another group says nothing of this one.
+    result = if result && result.group == plan.group, do: result, else: Gateways.none()
 
     %{
       group: plan.group,

@@ -19,7 +19,7 @@ defmodule AWSCluster.Groups.Rule do
   before another's) still agree on every peer they both see. A rule that balanced the
   shards over the whole answer would move peers between groups on such a disagreement,
   and one visible dial across groups merges two meshes for good under OTP defaults (see
-  `AWSCluster.Groups`, "Two modes"). So `{:shard, k}` balances only in expectation:
+  `AWSCluster.Groups.Mode`). So `{:shard, k}` balances only in expectation:
   `n` instances fall binomially around `n/k` per shard.
   """
 
@@ -55,11 +55,11 @@ defmodule AWSCluster.Groups.Rule do
   """
   @spec group(t(), map()) :: String.t() | nil
   def group(name, _peer) when is_binary(name), do: name
-  def group({:tag, key}, peer), do: non_empty(Map.get(tags(peer), key))
+  def group({:tag, key}, peer), do: non_empty(Map.get(tags(peer.instance), key))
   def group(:availability_zone, peer), do: non_empty(Map.get(peer.instance, :availability_zone))
 
   def group(:auto_scaling_group, peer),
-    do: non_empty(Map.get(tags(peer), "aws:autoscaling:groupName"))
+    do: non_empty(Map.get(tags(peer.instance), "aws:autoscaling:groupName"))
 
   def group({:shard, k}, peer) do
     case Map.get(peer.instance, :id) do
@@ -83,7 +83,14 @@ defmodule AWSCluster.Groups.Rule do
   @spec shard(String.t(), pos_integer()) :: non_neg_integer()
   def shard(id, k), do: :erlang.phash2(id, k)
 
-  defp tags(peer), do: Map.get(peer.instance, :tags) || %{}
+  @doc "An instance's tags; none when the instance carries no map of them."
+  @spec tags(map()) :: map()
+  def tags(instance) do
+    case Map.get(instance, :tags) do
+      tags when is_map(tags) -> tags
+      _ -> %{}
+    end
+  end
 
   defp non_empty(value) when is_binary(value) and value != "", do: value
   defp non_empty(_), do: nil

@@ -86,25 +86,28 @@ defmodule AWSCluster.Groups.Server do
 
   def handle_info(_other, s), do: {:noreply, s}
 
-  defp run({:apply, m, f, a}) do
+  @doc false
+  # What a request does on this node: `{:ok, value}` or `{:raised, kind, reason}`.
+  @spec run(tuple()) :: term()
+  def run({:apply, m, f, a}) do
     {:ok, apply(m, f, a)}
   catch
     kind, reason -> {:raised, kind, reason}
   end
 
-  defp run({:relay, topology, group, m, f, a, timeout}),
+  def run({:relay, topology, group, m, f, a, timeout}),
     do: {:relayed, AWSCluster.Groups.direct(topology, group, m, f, a, timeout)}
 
-  defp run(_unknown), do: {:raised, :error, :unknown_request}
+  def run(_unknown), do: {:raised, :error, :unknown_request}
 
   defp crossed(s, node) do
     Enum.reduce(Peers.views(), s, fn {topology, view}, s ->
-      case Enum.find(view.members, fn {g, nodes} -> g != view.group and node in nodes end) do
-        {group, _} when view.group != nil ->
-          report(s, topology, view, group, node)
+      members = Map.get(view, :members, %{})
+      own = Map.get(view, :group)
 
-        _ ->
-          s
+      case Enum.find(members, fn {g, nodes} -> g != own and node in nodes end) do
+        {group, _} when own != nil -> report(s, topology, view, group, node)
+        _ -> s
       end
     end)
   end
@@ -113,12 +116,16 @@ defmodule AWSCluster.Groups.Server do
     if MapSet.member?(s.reported, {topology, group}) do
       s
     else
+      advice =
+        if view.mode == :strict,
+          do: "the next connect round cuts it",
+          else: "nothing is disconnected; run group_mode: :strict to make such sends fail instead"
+
       Loop.log(
         :warning,
         topology,
         "group #{view.group}'s mesh merged with group #{group}: #{node} came up as a visible " <>
-          "peer (a message to a node of another group connected it). Nothing is disconnected; " <>
-          "run group_mode: :strict to make such sends fail instead"
+          "peer (a message to a node of another group connected it); " <> advice
       )
 
       AWSCluster.Telemetry.execute([:aws_cluster, :groups, :crossed], %{count: 1}, %{
@@ -134,9 +141,9 @@ defmodule AWSCluster.Groups.Server do
   end
 
   defp group_members(topology, group) do
-    case List.keyfind(Peers.views(), topology, 0) do
-      {_, view} -> Map.get(view.members, group, [])
-      nil -> []
+    case AWSCluster.Groups.view(topology) do
+      {:ok, view} -> Map.get(view.members, group, [])
+      {:error, _} -> []
     end
   end
 end

@@ -159,7 +159,9 @@ defmodule AWSCluster.Poller.Report do
   connect rounds (`AWSCluster.Groups.Gateways.result/0`, `nil` before the first):
   logged at info and emitted as `[:aws_cluster, :groups, :gateways]`.
   """
-  @spec gateways(meta(), String.t(), map() | nil, map()) :: :ok
+  @spec gateways(meta(), String.t() | nil, map() | nil, map()) :: :ok
+  def gateways(_meta, nil, _before, _now), do: :ok
+
   def gateways(meta, group, before, now) do
     own = Map.get(now.gateways, group, [])
     previous = before && Map.get(before.gateways, group, [])

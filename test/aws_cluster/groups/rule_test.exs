@@ -2,7 +2,7 @@ defmodule AWSCluster.Groups.RuleTest do
   use ExUnit.Case, async: true
 
   alias AWSCluster.{Error, Poller}
-  alias AWSCluster.Groups.{Link, Mode, Plan, Rule}
+  alias AWSCluster.Groups.{Gateways, Link, Mode, Plan, Rule}
   alias AWSCluster.Strategy.{EC2, State}
 
   defp peer(node, instance), do: %{node: node, instance: instance, address: nil}
@@ -159,34 +159,67 @@ defmodule AWSCluster.Groups.RuleTest do
     assert Link.available?()
   end
 
-  test "a plan dials only this node's group; self_group wins over the rule; a group is kept when the answer misses this node" do
-    me = Atom.to_string(node())
-    other = :"x@127.0.0.9"
-    untagged = :"y@127.0.0.9"
+  describe "plans" do
+    setup do
+      other = :"x@127.0.0.9"
+      untagged = :"y@127.0.0.9"
 
-    members = %{
-      other => %{peer: peer(other, instance("i-2", tags: %{"g" => "b"}))},
-      untagged => %{peer: peer(untagged, instance("i-3"))}
-    }
+      members = %{
+        other => %{peer: peer(other, instance("i-2", tags: %{"g" => "b", "gw" => "yes"}))},
+        untagged => %{peer: peer(untagged, instance("i-3"))}
+      }
 
-    # Names in an answer may still be strings.
-    answer = [
-      peer(me, instance("i-1", tags: %{"g" => "a"})) | Enum.map(members, &elem(&1, 1).peer)
-    ]
+      # Names in an answer may still be strings.
+      mine = peer(Atom.to_string(node()), instance("i-1", tags: %{"g" => "a", "gw" => "yes"}))
+      answer = [mine | Enum.map(members, &elem(&1, 1).peer)]
+      config = %{group: {:tag, "g"}, self_group: nil, gateways: {:lowest, 2}, group_mode: :compat}
+      %{other: other, members: members, answer: answer, config: config}
+    end
 
-    config = %{group: {:tag, "g"}, self_group: nil, gateways: {:lowest, 2}, group_mode: :compat}
-    plan = Plan.new(config, members, answer)
-    assert plan.group == "a"
-    assert plan.members == %{"a" => [node()], "b" => [other]}
-    assert Plan.dial(plan, Map.keys(members)) == []
-    assert Plan.group_of(plan, other) == "b"
+    test "a plan dials only this node's group", ctx do
+      plan = Plan.new(ctx.config, ctx.members, ctx.answer)
+      assert plan.group == "a"
+      assert plan.members == %{"a" => [node()], "b" => [ctx.other]}
+      assert Plan.dial(plan, Map.keys(ctx.members)) == []
+      assert Plan.group_of(plan, ctx.other) == "b"
+    end
 
-    plan = Plan.new(%{config | self_group: "b"}, members, answer)
-    assert Plan.dial(plan, Map.keys(members)) == [other]
-    assert Enum.sort(plan.members["b"]) == Enum.sort([node(), other])
+    test "self_group places this node only when the rule cannot, and the last group holds when the answer misses it",
+         ctx do
+      config = %{ctx.config | self_group: "b"}
+      assert Plan.new(config, ctx.members, ctx.answer).group == "a"
 
-    assert Plan.new(config, members, tl(answer), "a").group == "a"
-    assert Plan.new(config, members, tl(answer)).group == nil
-    assert Plan.dial(Plan.new(config, members, tl(answer)), Map.keys(members)) == []
+      plan = Plan.new(config, ctx.members, tl(ctx.answer))
+      assert plan.group == "b"
+      assert Plan.dial(plan, Map.keys(ctx.members)) == [ctx.other]
+
+      previous = Plan.new(ctx.config, ctx.members, ctx.answer)
+      assert Plan.new(ctx.config, ctx.members, tl(ctx.answer), previous).group == "a"
+      unplaced = Plan.new(ctx.config, ctx.members, tl(ctx.answer))
+      assert unplaced.group == nil
+      assert Plan.dial(unplaced, Map.keys(ctx.members)) == []
+    end
+
+    test "the gateway tag counts on this node's own instance too", ctx do
+      plan = Plan.new(%{ctx.config | gateways: {:tag, "gw", "yes"}}, ctx.members, ctx.answer)
+      assert MapSet.equal?(plan.tagged, MapSet.new([node(), ctx.other]))
+      assert Gateways.choose(plan, [node()], [node()]) == [node()]
+    end
+
+    test "in compat mode a member keeps its group when its tag changes; strict regroups it",
+         ctx do
+      previous = Plan.new(ctx.config, ctx.members, ctx.answer)
+      retagged = put_in(ctx.members, [ctx.other, :peer, :instance, :tags, "g"], "a")
+
+      plan = Plan.new(ctx.config, retagged, ctx.answer, previous)
+      assert Plan.group_of(plan, ctx.other) == "b"
+      assert plan.moved == [ctx.other]
+      assert Plan.dial(plan, Map.keys(retagged)) == []
+
+      strict = %{ctx.config | group_mode: :strict}
+      plan = Plan.new(strict, retagged, ctx.answer, Plan.new(strict, ctx.members, ctx.answer))
+      assert Plan.group_of(plan, ctx.other) == "a"
+      assert Plan.dial(plan, Map.keys(retagged)) == [ctx.other]
+    end
   end
 end
