@@ -154,7 +154,7 @@ defmodule Bench.Groups do
     [{:one, one}, {:grouped, grouped}] = results
 
     IO.puts(
-      "\n    figure              1 group (baseline)   4 groups x 6, k=2   ratio grouped/baseline"
+      "\n    medians             1 group (baseline)   4 groups x 6, k=2   ratio grouped/baseline"
     )
 
     for {label, key, fmt} <- [

@@ -12,10 +12,13 @@ defmodule Demo do
 
   @usage """
   usage: script/demo [--nodes N] [--strategy ec2|autoscaling|gossip] [--interval MS]
+         script/demo --groups N [--interval MS]
 
     --nodes N        nodes to boot, 2..30 (default 6), spread over 3 AZs
     --strategy S     ec2 (default), autoscaling or gossip (unicast to seeds, no AWS calls)
     --interval MS    polling (or gossip announce) interval, 100..30000 (default 1000)
+    --groups N       meta-clustering instead: N groups (2..6) of 3 nodes joined by
+                     gateways, a call across groups, a gateway killed and replaced
   """
 
   @prune_after 3
@@ -38,6 +41,12 @@ defmodule Demo do
     record_pid(run_dir, "moto", moto_os_pid())
     Moto.fresh!()
     Fleet.restart_recording!()
+
+    if opts.groups do
+      Code.require_file("groups.exs", __DIR__)
+      Demo.Groups.main(opts, run, run_dir, started)
+      System.halt(0)
+    end
 
     specs = Fleet.plan(opts.nodes, prefix: "demo", run: run, host_base: 51)
     specs = Fleet.launch!(specs, %{"app" => "demo"})
@@ -384,7 +393,13 @@ defmodule Demo do
   defp parse(argv) do
     {parsed, rest, invalid} =
       OptionParser.parse(argv,
-        strict: [nodes: :integer, strategy: :string, interval: :integer, help: :boolean]
+        strict: [
+          nodes: :integer,
+          strategy: :string,
+          interval: :integer,
+          groups: :integer,
+          help: :boolean
+        ]
       )
 
     cond do
@@ -418,7 +433,13 @@ defmodule Demo do
 
     nodes in 2..30 || usage_error("--nodes must be 2..30, got #{nodes}")
     interval in 100..30_000 || usage_error("--interval must be 100..30000 ms, got #{interval}")
-    %{nodes: nodes, strategy: strategy, interval: interval}
+    groups = parsed[:groups]
+    groups == nil or groups in 2..6 || usage_error("--groups must be 2..6, got #{groups}")
+
+    if groups && (parsed[:nodes] || parsed[:strategy]),
+      do: usage_error("--groups sets its own nodes (3 a group) and strategy (ec2)")
+
+    %{nodes: nodes, strategy: strategy, interval: interval, groups: groups}
   end
 
   defp usage_error(message) do
@@ -426,12 +447,14 @@ defmodule Demo do
     System.halt(2)
   end
 
-  defp fail(message) do
+  @doc false
+  def fail(message) do
     IO.puts(:stderr, "\nscript/demo failed: #{message}")
     System.halt(1)
   end
 
-  defp record_pid(run_dir, kind, os_pid),
+  @doc false
+  def record_pid(run_dir, kind, os_pid),
     do: File.write!(Path.join(run_dir, "pids"), "#{kind} #{os_pid}\n", [:append])
 
   # The shell wrapper's pid (moto runs as its child); script/demo's cleanup uses it if
@@ -465,7 +488,11 @@ defmodule Demo.View do
     if tty?, do: IO.write("\e[2J\e[H")
 
     header =
-      "aws_cluster demo: #{opts.nodes} nodes, strategy #{opts.strategy}, interval #{opts.interval} ms"
+      if opts.groups,
+        do:
+          "aws_cluster demo: #{opts.groups} groups of 3 nodes, strategy ec2, interval #{opts.interval} ms",
+        else:
+          "aws_cluster demo: #{opts.nodes} nodes, strategy #{opts.strategy}, interval #{opts.interval} ms"
 
     unless tty?, do: IO.puts(header)
     view

@@ -3,7 +3,7 @@ defmodule AWSCluster.GroupsTest do
   # default kernel settings (connect_all true), then the two modes facing a stray send.
   use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{Fleet, Moto, Wait}
+  alias AWSCluster.Test.{Fleet, Moto, TelemetryProbe, Wait}
 
   @moduletag timeout: 300_000
 
@@ -166,6 +166,7 @@ defmodule AWSCluster.GroupsTest do
              call(b3, AWSCluster.Groups, :route, [:c, "user-42"])
 
     # kill -9 a gateway of c: c3 takes over, in c's view and in every other gateway's.
+    :ok = call(c3, TelemetryProbe, :local_collect, [])
     killed_at = System.monotonic_time(:millisecond)
     Fleet.kill!(c1)
     alive = members -- [c1]
@@ -186,6 +187,12 @@ defmodule AWSCluster.GroupsTest do
     IO.puts(
       "groups: c3 became a gateway #{took} ms after kill -9 of c1 (interval #{@interval} ms)"
     )
+
+    assert [{_, %{gateways: 2}, %{group: "c", gateway?: true, gateways: gateways}} | _] =
+             call(c3, TelemetryProbe, :local_events, [])
+             |> Enum.filter(&match?({[:aws_cluster, :groups, :gateways], _, _}, &1))
+
+    assert gateways == [c2.node, c3.node]
 
     assert {:ok, node} = call(a3, AWSCluster.Groups, :call, [:c, :erlang, :node, []])
     assert node in [c2.node, c3.node]
@@ -229,6 +236,7 @@ defmodule AWSCluster.GroupsTest do
     assert formed(compat, 1)
     [_a1, a2, _b1, b2] = compat
 
+    :ok = call(a2, TelemetryProbe, :local_collect, [])
     assert call(a2, :erpc, :call, [b2.node, :erlang, :node, []]) == b2.node
 
     assert Wait.until(
@@ -236,6 +244,13 @@ defmodule AWSCluster.GroupsTest do
              10_000
            ),
            "no merge reported in #{a2.log}"
+
+    assert [{[:aws_cluster, :groups, :crossed], %{count: 1}, meta}] =
+             call(a2, TelemetryProbe, :local_events, [])
+             |> Enum.filter(&match?({[:aws_cluster, :groups, :crossed], _, _}, &1))
+
+    assert %{group: "a", other_group: "b", node: node, mode: :compat} = meta
+    assert node == b2.node
 
     # global completes the merged mesh (connect_all true); no one cut a link to undo it.
     assert Wait.until(fn -> length(Fleet.snapshot(a2).connected) == 3 end, 10_000)
