@@ -3,7 +3,8 @@ defmodule AWSCluster.GroupsTest do
   # default kernel settings (connect_all true), then the two modes facing a stray send.
   use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{Fleet, Moto, TelemetryProbe, Wait}
+  alias AWSCluster.Groups.Rule
+  alias AWSCluster.Test.{Cluster, Fleet, Moto, TelemetryProbe, Wait}
 
   @moduletag timeout: 300_000
 
@@ -281,5 +282,33 @@ defmodule AWSCluster.GroupsTest do
     snaps = Fleet.snapshots(strict)
     assert snaps[a2.node].connected == [a1.node]
     assert snaps[b2.node].connected == [b1.node]
+  end
+
+  test "{:shard, 3} splits 12 discovered instances the same way in another VM", ctx do
+    tag = "shard#{ctx.run}"
+    specs = Fleet.plan(12, prefix: "s", run: ctx.run, host_base: 68)
+    Fleet.launch!(specs, %{"cluster" => tag})
+    rule = {:shard, 3}
+    config = [group: rule]
+    [{:ec2, spec}] = Fleet.topology(:ec2, hd(specs), tags: %{"cluster" => tag}, config: config)
+
+    {:ok, result} = AWSCluster.Probe.discover(:ec2, spec)
+    assert length(result.peers) == 12
+    here = Map.new(result.peers, &{&1.instance.id, Rule.group(rule, &1)})
+
+    # A restart is another VM: it must place every instance where this one does.
+    {pid, _node} = Cluster.start_peer("shard#{ctx.run}", "127.0.0.1")
+    on_exit(fn -> Cluster.stop(pid) end)
+    {:ok, again} = :peer.call(pid, AWSCluster.Probe, :discover, [:ec2, spec], 30_000)
+
+    there =
+      Map.new(again.peers, fn peer ->
+        {peer.instance.id, :peer.call(pid, Rule, :group, [rule, peer])}
+      end)
+
+    assert here == there
+    sizes = here |> Map.values() |> Enum.frequencies()
+    assert Enum.all?(Map.keys(sizes), &(&1 in ["shard-0", "shard-1", "shard-2"]))
+    IO.puts("groups: {:shard, 3} over 12 moto instances: #{inspect(Enum.sort(sizes))}")
   end
 end
