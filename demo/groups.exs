@@ -11,9 +11,9 @@ defmodule Demo.Groups do
 
   def main(opts, run, run_dir, started) do
     Process.put(:demo_started, started)
+    Process.put(:demo_run_dir, run_dir)
     groups = opts.groups
     n = groups * @per_group
-    Moto.fresh!()
 
     specs =
       for spec <- Fleet.plan(n, prefix: "demo", run: run, host_base: 51) do
@@ -127,7 +127,7 @@ defmodule Demo.Groups do
       end,
       60_000 + length(members) * 2_000,
       100
-    ) || Demo.fail("no #{what} in time; node logs are in #{System.get_env("DEMO_RUN_DIR")}")
+    ) || Demo.fail("no #{what} in time; node logs are in #{Process.get(:demo_run_dir)}")
   end
 
   defp show(members, snaps) do

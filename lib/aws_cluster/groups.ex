@@ -24,8 +24,9 @@ defmodule AWSCluster.Groups do
   alias AWSCluster.{Error, Peers}
   alias AWSCluster.Groups.Server
 
-  # Failures of one gateway's hop that another gateway of the group may not have.
-  @retried [:no_gateway, :unreachable, :timeout]
+  # Failures of one gateway's hop that another gateway of the group may not have, and
+  # after which the function has not run: a timeout is not retried (it may have).
+  @retried [:no_gateway, :unreachable]
 
   @typedoc """
   A grouped topology's view, as its poller last wrote it: this node's group, the mode,
@@ -87,8 +88,9 @@ defmodule AWSCluster.Groups do
     * From any other node, through a gateway of this node's group: two hops.
 
   Nothing is ever dialled: a hop without a link fails (see `AWSCluster.Groups.Server`).
-  `timeout` bounds each hop; a relay that fails at one gateway of this node's group is
-  tried at the next. The value comes back as a message: a pid or reference of the other
+  `timeout` bounds each hop; a relay that one gateway of this node's group could not
+  pass on (no link, or none to `group`) is tried at the next, so the function runs at
+  most once (a timeout is not retried: the function may have run). The value comes back as a message: a pid or reference of the other
   group in it is fine to hold, but a message or monitor to it would connect that node
   visibly under OTP defaults, and merge the meshes; reply through `call/6` instead. Errors name the group and the hop (`details.hop`:
   `:local`, `:gateway` or `:remote`): `:not_found` (no grouped topology, unknown
@@ -105,8 +107,8 @@ defmodule AWSCluster.Groups do
          :ok <- known(view, group) do
       cond do
         group == view.group -> local(group, m, f, a)
-        view.gateway? -> direct(topology, group, m, f, a, timeout)
-        true -> relay(topology, view, group, m, f, a, timeout)
+        view.gateway? -> direct_or_relay(topology, view, group, m, f, a, timeout)
+        true -> relay(topology, view, group, m, f, a, timeout, [])
       end
     end
   end
@@ -148,13 +150,26 @@ defmodule AWSCluster.Groups do
     end
   end
 
+  # A gateway without a link to the group yet (it just took over) asks the others.
+  defp direct_or_relay(topology, view, group, m, f, a, timeout) do
+    case direct(topology, group, m, f, a, timeout) do
+      {:error, %Error{reason: :no_gateway}} = e ->
+        if other_gateways(view, [node()]) == [],
+          do: e,
+          else: relay(topology, view, group, m, f, a, timeout, [node()])
+
+      result ->
+        result
+    end
+  end
+
   # Through the first of this node's gateways that gets the call there: a gateway that
-  # just took over may not have linked yet.
-  defp relay(topology, view, group, m, f, a, timeout) do
-    visible = Node.list(:visible)
+  # just took over may not have linked yet. Gateways are reached over any link (one
+  # started with -hidden has only hidden ones).
+  defp relay(topology, view, group, m, f, a, timeout, except) do
     request = {:relay, topology, group, m, f, a, timeout}
 
-    case Enum.filter(Map.get(view.gateways, view.group, []), &(&1 in visible)) do
+    case other_gateways(view, except) do
       [] ->
         error(:no_gateway, group, :gateway, "no gateway of group #{view.group} is up")
 
@@ -163,10 +178,16 @@ defmodule AWSCluster.Groups do
           case Server.request(gateway, request, relay_timeout(timeout)) do
             {:relayed, {:error, %Error{reason: r}} = e} when r in @retried -> {:cont, e}
             {:relayed, result} -> {:halt, result}
-            other -> {:cont, outcome(other, group, :gateway, gateway)}
+            :unreachable -> {:cont, outcome(:unreachable, group, :gateway, gateway)}
+            other -> {:halt, outcome(other, group, :gateway, gateway)}
           end
         end)
     end
+  end
+
+  defp other_gateways(view, except) do
+    linked = Node.list(:connected)
+    Enum.filter(Map.get(view.gateways, view.group, []), &(&1 in linked and &1 not in except))
   end
 
   # The relay's own hop to the other group fits inside the caller's wait.

@@ -518,14 +518,19 @@ defmodule AWSCluster.Poller do
   # ── groups (AWSCluster.Groups) ─────────────────────────────────────────────────────
 
   defp grouped(s, nil), do: s
+  defp grouped(%{plan: nil} = s, _result), do: s
 
-  defp grouped(%{plan: plan} = s, result) when plan != nil do
-    Report.gateways(meta(s), plan.group, s.groups, result)
-    Peers.put_view(s.state.topology, Plan.view(plan, result))
-    %{s | groups: result}
+  # A round that ran on an older plan of another group (a node just placed, a strict
+  # regroup) says nothing of this one: the next round will.
+  defp grouped(%{plan: plan} = s, result) do
+    if result.group == plan.group do
+      Report.gateways(meta(s), plan.group, s.groups, result)
+      Peers.put_view(s.state.topology, Plan.view(plan, result))
+      %{s | groups: result}
+    else
+      s
+    end
   end
-
-  defp grouped(s, _result), do: s
 
   # A node without a group dials nobody, and a member the rule moved keeps its group:
   # each said once, when it starts.
@@ -545,9 +550,9 @@ defmodule AWSCluster.Poller do
       Loop.log(
         :warning,
         s.state.topology,
-        "the group: rule now puts #{node} in another group; it stays in " <>
-          "#{Plan.group_of(plan, node)} until it leaves and comes back (group_mode :compat " <>
-          "cannot cut its links safely)"
+        "the group: rule now puts #{node} in another group; this node keeps it in " <>
+          "#{Plan.group_of(plan, node)} (group_mode :compat cannot cut its links safely). " <>
+          "Nodes that start later place it by the rule, so regroup by replacing the instance"
       )
     end
 

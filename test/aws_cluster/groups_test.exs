@@ -61,7 +61,9 @@ defmodule AWSCluster.GroupsTest do
             net_ticktime: 4,
             log_dir: ctx.log_dir,
             connect_all: Keyword.get(opts, :connect_all, true),
-            args: Keyword.get(opts, :args, [])
+            args:
+              Keyword.get(opts, :args, []) ++
+                if(spec.index in Keyword.get(opts, :hidden, []), do: ["-hidden"], else: [])
           )
           |> Map.put(:group, spec.group)
         end,
@@ -255,6 +257,41 @@ defmodule AWSCluster.GroupsTest do
 
     # global completes the merged mesh (connect_all true); no one cut a link to undo it.
     assert Wait.until(fn -> length(Fleet.snapshot(a2).connected) == 3 end, 10_000)
+    snaps = Fleet.snapshots(compat)
+    for m <- compat, do: assert(snaps[m.node].downs == [], "#{m.node}: #{inspect(snaps[m.node])}")
+  end
+
+  test "gateway nodes started with -hidden (OTP's supported hidden links) carry calls between groups",
+       ctx do
+    # a1 and b1 run -hidden and are the tagged gateways: every link they have is hidden.
+    members =
+      boot(ctx, 70, 1..4, 2,
+        config: [gateways: {:tag, "gateway", "yes"}],
+        gateway_tag: [1, 3],
+        hidden: [1, 3]
+      )
+
+    [a1, a2, b1, b2] = members
+
+    assert Wait.until(
+             fn ->
+               snaps = Fleet.snapshots(members)
+
+               snaps[a1.node].hidden == Enum.sort([a2.node, b1.node]) and
+                 snaps[b1.node].hidden == Enum.sort([a1.node, b2.node]) and
+                 match?(%{groups: %{gateways: %{"a" => [_]}}}, snaps[a2.node]) and
+                 match?(%{groups: %{gateway?: true}}, snaps[a1.node]) and
+                 match?(%{groups: %{gateway?: true}}, snaps[b1.node]) and
+                 snaps[a2.node].connected == [] and snaps
+             end,
+             30_000
+           ),
+           "not formed: #{inspect(Fleet.snapshots(members))}"
+
+    assert {:ok, node} = call(a2, AWSCluster.Groups, :call, [:b, :erlang, :node, []])
+
+    assert node in [b1.node, b2.node]
+    assert {:ok, _} = call(b2, AWSCluster.Groups, :call, [:a, :erlang, :node, []])
   end
 
   test "strict mode: the same send fails, the meshes stay apart, and calls go through the gateways",

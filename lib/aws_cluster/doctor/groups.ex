@@ -7,7 +7,7 @@ defmodule AWSCluster.Doctor.Groups do
   import AWSCluster.Doctor, only: [check: 3, check: 4]
 
   alias AWSCluster.{Doctor, Groups}
-  alias AWSCluster.Groups.{Mode, Rule}
+  alias AWSCluster.Groups.{Gateways, Mode, Rule}
 
   @doc "The group checks of topology `name`, given its validated config and discovery's result."
   @spec checks(atom(), map(), map() | nil) :: [Doctor.check()]
@@ -50,15 +50,33 @@ defmodule AWSCluster.Doctor.Groups do
     sizes = placed |> Enum.sort() |> Enum.map_join(", ", fn {g, ps} -> "#{g} (#{length(ps)})" end)
     text = "#{map_size(placed)} groups: #{sizes}; gateways #{inspect(config.gateways)}"
 
-    if unplaced == [],
-      do: check("groups [#{name}]", :pass, text),
-      else:
+    untagged =
+      for {group, peers} <- placed,
+          match?({:tag, _, _}, config.gateways),
+          not Enum.any?(peers, &Gateways.tagged?(config.gateways, &1.instance)),
+          do: group
+
+    cond do
+      unplaced != [] ->
         check(
           "groups [#{name}]",
           :warn,
           text <> "; #{length(unplaced)} peers have no group and are never dialled",
           "tag them (or fix the group: rule); a node can name its own with self_group:"
         )
+
+      untagged != [] ->
+        check(
+          "groups [#{name}]",
+          :warn,
+          text <>
+            "; no member carries the gateway tag in #{Enum.join(Enum.sort(untagged), ", ")}",
+          "tag a member of each group, or those groups reach no other"
+        )
+
+      true ->
+        check("groups [#{name}]", :pass, text)
+    end
   end
 
   defp node(_name, nil), do: []
@@ -75,7 +93,15 @@ defmodule AWSCluster.Doctor.Groups do
           "this node is in group #{view.group}; its gateways: " <>
             if(own == [], do: "none up", else: Enum.join(own, ", "))
 
-    status = if view.group == nil, do: :fail, else: :pass
-    [check("gateway [#{name}]", status, text, if(view.group == nil, do: "set self_group:"))]
+    if view.group == nil,
+      do: [
+        check(
+          "gateway [#{name}]",
+          :fail,
+          "this node has no group, so it dials no one",
+          "set self_group:"
+        )
+      ],
+      else: [check("gateway [#{name}]", :pass, text)]
   end
 end

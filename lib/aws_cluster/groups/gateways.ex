@@ -5,8 +5,7 @@ defmodule AWSCluster.Groups.Gateways do
 
     * `{:lowest, k}` (default `{:lowest, 2}`) - the `k` lowest node names among the
       group's members that are up. Every node computes the same answer from what it
-      sees, so no election is needed: this node's group is what its visible links show
-      alive; another group is walked in name order, and the first `k` members a hidden
+      sees, so no election is needed: this node's group is what its links show alive; another group is walked in name order, and the first `k` members a hidden
       link reaches are its gateways, as they are in that group's own view. When a
       gateway goes down, its group's members and the gateways linked to it run a connect
       round at once (`nodedown`), and the next member takes over.
@@ -64,7 +63,7 @@ defmodule AWSCluster.Groups.Gateways do
   @doc "Whether `instance` carries the gateway tag of `rule` (always `false` for `{:lowest, k}`)."
   @spec tagged?(rule(), map()) :: boolean()
   def tagged?({:tag, key, value}, instance),
-    do: Map.get(Map.get(instance, :tags) || %{}, key) == value
+    do: Map.get(AWSCluster.Groups.Rule.tags(instance), key) == value
 
   def tagged?(_rule, _instance), do: false
 
@@ -92,7 +91,9 @@ defmodule AWSCluster.Groups.Gateways do
   def arrange(plan, opts) do
     own = Map.get(plan.members, plan.group, [])
     visible = MapSet.new(Node.list(:visible))
-    own_gateways = choose(plan, own, Enum.filter(own, &(&1 == node() or &1 in visible)))
+    # Connected, not visible: a gateway node started with -hidden links hidden to all.
+    up = MapSet.new(Node.list(:connected))
+    own_gateways = choose(plan, own, Enum.filter(own, &(&1 == node() or &1 in up)))
     gateway? = node() in own_gateways
     others = Map.delete(plan.members, plan.group)
     outsiders = others |> Map.values() |> List.flatten() |> MapSet.new()

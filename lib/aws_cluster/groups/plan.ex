@@ -28,10 +28,12 @@ defmodule AWSCluster.Groups.Plan do
   plan): an answer that misses its own instance once does not take it out of its group.
 
   In `:compat` mode a member keeps the group it had in `previous` while it stays a
-  member, even when the rule now says otherwise (a tag was edited): dialling its new
-  group while its links to the old one stay up would merge the two meshes, and those
-  links cannot be cut safely. Such members are listed in `moved`; they change group
-  once they leave and come back. `:strict` mode regroups at once and cuts the old links.
+  member, even when the rule now says otherwise or nothing (a tag was edited or
+  removed): dialling its new group while its links to the old one stay up would merge
+  the two meshes, and those links cannot be cut safely. Such members are listed in
+  `moved`. This holds only for nodes that knew the old group: one that starts later
+  places the member by the rule, so in `:compat` a regroup means replacing the
+  instance. `:strict` mode regroups at once and cuts the old links.
   """
   @spec new(map(), %{node() => %{peer: map()}}, [map()], t() | nil) :: t() | nil
   def new(config, members, answer, previous \\ nil)
@@ -50,7 +52,7 @@ defmodule AWSCluster.Groups.Plan do
 
     own = (mine && Rule.group(config.group, mine)) || config.self_group
     found = if own, do: Map.put(found, node(), own), else: found
-    {of, moved} = keep_groups(found, previous, config.group_mode)
+    {of, moved} = keep_groups(found, [node() | Map.keys(members)], previous, config.group_mode)
     of = if previous && previous.group, do: Map.put_new(of, node(), previous.group), else: of
 
     tagged =
@@ -73,14 +75,16 @@ defmodule AWSCluster.Groups.Plan do
     }
   end
 
-  defp keep_groups(found, nil, _mode), do: {found, []}
-  defp keep_groups(found, _previous, :strict), do: {found, []}
+  defp keep_groups(found, _nodes, nil, _mode), do: {found, []}
+  defp keep_groups(found, _nodes, _previous, :strict), do: {found, []}
 
-  defp keep_groups(found, previous, :compat) do
-    Enum.reduce(found, {%{}, []}, fn {node, group}, {of, moved} ->
-      case Map.get(previous.of, node, group) do
-        ^group -> {Map.put(of, node, group), moved}
-        old -> {Map.put(of, node, old), [node | moved]}
+  # A member the rule now places elsewhere, or nowhere (a tag removed), keeps its group.
+  defp keep_groups(found, nodes, previous, :compat) do
+    Enum.reduce(nodes, {found, []}, fn node, {of, moved} ->
+      case {Map.fetch(previous.of, node), Map.get(found, node)} do
+        {:error, _} -> {of, moved}
+        {{:ok, old}, old} -> {of, moved}
+        {{:ok, old}, _new} -> {Map.put(of, node, old), [node | moved]}
       end
     end)
   end

@@ -32,8 +32,8 @@ defmodule Mix.Tasks.AwsCluster.Peers do
     * `--no-connect` - do not try to connect.
 
   CONNECTED says whether this VM is connected to the peer (`self` for this node).
-  With `group:` (`AWSCluster.Groups`), GROUP is each peer's group by the topology's
-  rule and GATEWAY what a connected peer says of itself: `yes (n links)` for a gateway,
+  With `group:` (`AWSCluster.Groups`), GROUP and GATEWAY are what a connected peer says
+  of itself (GROUP is the topology's rule applied to the others): `yes (n links)` for a gateway,
   with a closing line per gateway naming the gateways it links to.
   POLLING, ANSWER_FROM and AGE are what a connected peer says about coordinated
   polling (`AWSCluster.Poller.Coordination`): whether it `polls`, `follows` or has
@@ -230,14 +230,18 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
   defp group_cells(nil, _peer, _view), do: []
 
-  # The group by the rule; the gateway role as the peer itself reports it.
+  # The group and role as the peer itself reports them (it may keep a group the rule
+  # no longer gives, see AWSCluster.Groups.Plan); else the group by the rule.
   defp group_cells(rule, peer, view) do
-    group = AWSCluster.Groups.Rule.group(rule, peer) || "-"
-
     case view do
-      %{gateway?: true, links: links} -> [group, "yes (#{length(links)} links)"]
-      %{gateway?: false} -> [group, "no"]
-      nil -> [group, "-"]
+      %{group: group, gateway?: true, links: links} ->
+        [group || "-", "yes (#{length(links)} links)"]
+
+      %{group: group, gateway?: false} ->
+        [group || "-", "no"]
+
+      nil ->
+        [AWSCluster.Groups.Rule.group(rule, peer) || "-", "-"]
     end
   end
 

@@ -43,25 +43,7 @@ defmodule AWSCluster.Groups.RuleTest do
       assert Rule.group(fn _ -> "" end, p) == nil
     end
 
-    test "{:shard, k} is a function of the instance id alone, the same in another VM" do
-      ids =
-        for i <- 1..12, do: "i-#{:crypto.strong_rand_bytes(8) |> Base.encode16(case: :lower)}#{i}"
-
-      here = Map.new(ids, &{&1, Rule.group({:shard, 3}, peer(:"n@127.0.0.1", %{id: &1}))})
-
-      # A fresh VM (a restart) computes the same shards.
-      {out, 0} =
-        System.cmd("erl", [
-          "-noshell",
-          "-eval",
-          "Ids = [#{Enum.map_join(ids, ",", &~s("#{&1}"))}], " <>
-            "io:format(\"~w\", [[erlang:phash2(list_to_binary(I), 3) || I <- Ids]]), halt()."
-        ])
-
-      there = out |> Code.eval_string() |> elem(0)
-      assert Enum.map(ids, &here[&1]) == Enum.map(there, &"shard-#{&1}")
-
-      # Each shard's share of many ids is close to 1/k: the hash spreads them.
+    test "{:shard, k} spreads instance ids evenly over many ids" do
       counts = Enum.frequencies(for i <- 1..30_000, do: Rule.shard("i-#{i}", 3))
       assert map_size(counts) == 3
       for {_shard, n} <- counts, do: assert(abs(n - 10_000) < 500, inspect(counts))
@@ -163,24 +145,26 @@ defmodule AWSCluster.Groups.RuleTest do
     setup do
       other = :"x@127.0.0.9"
       untagged = :"y@127.0.0.9"
+      mate = :"z@127.0.0.9"
 
       members = %{
         other => %{peer: peer(other, instance("i-2", tags: %{"g" => "b", "gw" => "yes"}))},
-        untagged => %{peer: peer(untagged, instance("i-3"))}
+        untagged => %{peer: peer(untagged, instance("i-3"))},
+        mate => %{peer: peer(mate, instance("i-4", tags: %{"g" => "a"}))}
       }
 
       # Names in an answer may still be strings.
       mine = peer(Atom.to_string(node()), instance("i-1", tags: %{"g" => "a", "gw" => "yes"}))
       answer = [mine | Enum.map(members, &elem(&1, 1).peer)]
       config = %{group: {:tag, "g"}, self_group: nil, gateways: {:lowest, 2}, group_mode: :compat}
-      %{other: other, members: members, answer: answer, config: config}
+      %{other: other, mate: mate, members: members, answer: answer, config: config}
     end
 
     test "a plan dials only this node's group", ctx do
       plan = Plan.new(ctx.config, ctx.members, ctx.answer)
       assert plan.group == "a"
-      assert plan.members == %{"a" => [node()], "b" => [ctx.other]}
-      assert Plan.dial(plan, Map.keys(ctx.members)) == []
+      assert plan.members == %{"a" => Enum.sort([node(), ctx.mate]), "b" => [ctx.other]}
+      assert Plan.dial(plan, Map.keys(ctx.members)) == [ctx.mate]
       assert Plan.group_of(plan, ctx.other) == "b"
     end
 
@@ -198,6 +182,7 @@ defmodule AWSCluster.Groups.RuleTest do
       unplaced = Plan.new(ctx.config, ctx.members, tl(ctx.answer))
       assert unplaced.group == nil
       assert Plan.dial(unplaced, Map.keys(ctx.members)) == []
+      assert Plan.dial(nil, [ctx.mate]) == [ctx.mate]
     end
 
     test "the gateway tag counts on this node's own instance too", ctx do
@@ -214,12 +199,17 @@ defmodule AWSCluster.Groups.RuleTest do
       plan = Plan.new(ctx.config, retagged, ctx.answer, previous)
       assert Plan.group_of(plan, ctx.other) == "b"
       assert plan.moved == [ctx.other]
-      assert Plan.dial(plan, Map.keys(retagged)) == []
+      assert Plan.dial(plan, Map.keys(retagged)) == [ctx.mate]
+
+      # A tag removed: the member keeps its group too.
+      untagged = put_in(ctx.members, [ctx.other, :peer, :instance, :tags], %{})
+      plan = Plan.new(ctx.config, untagged, ctx.answer, previous)
+      assert Plan.group_of(plan, ctx.other) == "b"
 
       strict = %{ctx.config | group_mode: :strict}
       plan = Plan.new(strict, retagged, ctx.answer, Plan.new(strict, ctx.members, ctx.answer))
       assert Plan.group_of(plan, ctx.other) == "a"
-      assert Plan.dial(plan, Map.keys(retagged)) == [ctx.other]
+      assert Enum.sort(Plan.dial(plan, Map.keys(retagged))) == Enum.sort([ctx.other, ctx.mate])
     end
   end
 end
