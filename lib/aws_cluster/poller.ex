@@ -330,7 +330,8 @@ defmodule AWSCluster.Poller do
       |> Map.take(Membership.nodes(s.membership))
 
     s = %{s | round: nil, connect_failures: failures, rounds_done: s.rounds_done + 1}
-    s = s |> grouped(result.groups) |> release_waiters()
+    s = %{s | groups: Plan.after_round(meta(s), s.plan, s.groups, result.groups)}
+    s = release_waiters(s)
     {:noreply, if(s.round_pending, do: start_round(s), else: s)}
   end
 
@@ -516,21 +517,6 @@ defmodule AWSCluster.Poller do
   end
 
   # ── groups (AWSCluster.Groups) ─────────────────────────────────────────────────────
-
-  defp grouped(s, nil), do: s
-  defp grouped(%{plan: nil} = s, _result), do: s
-
-  # A round that ran on an older plan of another group (a node just placed, a strict
-  # regroup) says nothing of this one: the next round will.
-  defp grouped(%{plan: plan} = s, result) do
-    if result.group == plan.group do
-      Report.gateways(meta(s), plan.group, s.groups, result)
-      Peers.put_view(s.state.topology, Plan.view(plan, result))
-      %{s | groups: result}
-    else
-      s
-    end
-  end
 
   # A node without a group dials nobody, and a member the rule moved keeps its group:
   # each said once, when it starts.

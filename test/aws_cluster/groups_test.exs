@@ -348,4 +348,56 @@ defmodule AWSCluster.GroupsTest do
     assert Enum.all?(Map.keys(sizes), &(&1 in ["shard-0", "shard-1", "shard-2"]))
     IO.puts("groups: {:shard, 3} over 12 moto instances: #{inspect(Enum.sort(sizes))}")
   end
+
+  test "gossip topologies group by announced metadata, with gateways and calls between groups",
+       ctx do
+    port = AWSCluster.Test.Ports.udp()
+    specs = for i <- 1..4, do: Fleet.spec(i, prefix: "q", run: ctx.run, host_base: 72)
+    seeds = Enum.map(specs, & &1.ip)
+
+    members =
+      specs
+      |> Task.async_stream(
+        fn spec ->
+          group = if spec.index <= 2, do: "a", else: "b"
+
+          topology =
+            Fleet.topology(:gossip, spec,
+              port: port,
+              seeds: seeds,
+              secret: Base.encode64(:binary.copy("k", 32)),
+              interval: 500,
+              metadata: %{"group" => group},
+              config: [group: {:metadata, "group"}, gateways: {:lowest, 1}]
+            )
+
+          spec
+          |> Fleet.boot(topology,
+            cookie: Node.get_cookie(),
+            log_dir: ctx.log_dir,
+            connect_all: true
+          )
+          |> Map.put(:group, group)
+        end,
+        timeout: 120_000
+      )
+      |> Enum.map(fn {:ok, m} -> m end)
+
+    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+    [q1, q2, q3, q4] = members
+
+    assert Wait.until(
+             fn ->
+               snaps = Fleet.snapshots(members)
+               Fleet.groups_formed?(members, snaps, 1, false) and snaps
+             end,
+             30_000
+           ),
+           "not formed: #{inspect(Fleet.snapshots(members))}"
+
+    assert call(q2, AWSCluster.Groups, :my_group, []) == "a"
+    assert {:ok, node} = call(q2, AWSCluster.Groups, :call, [:b, :erlang, :node, []])
+    assert node in [q3.node, q4.node]
+    assert {:ok, %{group: "b"}} = call(q1, AWSCluster, :node_info, [q4.node])
+  end
 end

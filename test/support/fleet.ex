@@ -132,8 +132,9 @@ defmodule AWSCluster.Test.Fleet do
   A `topologies` list for `AWSCluster.Supervisor`, for the node of `spec`.
 
   `strategy` is `:ec2` (option `:tags`), `:autoscaling` (option `:group`) or `:gossip`
-  (options `:secret`, `:port` and `:seeds`, a list of IPs: each node binds its own
-  address and announces to the seeds by unicast, as in a VPC without multicast).
+  (options `:secret`, `:port`, `:seeds`, a list of IPs: each node binds its own
+  address and announces to the seeds by unicast, as in a VPC without multicast, and
+  `:metadata`, more announced entries).
   Common options: `:interval` (polling or announce interval), `:prune_after`,
   `:connect_timeout`, `:endpoint` (default moto's) and `:config` (more options, last).
   """
@@ -148,9 +149,10 @@ defmodule AWSCluster.Test.Fleet do
       seeds: for(ip <- Keyword.fetch!(opts, :seeds), ip != spec.ip, do: "#{ip}:#{port}"),
       announce_interval: Keyword.get(opts, :interval, 1_000),
       connect_timeout: Keyword.get(opts, :connect_timeout, 1_000),
-      metadata: %{"az" => spec.az}
+      metadata: Map.merge(%{"az" => spec.az}, Keyword.get(opts, :metadata, %{}))
     ]
 
+    config = Keyword.merge(config, Keyword.get(opts, :config, []))
     [gossip: [strategy: AWSCluster.Strategy.Gossip, config: config]]
   end
 

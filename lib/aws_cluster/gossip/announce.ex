@@ -29,6 +29,24 @@ defmodule AWSCluster.Gossip.Announce do
         do: {ip, c.port}
   end
 
+  @doc """
+  The peers heard from, as `AWSCluster.Groups.Plan.new/4` takes them (`node => %{peer:
+  peer}`), and this node's own peer from `metadata`: the announced metadata is the
+  instance's `metadata`, its `"az"` and `"instance_id"` the zone and the id.
+  """
+  @spec group_peers(Membership.t(), map()) :: {%{node() => %{peer: map()}}, map()}
+  def group_peers(members, metadata) do
+    peers =
+      Map.new(members.peers, fn {_, p} ->
+        {p.node, %{peer: %{node: p.node, instance: instance(p.meta), address: nil}}}
+      end)
+
+    {peers, %{node: node(), instance: instance(metadata), address: nil}}
+  end
+
+  defp instance(meta),
+    do: %{id: meta["instance_id"], availability_zone: meta["az"], tags: %{}, metadata: meta}
+
   @doc "The `AWSCluster.node_info/1` rows of the peers heard from."
   @spec rows(atom(), Membership.t()) :: [map()]
   def rows(topology, members) do

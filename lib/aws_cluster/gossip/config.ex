@@ -118,6 +118,7 @@ defmodule AWSCluster.Gossip.Config do
               ]
             ] ++
             AWSCluster.Loop.Round.schema() ++
+            AWSCluster.Groups.Options.schema() ++
             [
               metadata: [
                 type: {:map, :string, :string},
@@ -157,7 +158,8 @@ defmodule AWSCluster.Gossip.Config do
          {:ok, c} <- label(c, topology),
          :ok <- transports(c),
          {:ok, c} <- family(c),
-         :ok <- multicast_if(c) do
+         :ok <- multicast_if(c),
+         :ok <- AWSCluster.Groups.Options.validate(c) do
       {:ok, Map.put(c, :peer_timeout, c.peer_timeout || 6 * c.announce_interval)}
     end
   end

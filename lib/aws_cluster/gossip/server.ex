@@ -7,6 +7,7 @@ defmodule AWSCluster.Gossip.Server do
 
   alias AWSCluster.{Error, Loop, Peers, Telemetry}
   alias AWSCluster.Gossip.{Announce, Codec, Config, Membership, Receiver, Stats, Transport}
+  alias AWSCluster.Groups.Plan
   alias AWSCluster.Loop.Round
   alias AWSCluster.Membership.NameBudget
 
@@ -56,7 +57,10 @@ defmodule AWSCluster.Gossip.Server do
         last_log: nil,
         # block_startup: the first round is an announce interval and its connects.
         waiters: [],
-        first_due: false
+        first_due: false,
+        # group: (AWSCluster.Groups): the plan of the peers heard from, the last round's links.
+        plan: nil,
+        groups: nil
       }
 
       Process.send_after(self(), :first_round_due, c.announce_interval)
@@ -180,6 +184,7 @@ defmodule AWSCluster.Gossip.Server do
 
   def handle_info({Round, ref, result}, %{round: %{ref: ref}} = s) do
     failures = Round.report(s.state.topology, s.failures, result)
+    s = %{s | groups: Plan.after_round(meta(s), s.plan, s.groups, result.groups)}
     s = round_done(%{s | round: nil, failures: Map.take(failures, Membership.nodes(s.members))})
     {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
   end
@@ -337,10 +342,25 @@ defmodule AWSCluster.Gossip.Server do
 
   # One round at a time (AWSCluster.Loop.Round); requests made meanwhile run next.
   defp start_round(s) do
+    s = replan(s)
     opts = [timeout: s.config.connect_timeout, max_concurrency: s.config.max_concurrency]
-    round = Round.start(s.state, MapSet.to_list(s.pending), [], opts)
+    opts = if s.plan, do: [{:groups, s.plan} | opts], else: opts
+    round = Round.start(s.state, Plan.dial(s.plan, MapSet.to_list(s.pending)), [], opts)
     %{s | round: round, pending: MapSet.new()}
   end
+
+  # With group:, the peers heard from through the rule (AWSCluster.Groups.Plan), before
+  # every round, so a grouped topology never dials without a plan.
+  defp replan(%{config: %{group: nil}} = s), do: s
+
+  defp replan(s) do
+    {members, mine} = Announce.group_peers(s.members, s.config.metadata)
+    plan = Plan.new(s.config, members, [mine], s.plan)
+    Peers.put_view(s.state.topology, Plan.view(plan, s.groups))
+    %{s | plan: plan}
+  end
+
+  defp meta(s), do: %{topology: s.state.topology, strategy: AWSCluster.Strategy.Gossip}
 
   ## Helpers
 
@@ -355,7 +375,13 @@ defmodule AWSCluster.Gossip.Server do
   defp round_done(s), do: s
 
   defp publish(s) do
-    Peers.replace(s.state.topology, Announce.rows(s.state.topology, s.members))
+    s = replan(s)
+
+    rows =
+      for row <- Announce.rows(s.state.topology, s.members),
+          do: Map.put(row, :group, Plan.group_of(s.plan, row.node))
+
+    Peers.replace(s.state.topology, rows)
     s
   end
 

@@ -115,4 +115,44 @@ defmodule AWSCluster.Groups.Plan do
       links: result.links
     }
   end
+
+  @doc """
+  What a connect round's gateway `result` means for a loop whose plan is `plan` and
+  whose last result is `before` (`nil` before the first); returns the result to keep.
+  It writes the `AWSCluster.Groups` view, and logs and emits
+  `[:aws_cluster, :groups, :gateways]` when this node's group's gateways or its own role
+  changed. A round that ran on an older plan of another group (a node just placed, a
+  strict regroup) says nothing of this one: `before` is kept. `meta` holds the topology.
+  """
+  @spec after_round(map(), t() | nil, Gateways.result() | nil, Gateways.result() | nil) ::
+          Gateways.result() | nil
+  def after_round(_meta, plan, before, result)
+      when plan == nil or result == nil or result.group != plan.group,
+      do: before
+
+  def after_round(meta, plan, before, result) do
+    own = Map.get(result.gateways, plan.group, [])
+    previous = before && Map.get(before.gateways, plan.group, [])
+
+    if own != previous or result.gateway? != (before && before.gateway?) do
+      AWSCluster.Loop.log(:info, meta.topology, fn ->
+        role = if result.gateway?, do: "this node is one", else: "this node is none"
+        "gateways of group #{plan.group}: #{Enum.join(own, ", ")} (#{role})"
+      end)
+
+      AWSCluster.Telemetry.execute(
+        [:aws_cluster, :groups, :gateways],
+        %{gateways: length(own), links: length(result.links)},
+        Map.merge(meta, %{
+          group: plan.group,
+          gateways: own,
+          previous: previous || [],
+          gateway?: result.gateway?
+        })
+      )
+    end
+
+    AWSCluster.Peers.put_view(meta.topology, view(plan, result))
+    result
+  end
 end

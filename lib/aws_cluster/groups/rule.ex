@@ -11,6 +11,8 @@ defmodule AWSCluster.Groups.Rule do
     * `:auto_scaling_group` - the instance's `aws:autoscaling:groupName` tag;
     * `{:shard, k}` - one of `k` groups, `"shard-0"` to `"shard-<k-1>"`, by a stable hash
       of the instance id;
+    * `{:metadata, key}` - for gossip topologies, the value of `key` in the metadata a
+      node announces (`AWSCluster.Strategy.Gossip`'s `metadata:`);
     * a one-arity function of the peer map (`%{node:, instance:, address:}`) returning a
       string, or `nil` for "no group".
 
@@ -29,10 +31,11 @@ defmodule AWSCluster.Groups.Rule do
           | :availability_zone
           | :auto_scaling_group
           | {:shard, pos_integer()}
+          | {:metadata, String.t()}
           | (map() -> String.t() | nil)
 
   @description "a group name (string), {:tag, key}, :availability_zone, :auto_scaling_group, " <>
-                 "{:shard, k} with k >= 1, or a one-arity function of the peer map"
+                 "{:shard, k} with k >= 1, {:metadata, key}, or a one-arity function of the peer map"
 
   @doc "The rule's description, completing \"expected ...\" in a config error."
   @spec description() :: String.t()
@@ -45,6 +48,7 @@ defmodule AWSCluster.Groups.Rule do
   def conform(:availability_zone), do: :ok
   def conform(:auto_scaling_group), do: :ok
   def conform({:shard, k}) when is_integer(k) and k >= 1, do: :ok
+  def conform({:metadata, key}) when is_binary(key) and key != "", do: :ok
   def conform(fun) when is_function(fun, 1), do: :ok
   def conform(_), do: :error
 
@@ -64,6 +68,13 @@ defmodule AWSCluster.Groups.Rule do
   def group({:shard, k}, peer) do
     case Map.get(peer.instance, :id) do
       id when is_binary(id) -> "shard-#{shard(id, k)}"
+      _ -> nil
+    end
+  end
+
+  def group({:metadata, key}, peer) do
+    case Map.get(peer.instance, :metadata) do
+      %{} = metadata -> non_empty(Map.get(metadata, key))
       _ -> nil
     end
   end

@@ -154,39 +154,6 @@ defmodule AWSCluster.Poller.Report do
     )
   end
 
-  @doc """
-  Reports a change of this node's group's gateways, or of its own role, between two
-  connect rounds (`AWSCluster.Groups.Gateways.result/0`, `nil` before the first):
-  logged at info and emitted as `[:aws_cluster, :groups, :gateways]`.
-  """
-  @spec gateways(meta(), String.t() | nil, map() | nil, map()) :: :ok
-  def gateways(_meta, nil, _before, _now), do: :ok
-
-  def gateways(meta, group, before, now) do
-    own = Map.get(now.gateways, group, [])
-    previous = before && Map.get(before.gateways, group, [])
-
-    if own != previous or now.gateway? != (before && before.gateway?) do
-      Loop.log(:info, meta.topology, fn ->
-        role = if now.gateway?, do: "this node is one", else: "this node is none"
-        "gateways of group #{group}: #{Enum.join(own, ", ")} (#{role})"
-      end)
-
-      Telemetry.execute(
-        [:aws_cluster, :groups, :gateways],
-        %{gateways: length(own), links: length(now.links)},
-        Map.merge(meta, %{
-          group: group,
-          gateways: own,
-          previous: previous || [],
-          gateway?: now.gateway?
-        })
-      )
-    end
-
-    :ok
-  end
-
   @doc "Reports an answer applied from the poller on `from`: `[:aws_cluster, :poller, :answer]`."
   @spec received(meta(), node(), non_neg_integer()) :: :ok
   def received(meta, from, peers) do
