@@ -400,4 +400,56 @@ defmodule AWSCluster.GroupsTest do
     assert node in [q3.node, q4.node]
     assert {:ok, %{group: "b"}} = call(q1, AWSCluster, :node_info, [q4.node])
   end
+
+  test "regions: discovery spans two regions and group: :region keeps one mesh per region, joined by gateways",
+       ctx do
+    tag = "regions#{ctx.run}"
+    west = "us-west-2"
+    %{} = Moto.seed!("setup_vpc", %{region: west})
+    specs = for i <- 1..4, do: Fleet.spec(i, prefix: "r", run: ctx.run, host_base: 74)
+    {east_specs, west_specs} = Enum.split(specs, 2)
+    Fleet.launch!(east_specs, %{"cluster" => tag})
+
+    instances =
+      for s <- west_specs, do: %{ip: s.ip, tags: %{"cluster" => tag, "node" => s.basename}}
+
+    [_, _] = Moto.seed!("run_instances", %{region: west, instances: instances})
+
+    members =
+      specs
+      |> Task.async_stream(
+        fn spec ->
+          topology =
+            Fleet.topology(:ec2, spec,
+              tags: %{"cluster" => tag},
+              interval: @interval,
+              config: [regions: [west], group: :region, gateways: {:lowest, 1}]
+            )
+
+          group = if spec in east_specs, do: Moto.region(), else: west
+
+          spec
+          |> Fleet.boot(topology,
+            cookie: Node.get_cookie(),
+            log_dir: ctx.log_dir,
+            connect_all: true
+          )
+          |> Map.put(:group, group)
+        end,
+        timeout: 120_000
+      )
+      |> Enum.map(fn {:ok, m} -> m end)
+
+    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+    [e1, e2, w1, w2] = members
+    assert formed(members, 1), "not formed: #{inspect(Fleet.snapshots(members))}"
+
+    # One hidden link crosses the "WAN": e1 <-> w1.
+    snaps = Fleet.snapshots(members)
+    assert snaps[e1.node].hidden == [w1.node]
+    assert snaps[e2.node].connected == [e1.node]
+    assert {:ok, %{group: "us-west-2"}} = call(e2, AWSCluster, :node_info, [w2.node])
+    assert {:ok, node} = call(e2, AWSCluster.Groups, :call, [west, :erlang, :node, []])
+    assert node == w1.node
+  end
 end

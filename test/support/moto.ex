@@ -209,7 +209,8 @@ defmodule AWSCluster.Test.Moto do
   @spec seed(String.t(), map()) :: {:ok, term()} | {:error, String.t()}
   def seed(op, args) do
     ensure_started()
-    request = Map.merge(args, %{op: op, endpoint: endpoint(), region: @region})
+    # An op runs in the test region unless `args` names another (multi-region tests).
+    request = Map.merge(%{region: @region}, Map.merge(args, %{op: op, endpoint: endpoint()}))
     GenServer.call(__MODULE__, {:seed, json(request)}, @seed_timeout + 5_000)
   end
 

@@ -8,6 +8,8 @@ defmodule AWSCluster.Groups.Rule do
       fleet split by discovery filters instead);
     * `{:tag, key}` - the value of the instance's tag `key`;
     * `:availability_zone` - the instance's zone;
+    * `:region` - the region the instance was found in (EC2's `regions:`), so only
+      gateways link the sites;
     * `:auto_scaling_group` - the instance's `aws:autoscaling:groupName` tag;
     * `{:shard, k}` - one of `k` groups, `"shard-0"` to `"shard-<k-1>"`, by a stable hash
       of the instance id;
@@ -29,12 +31,13 @@ defmodule AWSCluster.Groups.Rule do
           String.t()
           | {:tag, String.t()}
           | :availability_zone
+          | :region
           | :auto_scaling_group
           | {:shard, pos_integer()}
           | {:metadata, String.t()}
           | (map() -> String.t() | nil)
 
-  @description "a group name (string), {:tag, key}, :availability_zone, :auto_scaling_group, " <>
+  @description "a group name (string), {:tag, key}, :availability_zone, :region, :auto_scaling_group, " <>
                  "{:shard, k} with k >= 1, {:metadata, key}, or a one-arity function of the peer map"
 
   @doc "The rule's description, completing \"expected ...\" in a config error."
@@ -46,6 +49,7 @@ defmodule AWSCluster.Groups.Rule do
   def conform(name) when is_binary(name) and name != "", do: :ok
   def conform({:tag, key}) when is_binary(key) and key != "", do: :ok
   def conform(:availability_zone), do: :ok
+  def conform(:region), do: :ok
   def conform(:auto_scaling_group), do: :ok
   def conform({:shard, k}) when is_integer(k) and k >= 1, do: :ok
   def conform({:metadata, key}) when is_binary(key) and key != "", do: :ok
@@ -61,6 +65,7 @@ defmodule AWSCluster.Groups.Rule do
   def group(name, _peer) when is_binary(name), do: name
   def group({:tag, key}, peer), do: non_empty(Map.get(tags(peer.instance), key))
   def group(:availability_zone, peer), do: non_empty(Map.get(peer.instance, :availability_zone))
+  def group(:region, peer), do: non_empty(Map.get(peer.instance, :region))
 
   def group(:auto_scaling_group, peer),
     do: non_empty(Map.get(tags(peer.instance), "aws:autoscaling:groupName"))

@@ -35,6 +35,15 @@ defmodule AWSCluster.Strategy.EC2 do
                 "Security group ids (`sg-...`, filter `instance.group-id`) or names " <>
                   "(`instance.group-name`), not both."
             ],
+            regions: [
+              type: {:list, :non_empty_string},
+              default: [],
+              doc:
+                "More regions to find peers in, besides `region:` (multi-site). Every region " <>
+                  "must answer for a round to count. With `group: :region` each region is a " <>
+                  "group, so only its gateways' hidden links cross regions " <>
+                  "(`AWSCluster.Groups`)."
+            ],
             page_size: [
               type: {:integer, 5..1000},
               doc:
@@ -62,7 +71,10 @@ defmodule AWSCluster.Strategy.EC2 do
   or whose name would be invalid, is skipped. Terminated instances simply stop being
   listed and are pruned after `:prune_after` polls (see `AWSCluster.Poller`).
 
-  IAM: `ec2:DescribeInstances`.
+  Each instance carries the region it was found in (`:region`), which `group: :region`
+  reads.
+
+  IAM: `ec2:DescribeInstances`, in every region asked.
 
   ## Options
 
@@ -93,24 +105,57 @@ defmodule AWSCluster.Strategy.EC2 do
   @impl true
   def init(config, _state) do
     with {:ok, filters} <- filters(config),
-         {:ok, client, config} <- Client.build(config) do
-      {:ok, %{client: client, filters: filters, config: config}}
+         {:ok, client, built} <- Client.build(config),
+         {:ok, others} <- other_clients(config, built.region) do
+      {:ok, %{clients: [{built.region, client} | others], filters: filters, config: built}}
     end
   end
 
+  # The other regions' clients are built from the config that still holds the keys.
+  defp other_clients(config, home) do
+    Enum.reduce_while(Enum.uniq(config.regions) -- [home], {:ok, []}, fn region, {:ok, acc} ->
+      case Client.build(%{config | region: region}) do
+        {:ok, client, _} -> {:cont, {:ok, acc ++ [{region, client}]}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+  end
+
   @impl true
-  def discover(%{client: client, filters: filters, config: config}) do
+  def discover(%{clients: clients, filters: filters, config: config}) do
     opts =
       [states: ["running"]] ++ if(config[:page_size], do: [page_size: config.page_size], else: [])
 
-    with {:ok, instances} <- AWS.describe_instances(client, filters, opts) do
-      Naming.peers(instances, config)
+    # Side by side, each call bounded by operation_timeout; every region must answer.
+    clients
+    |> Task.async_stream(
+      fn {region, client} -> {region, AWS.describe_instances(client, filters, opts)} end,
+      timeout: :infinity
+    )
+    |> Enum.reduce_while({:ok, []}, fn
+      {:ok, {region, {:ok, instances}}}, {:ok, acc} ->
+        {:cont, {:ok, acc ++ Enum.map(instances, &Map.put(&1, :region, region))}}
+
+      {:ok, {region, {:error, %Error{} = e}}}, _acc ->
+        {:halt, {:error, in_region(e, region, length(clients))}}
+    end)
+    |> case do
+      {:ok, instances} -> Naming.peers(instances, config)
+      error -> error
     end
   end
 
+  defp in_region(e, _region, 1), do: e
+
+  defp in_region(e, region, _),
+    do: %{e | message: "#{region}: " <> e.message, details: Map.put(e.details, :region, region)}
+
   @impl true
-  def question(%{filters: filters, config: config}),
+  def question(%{clients: [_], filters: filters, config: config}),
     do: {filters, config.region, Naming.question(config)}
+
+  def question(%{clients: clients, filters: filters, config: config}),
+    do: {filters, clients |> Enum.map(&elem(&1, 0)) |> Enum.sort(), Naming.question(config)}
 
   @doc """
   The DescribeInstances filters a validated config stands for, without the state filter
