@@ -65,14 +65,7 @@ defmodule Bench.Groups do
         Map.put(spec, :group, group)
       end
 
-    specs =
-      specs
-      |> Enum.group_by(& &1.group)
-      |> Enum.flat_map(fn {group, specs} ->
-        specs
-        |> Fleet.launch!(%{"cluster" => tag, "group" => group})
-        |> Enum.map(&Map.put(&1, :group, group))
-      end)
+    specs = Fleet.launch_groups!(specs, %{"cluster" => tag})
 
     config = if layout == :one, do: [], else: [group: {:tag, "group"}, gateways: {:lowest, @k}]
     cookie = :"bench_#{run}"

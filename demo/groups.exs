@@ -20,15 +20,7 @@ defmodule Demo.Groups do
         Map.put(spec, :group, "g#{div(spec.index - 1, @per_group) + 1}")
       end
 
-    specs =
-      specs
-      |> Enum.group_by(& &1.group)
-      |> Enum.flat_map(fn {group, specs} ->
-        specs
-        |> Fleet.launch!(%{"app" => "demo", "group" => group})
-        |> Enum.map(&Map.put(&1, :group, group))
-      end)
-      |> Enum.sort_by(& &1.index)
+    specs = Fleet.launch_groups!(specs, %{"app" => "demo"})
 
     say("moto: #{n} instances tagged app=demo, group=g1..g#{groups} (#{@per_group} each)")
 

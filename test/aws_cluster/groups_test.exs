@@ -30,13 +30,7 @@ defmodule AWSCluster.GroupsTest do
         )
       end
 
-    specs =
-      specs
-      |> Enum.group_by(& &1.group)
-      |> Enum.flat_map(fn {group, specs} ->
-        Fleet.launch!(specs, %{"cluster" => tag, "group" => group})
-        |> Enum.map(&Map.put(&1, :group, group))
-      end)
+    specs = Fleet.launch_groups!(specs, %{"cluster" => tag})
 
     tagged = for s <- specs, s.index in Keyword.get(opts, :gateway_tag, []), do: s.instance_id
     if tagged != [], do: Moto.tag!(tagged, %{"gateway" => "yes"})
@@ -72,6 +66,25 @@ defmodule AWSCluster.GroupsTest do
       )
       |> Enum.map(fn {:ok, member} -> member end)
       |> Enum.sort_by(& &1.node)
+
+    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+    members
+  end
+
+  # Boots each spec with the topology and group `fun` gives it, OTP's default kernel
+  # settings, this VM's cookie; all are halted when the test ends.
+  defp boot_each(ctx, specs, fun) do
+    members =
+      specs
+      |> Task.async_stream(
+        fn spec ->
+          {topology, group} = fun.(spec)
+          opts = [cookie: Node.get_cookie(), log_dir: ctx.log_dir, connect_all: true]
+          spec |> Fleet.boot(topology, opts) |> Map.put(:group, group)
+        end,
+        timeout: 120_000
+      )
+      |> Enum.map(fn {:ok, m} -> m end)
 
     on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
     members
@@ -356,34 +369,22 @@ defmodule AWSCluster.GroupsTest do
     seeds = Enum.map(specs, & &1.ip)
 
     members =
-      specs
-      |> Task.async_stream(
-        fn spec ->
-          group = if spec.index <= 2, do: "a", else: "b"
+      boot_each(ctx, specs, fn spec ->
+        group = if spec.index <= 2, do: "a", else: "b"
 
-          topology =
-            Fleet.topology(:gossip, spec,
-              port: port,
-              seeds: seeds,
-              secret: Base.encode64(:binary.copy("k", 32)),
-              interval: 500,
-              metadata: %{"group" => group},
-              config: [group: {:metadata, "group"}, gateways: {:lowest, 1}]
-            )
-
-          spec
-          |> Fleet.boot(topology,
-            cookie: Node.get_cookie(),
-            log_dir: ctx.log_dir,
-            connect_all: true
+        topology =
+          Fleet.topology(:gossip, spec,
+            port: port,
+            seeds: seeds,
+            secret: Base.encode64(:binary.copy("k", 32)),
+            interval: 500,
+            metadata: %{"group" => group},
+            config: [group: {:metadata, "group"}, gateways: {:lowest, 1}]
           )
-          |> Map.put(:group, group)
-        end,
-        timeout: 120_000
-      )
-      |> Enum.map(fn {:ok, m} -> m end)
 
-    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+        {topology, group}
+      end)
+
     [q1, q2, q3, q4] = members
 
     assert Wait.until(
@@ -416,31 +417,17 @@ defmodule AWSCluster.GroupsTest do
     [_, _] = Moto.seed!("run_instances", %{region: west, instances: instances})
 
     members =
-      specs
-      |> Task.async_stream(
-        fn spec ->
-          topology =
-            Fleet.topology(:ec2, spec,
-              tags: %{"cluster" => tag},
-              interval: @interval,
-              config: [regions: [west], group: :region, gateways: {:lowest, 1}]
-            )
-
-          group = if spec in east_specs, do: Moto.region(), else: west
-
-          spec
-          |> Fleet.boot(topology,
-            cookie: Node.get_cookie(),
-            log_dir: ctx.log_dir,
-            connect_all: true
+      boot_each(ctx, specs, fn spec ->
+        topology =
+          Fleet.topology(:ec2, spec,
+            tags: %{"cluster" => tag},
+            interval: @interval,
+            config: [regions: [west], group: :region, gateways: {:lowest, 1}]
           )
-          |> Map.put(:group, group)
-        end,
-        timeout: 120_000
-      )
-      |> Enum.map(fn {:ok, m} -> m end)
 
-    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+        {topology, if(spec in east_specs, do: Moto.region(), else: west)}
+      end)
+
     [e1, e2, w1, w2] = members
     assert formed(members, 1), "not formed: #{inspect(Fleet.snapshots(members))}"
 

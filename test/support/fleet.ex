@@ -348,6 +348,20 @@ defmodule AWSCluster.Test.Fleet do
   # ── groups ─────────────────────────────────────────────────────────────────────
 
   @doc """
+  Launches the instances of `specs`, which carry `:group`: each tagged `tags` plus
+  `"group" => group` (see `launch!/2`). Returns the specs with `:instance_id`, in order.
+  """
+  @spec launch_groups!([map()], map()) :: [map()]
+  def launch_groups!(specs, tags) do
+    specs
+    |> Enum.group_by(& &1.group)
+    |> Enum.flat_map(fn {group, specs} ->
+      specs |> launch!(Map.put(tags, "group", group)) |> Enum.map(&Map.put(&1, :group, group))
+    end)
+    |> Enum.sort_by(& &1.index)
+  end
+
+  @doc """
   The links a grouped fleet should settle on, per node: `members` carry `:group`; each
   group is a visible full mesh, its `k` lowest names are its gateways, and each gateway
   is hidden-linked to exactly the other groups' gateways.
