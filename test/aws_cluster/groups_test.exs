@@ -439,4 +439,27 @@ defmodule AWSCluster.GroupsTest do
     assert {:ok, node} = call(e2, AWSCluster.Groups, :call, [west, :erlang, :node, []])
     assert node == w1.node
   end
+
+  test "group: :auto_scaling_group places each instance of two AutoScaling groups by its group",
+       ctx do
+    specs = for i <- 1..4, do: Fleet.spec(i, prefix: "s", run: ctx.run, host_base: 76)
+    [a1, a2, b1, b2] = Fleet.launch!(specs, %{"cluster" => "asg#{ctx.run}"})
+    asg_a = Moto.create_asg!("web-a-#{ctx.run}", [a1.instance_id, a2.instance_id])
+    asg_b = Moto.create_asg!("web-b-#{ctx.run}", [b1.instance_id, b2.instance_id])
+
+    [{:asg, spec}] =
+      Fleet.topology(:autoscaling, a1, group: asg_a, config: [group: :auto_scaling_group])
+
+    spec = put_in(spec, [:config, :groups], [asg_a, asg_b])
+    {:ok, result} = AWSCluster.Probe.discover(:asg, spec)
+
+    placed = Map.new(result.peers, &{&1.instance.id, Rule.group(:auto_scaling_group, &1)})
+
+    assert placed == %{
+             a1.instance_id => asg_a,
+             a2.instance_id => asg_a,
+             b1.instance_id => asg_b,
+             b2.instance_id => asg_b
+           }
+  end
 end

@@ -212,4 +212,25 @@ defmodule AWSCluster.Groups.RuleTest do
       assert Enum.sort(Plan.dial(plan, Map.keys(retagged))) == Enum.sort([ctx.other, ctx.mate])
     end
   end
+
+  test "the doctor's group mode check: strict outside the node warns, inside a node on other settings fails" do
+    topology = :"doctor_#{System.unique_integer([:positive])}"
+    config = %{group: {:tag, "g"}, group_mode: :strict, gateways: {:lowest, 2}}
+    result = %{peers: [peer(:"a@127.0.0.1", instance("i-1", tags: %{"g" => "a"}))]}
+
+    [mode, groups] = AWSCluster.Doctor.Groups.checks(topology, config, result)
+    assert %{status: :warn, fix: "run the check inside the node" <> _} = mode
+    assert mode.message =~ "-kernel connect_all false -kernel dist_auto_connect never"
+    assert %{status: :pass, message: "1 groups: a (1); gateways {:lowest, 2}"} = groups
+
+    view = %{group: nil, mode: :strict, members: %{}, gateways: %{}, gateway?: false, links: []}
+    AWSCluster.Peers.put_view(topology, view)
+    [mode, _groups, gateway] = AWSCluster.Doctor.Groups.checks(topology, config, result)
+    assert mode.status == :fail
+    assert %{status: :fail, fix: "set self_group:"} = gateway
+
+    tagged = %{config | group_mode: :compat, gateways: {:tag, "gw", "yes"}}
+    [_mode, groups, _] = AWSCluster.Doctor.Groups.checks(topology, tagged, result)
+    assert groups.status == :warn and groups.message =~ "no member carries the gateway tag in a"
+  end
 end
