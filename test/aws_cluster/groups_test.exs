@@ -332,6 +332,20 @@ defmodule AWSCluster.GroupsTest do
     snaps = Fleet.snapshots(strict)
     assert snaps[a2.node].connected == [a1.node]
     assert snaps[b2.node].connected == [b1.node]
+
+    # A link someone makes across groups on purpose is reported and cut by the next
+    # round: safe here, global guards no overlap under connect_all false.
+    :ok = call(a2, TelemetryProbe, :local_collect, [])
+    assert call(a2, :net_kernel, :connect_node, [b2.node]) == true
+
+    assert Wait.until(fn -> Fleet.snapshot(a2).connected == [a1.node] end, 10_000),
+           "the crossing link stayed: #{inspect(Fleet.snapshot(a2))}"
+
+    assert [{_, _, %{mode: :strict, other_group: "b"}}] =
+             call(a2, TelemetryProbe, :local_events, [])
+             |> Enum.filter(&match?({[:aws_cluster, :groups, :crossed], _, _}, &1))
+
+    assert File.read!(a2.log) =~ "the next connect round cuts it"
   end
 
   test "{:shard, 3} splits 12 discovered instances the same way in another VM", ctx do

@@ -64,6 +64,8 @@ defmodule AWSCluster.Gossip.Server do
       }
 
       Process.send_after(self(), :first_round_due, c.announce_interval)
+      # A gateway that goes down is replaced by the next round: run one at once.
+      if c.group, do: _ = :net_kernel.monitor_nodes(true, node_type: :all)
 
       case open_socket(s) do
         {:ok, s} -> {:ok, s, {:continue, :tick}}
@@ -187,6 +189,12 @@ defmodule AWSCluster.Gossip.Server do
     s = %{s | groups: Plan.after_round(meta(s), s.plan, s.groups, result.groups)}
     s = round_done(%{s | round: nil, failures: Map.take(failures, Membership.nodes(s.members))})
     {:noreply, if(MapSet.size(s.pending) > 0, do: start_round(s), else: s)}
+  end
+
+  def handle_info({:nodedown, node, _info}, %{groups: %{} = groups} = s) do
+    if Enum.any?(Map.values(groups.gateways), &(node in &1)),
+      do: {:noreply, request_connect(s, Membership.nodes(s.members))},
+      else: {:noreply, s}
   end
 
   def handle_info({:EXIT, pid, reason}, %{round: %{pid: pid}} = s) when reason != :normal do
