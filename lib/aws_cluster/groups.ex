@@ -88,12 +88,16 @@ defmodule AWSCluster.Groups do
     * From any other node, through a gateway of this node's group: two hops.
 
   Nothing is ever dialled: a hop without a link fails (see `AWSCluster.Groups.Server`).
-  `timeout` bounds each hop; a relay that one gateway of this node's group could not
-  pass on (no link, or none to `group`) is tried at the next, so the function runs at
-  most once (a timeout is not retried: the function may have run). The value comes back as a message: a pid or reference of the other
-  group in it is fine to hold, but a message or monitor to it would connect that node
-  visibly under OTP defaults, and merge the meshes; reply through `call/6` instead. Errors name the group and the hop (`details.hop`:
-  `:local`, `:gateway` or `:remote`): `:not_found` (no grouped topology, unknown
+  `timeout` bounds each hop. A relay that one gateway of this node's group could not
+  pass on (no link, or none to `group`) is tried at the next; a timeout is not retried,
+  as the function may have run, so it runs at most once.
+
+  The value comes back as a message. A pid or reference of the other group in it is
+  fine to hold, but a message or monitor to it would connect that node visibly under
+  OTP defaults and merge the meshes: reply through `call/6` instead.
+
+  Errors name the group and the hop (`details.hop`: `:local`, `:gateway` or
+  `:remote`): `:not_found` (no grouped topology, unknown group, this node has no
   group), `:no_gateway` (no gateway up, no link to the group), `:unreachable`,
   `:timeout` and `:call_failed` (it raised, threw or exited; the term is in details).
   """
@@ -164,8 +168,9 @@ defmodule AWSCluster.Groups do
   end
 
   # Through the first of this node's gateways that gets the call there: a gateway that
-  # just took over may not have linked yet. Gateways are reached over any link (one
-  # started with -hidden has only hidden ones).
+  # just took over may not have linked yet, and a member that is no gateway answers
+  # :no_gateway at once. Gateways are reached over any link (one started with -hidden
+  # has only hidden ones).
   defp relay(topology, view, group, m, f, a, timeout, except) do
     request = {:relay, topology, group, m, f, a, timeout}
 
@@ -185,9 +190,13 @@ defmodule AWSCluster.Groups do
     end
   end
 
+  # The view's gateways first, then the group's other linked members: the view is
+  # written after each round and may not know a gateway that has just linked.
   defp other_gateways(view, except) do
     linked = Node.list(:connected)
-    Enum.filter(Map.get(view.gateways, view.group, []), &(&1 in linked and &1 not in except))
+    known = Map.get(view.gateways, view.group, [])
+    rest = Map.get(view.members, view.group, []) -- known
+    Enum.filter(known ++ rest, &(&1 in linked and &1 not in [node() | except]))
   end
 
   # The relay's own hop to the other group fits inside the caller's wait.

@@ -293,6 +293,7 @@ defmodule AWSCluster.GroupsTest do
                snaps[a1.node].hidden == Enum.sort([a2.node, b1.node]) and
                  snaps[b1.node].hidden == Enum.sort([a1.node, b2.node]) and
                  match?(%{groups: %{gateways: %{"a" => [_]}}}, snaps[a2.node]) and
+                 match?(%{groups: %{gateways: %{"b" => [_]}}}, snaps[b2.node]) and
                  match?(%{groups: %{gateway?: true}}, snaps[a1.node]) and
                  match?(%{groups: %{gateway?: true}}, snaps[b1.node]) and
                  snaps[a2.node].connected == [] and snaps

@@ -5,8 +5,9 @@ defmodule AWSCluster.Groups.Gateways do
 
     * `{:lowest, k}` (default `{:lowest, 2}`) - the `k` lowest node names among the
       group's members that are up. Every node computes the same answer from what it
-      sees, so no election is needed: this node's group is what its links show alive; another group is walked in name order, and the first `k` members a hidden
-      link reaches are its gateways, as they are in that group's own view. When a
+      sees, so no election is needed: this node's group is what its links show alive;
+      another group is walked in name order, and the first `k` members a hidden link
+      reaches are its gateways, as they are in that group's own view. When a
       gateway goes down, its group's members and the gateways linked to it run a connect
       round at once (`nodedown`), and the next member takes over.
     * `{:tag, key, value}` - the members whose instance carries that tag and are up

@@ -37,8 +37,9 @@ defmodule AWSCluster.Groups.Rule do
           | {:metadata, String.t()}
           | (map() -> String.t() | nil)
 
-  @description "a group name (string), {:tag, key}, :availability_zone, :region, :auto_scaling_group, " <>
-                 "{:shard, k} with k >= 1, {:metadata, key}, or a one-arity function of the peer map"
+  @description "a group name (string), {:tag, key}, :availability_zone, :region, " <>
+                 ":auto_scaling_group, {:shard, k} with k >= 1, {:metadata, key}, or a " <>
+                 "one-arity function of the peer map"
 
   @doc "The rule's description, completing \"expected ...\" in a config error."
   @spec description() :: String.t()
