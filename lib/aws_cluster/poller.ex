@@ -474,7 +474,7 @@ defmodule AWSCluster.Poller do
       end)
 
     Peers.replace(topology, rows)
-    unplaced(s, plan)
+    Plan.explain(topology, s.plan, plan)
 
     %{
       s
@@ -517,33 +517,6 @@ defmodule AWSCluster.Poller do
   end
 
   # ── groups (AWSCluster.Groups) ─────────────────────────────────────────────────────
-
-  # A node without a group dials nobody, and a member the rule moved keeps its group:
-  # each said once, when it starts.
-  defp unplaced(s, plan) do
-    if plan && plan.group == nil && (s.plan == nil || s.plan.group != nil) do
-      Loop.log(
-        :warning,
-        s.state.topology,
-        "the group: rule gives this node no group (its own instance is not in the answer, " <>
-          "or lacks what the rule reads); it connects to nobody until it has one: set self_group:"
-      )
-    end
-
-    new = if plan, do: plan.moved -- ((s.plan && s.plan.moved) || []), else: []
-
-    for node <- new do
-      Loop.log(
-        :warning,
-        s.state.topology,
-        "the group: rule now puts #{node} in another group; this node keeps it in " <>
-          "#{Plan.group_of(plan, node)} (group_mode :compat cannot cut its links safely). " <>
-          "Nodes that start later place it by the rule, so regroup by replacing the instance"
-      )
-    end
-
-    :ok
-  end
 
   defp start_firewall(%{config: %{firewall: nil}} = s), do: {:ok, s}
 

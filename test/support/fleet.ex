@@ -552,7 +552,12 @@ defmodule AWSCluster.Test.Fleet do
           role: :gossip,
           poller: nil,
           answer_from: nil,
-          health: :gossip
+          health: :gossip,
+          groups:
+            case AWSCluster.Groups.view() do
+              {:ok, view} -> view
+              {:error, _} -> nil
+            end
         }
       else
         status = AWSCluster.Poller.status(pid)

@@ -159,7 +159,8 @@ defmodule AWSCluster.Gossip.Config do
          :ok <- transports(c),
          {:ok, c} <- family(c),
          :ok <- multicast_if(c),
-         :ok <- AWSCluster.Groups.Options.validate(c) do
+         :ok <- AWSCluster.Groups.Options.validate(c),
+         :ok <- AWSCluster.Groups.Options.for_source(c, :gossip) do
       {:ok, Map.put(c, :peer_timeout, c.peer_timeout || 6 * c.announce_interval)}
     end
   end

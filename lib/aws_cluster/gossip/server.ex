@@ -364,6 +364,7 @@ defmodule AWSCluster.Gossip.Server do
   defp replan(s) do
     {members, mine} = Announce.group_peers(s.members, s.config.metadata)
     plan = Plan.new(s.config, members, [mine], s.plan)
+    Plan.explain(s.state.topology, s.plan, plan)
     Peers.put_view(s.state.topology, Plan.view(plan, s.groups))
     %{s | plan: plan}
   end

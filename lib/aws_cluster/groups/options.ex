@@ -57,4 +57,47 @@ defmodule AWSCluster.Groups.Options do
            )}
     end
   end
+
+  @doc """
+  Refuses a `group:` or `gateways:` rule that `source`'s peers can never satisfy, so a
+  typo'd choice is an error at start and not a node that silently dials nobody:
+  gossip peers carry announced metadata and no tags or region; EC2 and AutoScaling
+  instances carry no metadata, and only EC2 sets the region.
+  """
+  @spec for_source(map(), :gossip | :ec2 | :auto_scaling) :: :ok | {:error, Error.t()}
+  def for_source(%{group: nil}, _source), do: :ok
+
+  def for_source(config, source) do
+    cond do
+      unsupported?(config.group, source) ->
+        {:error,
+         Config.error(
+           :group,
+           "#{inspect(config.group)} never matches a #{source} peer (#{reads(source)})"
+         )}
+
+      source == :gossip and match?({:tag, _, _}, config.gateways) ->
+        {:error,
+         Config.error(
+           :gateways,
+           "gossip peers carry no tags: use {:lowest, k} (#{reads(source)})"
+         )}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp unsupported?(rule, :gossip),
+    do: match?({:tag, _}, rule) or rule in [:region, :auto_scaling_group]
+
+  defp unsupported?(rule, :ec2), do: match?({:metadata, _}, rule)
+  defp unsupported?(rule, :auto_scaling), do: match?({:metadata, _}, rule) or rule == :region
+
+  defp reads(:gossip),
+    do:
+      "gossip peers carry their announced metadata: use {:metadata, key}, :availability_zone or {:shard, k}"
+
+  defp reads(_aws),
+    do: "instances carry tags, zone and id, not gossip metadata; :region needs EC2's regions:"
 end

@@ -52,7 +52,10 @@ defmodule AWSCluster.Groups.Plan do
 
     own = (mine && Rule.group(config.group, mine)) || config.self_group
     found = if own, do: Map.put(found, node(), own), else: found
-    {of, moved} = keep_groups(found, [node() | Map.keys(members)], previous, config.group_mode)
+    # This node counts only when it placed itself: an answer that missed its own
+    # instance moves nothing (its group is kept below).
+    nodes = if own, do: [node() | Map.keys(members)], else: Map.keys(members)
+    {of, moved} = keep_groups(found, nodes, previous, config.group_mode)
     of = if previous && previous.group, do: Map.put_new(of, node(), previous.group), else: of
 
     tagged =
@@ -154,5 +157,36 @@ defmodule AWSCluster.Groups.Plan do
 
     AWSCluster.Peers.put_view(meta.topology, view(plan, result))
     result
+  end
+
+  @doc """
+  Logs, once when it starts, what a new plan (`plan`, after `before`) changes for the
+  operator: this node has no group (it dials nobody), or a member the rule moved keeps
+  its group (`moved`).
+  """
+  @spec explain(atom(), t() | nil, t() | nil) :: :ok
+  def explain(_topology, _before, nil), do: :ok
+
+  def explain(topology, before, plan) do
+    if plan.group == nil and (before == nil or before.group != nil) do
+      AWSCluster.Loop.log(
+        :warning,
+        topology,
+        "the group: rule gives this node no group (its own instance or metadata lacks what " <>
+          "the rule reads); it connects to nobody until it has one: set self_group:"
+      )
+    end
+
+    for node <- plan.moved -- ((before && before.moved) || []) do
+      AWSCluster.Loop.log(
+        :warning,
+        topology,
+        "the group: rule now puts #{node} in another group; this node keeps it in " <>
+          "#{group_of(plan, node)} (group_mode :compat cannot cut its links safely). " <>
+          "Nodes that start later place it by the rule, so regroup by replacing the instance"
+      )
+    end
+
+    :ok
   end
 end

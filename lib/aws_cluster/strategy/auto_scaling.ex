@@ -58,7 +58,7 @@ defmodule AWSCluster.Strategy.AutoScaling do
   def validate(%{groups: []}),
     do: {:error, AWSCluster.Config.error(:groups, "expected at least one group name, got []")}
 
-  def validate(_config), do: :ok
+  def validate(config), do: AWSCluster.Groups.Options.for_source(config, :auto_scaling)
 
   @impl true
   def init(config, _state) do

@@ -42,7 +42,8 @@ defmodule AWSCluster.Strategy.EC2 do
                 "More regions to find peers in, besides `region:` (multi-site). Every region " <>
                   "must answer for a round to count. With `group: :region` each region is a " <>
                   "group, so only its gateways' hidden links cross regions " <>
-                  "(`AWSCluster.Groups`)."
+                  "(`AWSCluster.Groups`). An `endpoint:` serves every region (moto, " <>
+                  "LocalStack); a per-region VPC endpoint is not supported yet."
             ],
             page_size: [
               type: {:integer, 5..1000},
@@ -99,7 +100,8 @@ defmodule AWSCluster.Strategy.EC2 do
 
   @impl true
   def validate(config) do
-    with {:ok, _filters} <- filters(config), do: :ok
+    with {:ok, _filters} <- filters(config),
+         do: AWSCluster.Groups.Options.for_source(config, :ec2)
   end
 
   @impl true

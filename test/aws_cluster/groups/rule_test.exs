@@ -79,6 +79,31 @@ defmodule AWSCluster.Groups.RuleTest do
       end
     end
 
+    test "a rule the strategy's peers can never match is refused at start, naming the key" do
+      assert {:error, %Error{details: %{key: :group}} = e} = start(group: {:metadata, "g"})
+      assert e.message =~ "never matches a ec2 peer"
+
+      secret = Base.encode64(:binary.copy("s", 32))
+
+      for {config, key} <- [
+            {[group: {:tag, "g"}], :group},
+            {[group: :region], :group},
+            {[group: {:metadata, "g"}, gateways: {:tag, "gw", "yes"}], :gateways}
+          ] do
+        assert {:error, %Error{details: %{key: ^key}}} =
+                 AWSCluster.Gossip.Config.validate(
+                   [secret: secret, seeds: ["127.0.0.1:45892"]] ++ config,
+                   :t
+                 )
+      end
+
+      assert {:ok, _} =
+               AWSCluster.Gossip.Config.validate(
+                 [secret: secret, seeds: ["127.0.0.1:45892"], group: {:metadata, "g"}],
+                 :t
+               )
+    end
+
     test "strict mode on a VM with default kernel settings names the kernel parameters" do
       assert Mode.kernel() == %{connect_all: true, dist_auto_connect: :always}
 
@@ -178,7 +203,10 @@ defmodule AWSCluster.Groups.RuleTest do
       assert Plan.dial(plan, Map.keys(ctx.members)) == [ctx.other]
 
       previous = Plan.new(ctx.config, ctx.members, ctx.answer)
-      assert Plan.new(ctx.config, ctx.members, tl(ctx.answer), previous).group == "a"
+      missed = Plan.new(ctx.config, ctx.members, tl(ctx.answer), previous)
+      assert missed.group == "a"
+      # Missing from one answer is not a move.
+      assert missed.moved == []
       unplaced = Plan.new(ctx.config, ctx.members, tl(ctx.answer))
       assert unplaced.group == nil
       assert Plan.dial(unplaced, Map.keys(ctx.members)) == []
