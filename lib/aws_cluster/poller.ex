@@ -2,7 +2,7 @@ defmodule AWSCluster.Poller do
   use GenServer
 
   alias AWSCluster.{Config, Error, Firewall, Loop, Membership, Peers, Redacted}
-  alias AWSCluster.Groups.Plan
+  alias AWSCluster.Groups.{Gateways, Plan}
   alias AWSCluster.Loop.Round
   alias AWSCluster.Membership.NameBudget
   alias AWSCluster.Poller.{Answer, Coordination, DiscoveryRun, Options, Report}
@@ -370,10 +370,8 @@ defmodule AWSCluster.Poller do
     end
   end
 
-  def handle_info({:nodedown, node, _info}, %{groups: %{} = groups} = s) do
-    gateway? = Enum.any?(Map.values(groups.gateways), &(node in &1))
-    {:noreply, if(gateway?, do: start_round(s), else: s)}
-  end
+  def handle_info({:nodedown, node, _info}, %{groups: %{} = groups} = s),
+    do: {:noreply, if(Gateways.gateway?(groups, node), do: start_round(s), else: s)}
 
   # Normal exits of linked helpers, replies of rounds we gave up on, and stray async-NIF
   # replies land here (nodeups and other nodedowns too).
@@ -515,8 +513,6 @@ defmodule AWSCluster.Poller do
     # Reconnecting the last good set heals links that dropped while AWS is unreachable.
     s |> release_waiters() |> start_round() |> schedule(delay)
   end
-
-  # ── groups (AWSCluster.Groups) ─────────────────────────────────────────────────────
 
   defp start_firewall(%{config: %{firewall: nil}} = s), do: {:ok, s}
 

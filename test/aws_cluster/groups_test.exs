@@ -39,32 +39,26 @@ defmodule AWSCluster.GroupsTest do
 
     members =
       specs
-      |> Task.async_stream(
-        fn spec ->
-          topology =
-            Fleet.topology(:ec2, spec,
-              tags: %{"cluster" => tag},
-              interval: @interval,
-              config: config
-            )
-
-          spec
-          |> Fleet.boot(topology,
-            # This VM's own: mix aws_cluster.peers runs here and dials them hidden.
-            cookie: Node.get_cookie(),
-            net_ticktime: 4,
-            log_dir: ctx.log_dir,
-            connect_all: Keyword.get(opts, :connect_all, true),
-            args:
-              Keyword.get(opts, :args, []) ++
-                if(spec.index in Keyword.get(opts, :hidden, []), do: ["-hidden"], else: [])
+      |> Fleet.boot_all(fn spec ->
+        topology =
+          Fleet.topology(:ec2, spec,
+            tags: %{"cluster" => tag},
+            interval: @interval,
+            config: config
           )
-          |> Map.put(:group, spec.group)
-        end,
-        timeout: 120_000,
-        max_concurrency: 4
-      )
-      |> Enum.map(fn {:ok, member} -> member end)
+
+        hidden = if spec.index in Keyword.get(opts, :hidden, []), do: ["-hidden"], else: []
+
+        {topology,
+         [
+           # This VM's own: mix aws_cluster.peers runs here and dials them hidden.
+           cookie: Node.get_cookie(),
+           net_ticktime: 4,
+           log_dir: ctx.log_dir,
+           connect_all: Keyword.get(opts, :connect_all, true),
+           args: Keyword.get(opts, :args, []) ++ hidden
+         ]}
+      end)
       |> Enum.sort_by(& &1.node)
 
     on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
@@ -74,17 +68,15 @@ defmodule AWSCluster.GroupsTest do
   # Boots each spec with the topology and group `fun` gives it, OTP's default kernel
   # settings, this VM's cookie; all are halted when the test ends.
   defp boot_each(ctx, specs, fun) do
+    opts = [cookie: Node.get_cookie(), log_dir: ctx.log_dir, connect_all: true]
+
     members =
       specs
-      |> Task.async_stream(
-        fn spec ->
-          {topology, group} = fun.(spec)
-          opts = [cookie: Node.get_cookie(), log_dir: ctx.log_dir, connect_all: true]
-          spec |> Fleet.boot(topology, opts) |> Map.put(:group, group)
-        end,
-        timeout: 120_000
-      )
-      |> Enum.map(fn {:ok, m} -> m end)
+      |> Enum.map(fn spec ->
+        {topology, group} = fun.(spec)
+        Map.merge(spec, %{topology: topology, group: group})
+      end)
+      |> Fleet.boot_all(&{&1.topology, opts})
 
     on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
     members

@@ -37,26 +37,16 @@ defmodule AWSCluster.PartitionTest do
     cookie = :"partition_#{ctx.run}"
 
     members =
-      specs
-      |> Task.async_stream(
-        fn spec ->
-          topology =
-            Fleet.topology(:ec2, spec,
-              tags: %{"cluster" => tag},
-              interval: @interval,
-              prune_after: @prune_after
-            )
-
-          Fleet.boot(spec, topology,
-            cookie: cookie,
-            net_ticktime: @net_ticktime,
-            log_dir: ctx.log_dir
+      Fleet.boot_all(specs, fn spec ->
+        topology =
+          Fleet.topology(:ec2, spec,
+            tags: %{"cluster" => tag},
+            interval: @interval,
+            prune_after: @prune_after
           )
-        end,
-        timeout: 120_000,
-        max_concurrency: 4
-      )
-      |> Enum.map(fn {:ok, member} -> member end)
+
+        {topology, [cookie: cookie, net_ticktime: @net_ticktime, log_dir: ctx.log_dir]}
+      end)
 
     on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
 

@@ -208,6 +208,25 @@ defmodule AWSCluster.Test.Fleet do
     end
   end
 
+  @doc """
+  Boots every spec, 4 at a time, each with the topologies and `boot/3` options that
+  `fun.(spec)` returns as `{topologies, opts}`. A spec's `:group` stays on its member.
+  Returns the members in the order of `specs`.
+  """
+  @spec boot_all([map()], (map() -> {keyword(), keyword()})) :: [member()]
+  def boot_all(specs, fun) do
+    specs
+    |> Task.async_stream(
+      fn spec ->
+        {topologies, opts} = fun.(spec)
+        spec |> boot(topologies, opts) |> Map.merge(Map.take(spec, [:group]))
+      end,
+      timeout: 120_000,
+      max_concurrency: 4
+    )
+    |> Enum.map(fn {:ok, member} -> member end)
+  end
+
   @doc "Boots the node of `spec` without a topology (see `boot/3` for the options)."
   @spec start_node(map(), keyword()) :: member()
   def start_node(spec, opts) do

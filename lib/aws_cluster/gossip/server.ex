@@ -7,7 +7,7 @@ defmodule AWSCluster.Gossip.Server do
 
   alias AWSCluster.{Error, Loop, Peers, Telemetry}
   alias AWSCluster.Gossip.{Announce, Codec, Config, Membership, Receiver, Stats, Transport}
-  alias AWSCluster.Groups.Plan
+  alias AWSCluster.Groups.{Gateways, Plan}
   alias AWSCluster.Loop.Round
   alias AWSCluster.Membership.NameBudget
 
@@ -192,7 +192,7 @@ defmodule AWSCluster.Gossip.Server do
   end
 
   def handle_info({:nodedown, node, _info}, %{groups: %{} = groups} = s) do
-    if Enum.any?(Map.values(groups.gateways), &(node in &1)),
+    if Gateways.gateway?(groups, node),
       do: {:noreply, request_connect(s, Membership.nodes(s.members))},
       else: {:noreply, s}
   end

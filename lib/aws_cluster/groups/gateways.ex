@@ -78,6 +78,10 @@ defmodule AWSCluster.Groups.Gateways do
   def choose(%{rule: {:tag, _, _}, tagged: tagged}, _members, up),
     do: Enum.filter(up, &(&1 in tagged))
 
+  @doc "Whether `node` is a gateway in a round's `result`, of any group: its `nodedown` calls for a round."
+  @spec gateway?(result(), node()) :: boolean()
+  def gateway?(result, node), do: Enum.any?(Map.values(result.gateways), &(node in &1))
+
   @doc "The result of a round that made no gateway links (this node has no group)."
   @spec none() :: result()
   def none, do: %{group: nil, gateway?: false, gateways: %{}, links: [], crossed: []}
