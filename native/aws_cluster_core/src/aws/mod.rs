@@ -8,6 +8,7 @@
 mod autoscaling;
 mod client;
 mod ec2;
+pub mod ecs;
 mod failure;
 mod query;
 mod xml;
