@@ -149,12 +149,13 @@ fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// EC2 and AutoScaling calls sharing one HTTP connection pool and credential cache.
+/// EC2, AutoScaling and ECS calls sharing one HTTP connection pool and credential cache.
 #[derive(Debug, Clone)]
 pub struct AwsClient {
     pub(super) query: Arc<QueryClient>,
     pub(super) ec2_endpoint: String,
     pub(super) autoscaling_endpoint: String,
+    pub(super) ecs_endpoint: String,
     pub(super) operation_timeout: Duration,
 }
 
@@ -190,6 +191,7 @@ impl AwsClient {
             query: QueryClient::new(settings, credentials),
             ec2_endpoint: endpoint("ec2"),
             autoscaling_endpoint: endpoint("autoscaling"),
+            ecs_endpoint: endpoint("ecs"),
             operation_timeout: cfg.operation_timeout,
         })
     }
@@ -208,6 +210,14 @@ impl AwsClient {
             Operation::DescribeInstances => (query::EC2, self.ec2_endpoint.as_str()),
             Operation::DescribeAutoScalingGroups => {
                 (query::AUTOSCALING, self.autoscaling_endpoint.as_str())
+            }
+            Operation::ListTasks
+            | Operation::DescribeTasks
+            | Operation::DescribeContainerInstances => {
+                return Err(Error::new(
+                    Reason::Internal,
+                    format!("{} is not a Query-protocol operation", op.name()),
+                ))
             }
         };
         let fail = |f| classify(op, endpoint, self.timeout_ms(), f);

@@ -1,12 +1,16 @@
-//! ECS task discovery's answers, read from the JSON of `ListTasks` and `DescribeTasks`
-//! (the awsJson1_1 protocol), as plain data.
+//! ECS task discovery: ListTasks (every page) and DescribeTasks (100 ARNs a call) over
+//! the awsJson1_1 protocol, and DescribeContainerInstances for tasks that share their
+//! host's address (bridge and host networking), all read into plain data.
 //!
-//! Not wired to a client yet: this is the part of ECS discovery that decides which tasks
-//! are peers and at which address, tested against canned pages because moto's ListTasks
-//! never paginates.
+//! moto's ListTasks never paginates and ignores `serviceName`, so pagination, chunking
+//! and those filters are tested here against a scripted server.
 
+use super::failure::{classify, Failure, Operation};
+use super::query::{self, JsonCall};
+use super::{AwsClient, Listing};
 use crate::{Error, Reason, Result};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
 
 /// DescribeTasks takes at most this many task ARNs per call.
 pub const DESCRIBE_CHUNK: usize = 100;
@@ -48,6 +52,250 @@ pub struct Task {
     /// The task ENI's private IPv4 (awsvpc); `None` in bridge or host mode.
     pub address: Option<String>,
     pub tags: Vec<(String, String)>,
+}
+
+/// ListTasks' largest page.
+const LIST_PAGE: u32 = 100;
+const LAUNCH_TYPES: &[&str] = &["EC2", "FARGATE", "EXTERNAL"];
+
+/// Which tasks ListTasks asks for: always `desiredStatus=RUNNING` in `cluster`, narrowed
+/// by at most one of family, service name or startedBy (ECS takes no more than one),
+/// and by launch type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    pub cluster: String,
+    pub family: Option<String>,
+    pub service_name: Option<String>,
+    pub started_by: Option<String>,
+    pub launch_type: Option<String>,
+}
+
+impl TaskQuery {
+    /// Checks the query, naming the option at fault.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key: &'static str, msg: String| {
+            Err(Error::new(Reason::InvalidArgument, msg).with_detail("key", key))
+        };
+        if self.cluster.is_empty() || self.cluster.len() > 2048 {
+            return invalid(
+                "cluster",
+                "cluster must be a cluster name or ARN of 1 to 2048 bytes".into(),
+            );
+        }
+        let narrowing = [
+            ("family", &self.family),
+            ("service_name", &self.service_name),
+            ("started_by", &self.started_by),
+        ];
+        let given: Vec<&str> = narrowing
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        if given.len() > 1 {
+            return invalid(
+                given[1],
+                format!(
+                    "give only one of family, service_name and started_by, got {}",
+                    given.join(" and ")
+                ),
+            );
+        }
+        for (key, value) in narrowing {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 2048)
+            {
+                return invalid(key, format!("{key} must be 1 to 2048 bytes"));
+            }
+        }
+        if let Some(lt) = &self.launch_type {
+            if !LAUNCH_TYPES.contains(&lt.as_str()) {
+                return invalid(
+                    "launch_type",
+                    format!("launch_type must be EC2, FARGATE or EXTERNAL, got {lt:?}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn list_body(&self, token: Option<&str>) -> Value {
+        let mut body = Map::new();
+        body.insert("cluster".into(), json!(self.cluster));
+        body.insert("desiredStatus".into(), json!("RUNNING"));
+        body.insert("maxResults".into(), json!(LIST_PAGE));
+        for (key, value) in [
+            ("family", &self.family),
+            ("serviceName", &self.service_name),
+            ("startedBy", &self.started_by),
+            ("launchType", &self.launch_type),
+        ] {
+            if let Some(v) = value {
+                body.insert(key.into(), json!(v));
+            }
+        }
+        if let Some(t) = token {
+            body.insert("nextToken".into(), json!(t));
+        }
+        Value::Object(body)
+    }
+}
+
+/// A container instance: the EC2 instance a bridge or host-mode task shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInstance {
+    pub arn: String,
+    pub ec2_instance_id: Option<String>,
+    pub status: Option<String>,
+}
+
+impl AwsClient {
+    /// Every task of `query` that ECS lists as desired RUNNING, described with its tags,
+    /// across all ListTasks pages and DescribeTasks chunks. The whole of it runs under
+    /// `operation_timeout`. `pages` counts every request.
+    pub async fn ecs_tasks(&self, query: &TaskQuery) -> Result<Listing<Task>> {
+        query.validate()?;
+        let all = async {
+            let mut listing = Listing {
+                items: Vec::new(),
+                pages: 0,
+            };
+            let mut arns: Vec<String> = Vec::new();
+            let mut token: Option<String> = None;
+            // A next token seen before would page forever (until operation_timeout).
+            let mut seen = HashSet::new();
+            loop {
+                let body = query.list_body(token.as_deref());
+                let answer = self.ecs_call(Operation::ListTasks, &body).await?;
+                listing.pages += 1;
+                let (page, next) = list_tasks_page(&answer).map_err(|e| self.context(e))?;
+                arns.extend(page);
+                match next {
+                    None => break,
+                    Some(next) if !seen.insert(next.clone()) => {
+                        return Err(self.fail(
+                            Operation::ListTasks,
+                            Failure::Response {
+                                status: Some(200),
+                                cause: format!(
+                                    "page {} repeats an earlier nextToken",
+                                    listing.pages
+                                ),
+                            },
+                        ))
+                    }
+                    Some(next) => token = Some(next),
+                }
+            }
+            let mut unique = HashSet::new();
+            arns.retain(|a| unique.insert(a.clone()));
+            for chunk in chunks(&arns) {
+                let body = json!({"cluster": query.cluster, "tasks": chunk, "include": ["TAGS"]});
+                let answer = self.ecs_call(Operation::DescribeTasks, &body).await?;
+                listing.pages += 1;
+                listing
+                    .items
+                    .extend(describe_tasks_page(&answer).map_err(|e| self.context(e))?);
+            }
+            Ok(listing)
+        };
+        self.within_budget(Operation::ListTasks, all).await
+    }
+
+    /// The container instances `arns` of `cluster`, 100 a call. An ARN ECS does not know
+    /// is left out (it is in the answer's `failures`), as a task without a host is not a
+    /// peer.
+    pub async fn ecs_container_instances(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> Result<Listing<ContainerInstance>> {
+        TaskQuery {
+            cluster: cluster.to_owned(),
+            ..TaskQuery::default()
+        }
+        .validate()?;
+        let all = async {
+            let mut listing = Listing {
+                items: Vec::new(),
+                pages: 0,
+            };
+            for chunk in chunks(arns) {
+                let body = json!({"cluster": cluster, "containerInstances": chunk});
+                let answer = self
+                    .ecs_call(Operation::DescribeContainerInstances, &body)
+                    .await?;
+                listing.pages += 1;
+                listing
+                    .items
+                    .extend(container_instances_page(&answer).map_err(|e| self.context(e))?);
+            }
+            Ok(listing)
+        };
+        self.within_budget(Operation::DescribeContainerInstances, all)
+            .await
+    }
+
+    async fn ecs_call(&self, op: Operation, body: &Value) -> Result<String> {
+        let body = body.to_string();
+        let call = JsonCall {
+            service: query::ECS,
+            endpoint: &self.ecs_endpoint,
+            operation: op.name(),
+            body: &body,
+        };
+        self.query
+            .call_json(&call)
+            .await
+            .map_err(|f| self.fail(op, f))
+    }
+
+    async fn within_budget<T>(
+        &self,
+        op: Operation,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.operation_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(self.fail(op, Failure::Timeout)),
+        }
+    }
+
+    fn fail(&self, op: Operation, failure: Failure) -> Error {
+        classify(op, &self.ecs_endpoint, self.timeout_ms(), failure)
+    }
+
+    /// A parse error with the same context as a classified failure.
+    fn context(&self, e: Error) -> Error {
+        let action = match e.detail("operation") {
+            Some("DescribeTasks") => Operation::DescribeTasks.action(),
+            Some("DescribeContainerInstances") => Operation::DescribeContainerInstances.action(),
+            _ => Operation::ListTasks.action(),
+        };
+        e.with_detail("action", action)
+            .with_detail("endpoint", self.ecs_endpoint.clone())
+    }
+}
+
+/// A DescribeContainerInstances answer's instances; `failures` are left out.
+pub fn container_instances_page(body: &str) -> Result<Vec<ContainerInstance>> {
+    let op = "DescribeContainerInstances";
+    let root = parse(body, op)?;
+    let list = root
+        .get("containerInstances")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(op, "the answer has no containerInstances list"))?;
+    Ok(list
+        .iter()
+        .filter_map(|c| {
+            Some(ContainerInstance {
+                arn: text(c, "containerInstanceArn")?,
+                ec2_instance_id: text(c, "ec2InstanceId"),
+                status: text(c, "status"),
+            })
+        })
+        .collect())
 }
 
 /// One ListTasks page: its task ARNs and the next token.
@@ -270,6 +518,193 @@ mod tests {
         }
         let e = describe_tasks_page(r#"{"taskArns":[]}"#).expect_err("no tasks");
         assert!(e.message.contains("ecs:DescribeTasks"), "{}", e.message);
+    }
+
+    mod wire {
+        use super::super::*;
+        use crate::aws::fake::{client_for, Fake, Reply};
+
+        fn body_of(request: &str) -> Value {
+            let body = request.split("\r\n\r\n").nth(1).unwrap_or("{}");
+            serde_json::from_str(body).unwrap_or(Value::Null)
+        }
+
+        fn target(request: &str) -> String {
+            request
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("x-amz-target: ")
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default()
+        }
+
+        /// 250 tasks over three ListTasks pages; DescribeTasks answers what it is asked.
+        fn paged(request: &str) -> Reply {
+            let body = body_of(request);
+            let t = target(request);
+            if t.ends_with(".listtasks") {
+                let (range, next) = match body.get("nextToken").and_then(Value::as_str) {
+                    None => (0..100, Some("p2")),
+                    Some("p2") => (100..200, Some("p3")),
+                    _ => (200..250, None),
+                };
+                let arns: Vec<String> = range.map(|i| format!("arn:t/{i}")).collect();
+                Reply::ok(json!({"taskArns": arns, "nextToken": next}).to_string())
+            } else if t.ends_with(".describetasks") {
+                let tasks: Vec<Value> = body["tasks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| json!({"taskArn": a, "lastStatus": "RUNNING"}))
+                    .collect();
+                Reply::ok(json!({"tasks": tasks, "failures": []}).to_string())
+            } else {
+                Reply::status(400, r#"{"__type":"UnknownOperationException"}"#)
+            }
+        }
+
+        #[tokio::test]
+        async fn every_list_page_is_read_and_described_100_at_a_time() {
+            let fake = Fake::start(paged).await;
+            let client = client_for(&fake.endpoint(), 5_000).await;
+            let query = TaskQuery {
+                cluster: "web".into(),
+                service_name: Some("chat".into()),
+                launch_type: Some("FARGATE".into()),
+                ..TaskQuery::default()
+            };
+            let listing = client.ecs_tasks(&query).await.expect("tasks");
+            assert_eq!(listing.items.len(), 250);
+            assert_eq!(listing.pages, 6);
+            let requests = fake.requests();
+            let first = body_of(&requests[0]);
+            assert_eq!(
+                target(&requests[0]),
+                "amazonec2containerservicev20141113.listtasks"
+            );
+            assert!(requests[0].contains("application/x-amz-json-1.1"));
+            assert_eq!(first["desiredStatus"], "RUNNING");
+            assert_eq!(first["serviceName"], "chat");
+            assert_eq!(first["launchType"], "FARGATE");
+            assert_eq!(first["maxResults"], 100);
+            let sizes: Vec<usize> = requests[3..]
+                .iter()
+                .map(|r| body_of(r)["tasks"].as_array().map_or(0, Vec::len))
+                .collect();
+            assert_eq!(sizes, vec![100, 100, 50]);
+            assert_eq!(body_of(&requests[3])["include"], json!(["TAGS"]));
+        }
+
+        #[tokio::test]
+        async fn a_repeated_token_is_a_bad_response_not_a_loop() {
+            let fake = Fake::start(|_| Reply::ok(r#"{"taskArns":["a"],"nextToken":"same"}"#)).await;
+            let client = client_for(&fake.endpoint(), 5_000).await;
+            let query = TaskQuery {
+                cluster: "web".into(),
+                ..TaskQuery::default()
+            };
+            let e = client.ecs_tasks(&query).await.expect_err("loop");
+            assert_eq!(e.reason, Reason::BadResponse);
+            assert!(e.message.contains("repeats"), "{}", e.message);
+            assert_eq!(fake.requests().len(), 2);
+        }
+
+        #[tokio::test]
+        async fn throttling_and_denial_are_classified_with_the_ecs_action() {
+            let fake = Fake::start(|r| {
+                if target(r).ends_with(".listtasks") {
+                    Reply::ok(r#"{"taskArns":["arn:t/1"]}"#)
+                } else {
+                    Reply::status(
+                        400,
+                        r#"{"__type":"AccessDeniedException","message":"not allowed"}"#,
+                    )
+                }
+            })
+            .await;
+            let client = client_for(&fake.endpoint(), 5_000).await;
+            let query = TaskQuery {
+                cluster: "web".into(),
+                ..TaskQuery::default()
+            };
+            let e = client.ecs_tasks(&query).await.expect_err("denied");
+            assert_eq!(e.reason, Reason::Unauthorized);
+            assert_eq!(e.detail("action"), Some("ecs:DescribeTasks"));
+            assert!(e.message.contains("ecs:DescribeTasks"), "{}", e.message);
+
+            let fake = Fake::start(|_| {
+                Reply::status(
+                    400,
+                    r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+                )
+            })
+            .await;
+            let client = client_for(&fake.endpoint(), 5_000).await;
+            let e = client.ecs_tasks(&query).await.expect_err("throttled");
+            assert_eq!(e.reason, Reason::Throttled);
+            assert_eq!(e.detail("code"), Some("ThrottlingException"));
+        }
+
+        #[tokio::test]
+        async fn container_instances_map_to_ec2_ids() {
+            let fake = Fake::start(|_| {
+                Reply::ok(
+                    r#"{"containerInstances":[{"containerInstanceArn":"arn:ci/1",
+                    "ec2InstanceId":"i-1","status":"ACTIVE"}],"failures":[{"arn":"arn:ci/2"}]}"#,
+                )
+            })
+            .await;
+            let client = client_for(&fake.endpoint(), 5_000).await;
+            let arns = vec!["arn:ci/1".to_owned(), "arn:ci/2".to_owned()];
+            let listing = client
+                .ecs_container_instances("web", &arns)
+                .await
+                .expect("instances");
+            assert_eq!(listing.items.len(), 1);
+            assert_eq!(listing.items[0].ec2_instance_id.as_deref(), Some("i-1"));
+            assert!(target(&fake.requests()[0]).ends_with(".describecontainerinstances"));
+        }
+    }
+
+    #[test]
+    fn queries_name_the_bad_option() {
+        let key = |q: TaskQuery| {
+            q.validate()
+                .err()
+                .and_then(|e| e.detail("key").map(str::to_owned))
+        };
+        let base = TaskQuery {
+            cluster: "web".into(),
+            ..TaskQuery::default()
+        };
+        assert_eq!(key(base.clone()), None);
+        assert_eq!(
+            key(TaskQuery {
+                cluster: String::new(),
+                ..base.clone()
+            })
+            .as_deref(),
+            Some("cluster")
+        );
+        assert_eq!(
+            key(TaskQuery {
+                family: Some("a".into()),
+                started_by: Some("b".into()),
+                ..base.clone()
+            })
+            .as_deref(),
+            Some("started_by")
+        );
+        assert_eq!(
+            key(TaskQuery {
+                launch_type: Some("LAMBDA".into()),
+                ..base
+            })
+            .as_deref(),
+            Some("launch_type")
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::{Error, Reason};
 pub enum Operation {
     DescribeInstances,
     DescribeAutoScalingGroups,
+    ListTasks,
+    DescribeTasks,
+    DescribeContainerInstances,
 }
 
 impl Operation {
@@ -26,6 +29,9 @@ impl Operation {
         match self {
             Operation::DescribeInstances => "DescribeInstances",
             Operation::DescribeAutoScalingGroups => "DescribeAutoScalingGroups",
+            Operation::ListTasks => "ListTasks",
+            Operation::DescribeTasks => "DescribeTasks",
+            Operation::DescribeContainerInstances => "DescribeContainerInstances",
         }
     }
 
@@ -34,6 +40,9 @@ impl Operation {
         match self {
             Operation::DescribeInstances => "ec2:DescribeInstances",
             Operation::DescribeAutoScalingGroups => "autoscaling:DescribeAutoScalingGroups",
+            Operation::ListTasks => "ecs:ListTasks",
+            Operation::DescribeTasks => "ecs:DescribeTasks",
+            Operation::DescribeContainerInstances => "ecs:DescribeContainerInstances",
         }
     }
 }
@@ -100,6 +109,8 @@ const INVALID: &[&str] = &[
     "ValidationError",
     "InvalidAction",
     "InvalidNextToken",
+    "InvalidParameterException",
+    "ClientException",
 ];
 
 /// Whether `code` is an AWS throttling error code.
@@ -205,7 +216,7 @@ fn service(
                 op.action()
             ),
         )
-    } else if c.ends_with(".NotFound") {
+    } else if c.ends_with(".NotFound") || c.ends_with("NotFoundException") {
         (Reason::NotFound, format!("{name} failed: {text}"))
     } else if INVALID.contains(&c) || c.ends_with(".Malformed") {
         (Reason::InvalidArgument, format!("{name} failed: {text}"))
@@ -403,6 +414,33 @@ mod tests {
         assert_eq!(e.reason, Reason::InvalidArgument);
         let e = run(service(400, Some("InvalidParameterValue"), Some("bad")));
         assert_eq!(e.reason, Reason::InvalidArgument);
+    }
+
+    #[test]
+    fn ecs_codes_name_the_ecs_action() {
+        let ecs = |code: &str| {
+            classify(
+                Operation::ListTasks,
+                EP,
+                2_000,
+                service(400, Some(code), Some("m")),
+            )
+        };
+        let e = ecs("AccessDeniedException");
+        assert_eq!(e.reason, Reason::Unauthorized);
+        assert!(e.message.contains("ecs:ListTasks"), "{}", e.message);
+        assert_eq!(e.detail("action"), Some("ecs:ListTasks"));
+        assert_eq!(ecs("ThrottlingException").reason, Reason::Throttled);
+        assert_eq!(ecs("ClusterNotFoundException").reason, Reason::NotFound);
+        assert_eq!(
+            ecs("InvalidParameterException").reason,
+            Reason::InvalidArgument
+        );
+        assert_eq!(
+            Operation::DescribeContainerInstances.action(),
+            "ecs:DescribeContainerInstances"
+        );
+        assert_eq!(Operation::DescribeTasks.action(), "ecs:DescribeTasks");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The AWS Query protocol (EC2 and AutoScaling): a form-encoded POST signed with SigV4,
-//! an XML answer. Built on hyper 1 and rustls instead of the generated SDK crates, which
-//! cost a 13-minute, 7 GB build for the two read-only calls discovery makes.
+//! The two AWS wire protocols discovery needs, over one signed HTTP client: Query (EC2,
+//! AutoScaling: a form-encoded POST, an XML answer) and awsJson1_1 (ECS: a JSON POST
+//! naming its operation in `X-Amz-Target`, a JSON answer). Built on hyper 1 and rustls
+//! instead of the generated SDK crates, which cost a 13-minute, 7 GB build for the few
+//! read-only calls discovery makes (aws-sdk-ecs alone adds 2.4 minutes, README).
 //!
 //! One [`QueryClient`] per topology: one connection pool, one credential cache. Each
 //! attempt has its own timeout; throttling, 5xx and transport failures are retried with
@@ -61,6 +63,69 @@ pub struct Call<'a> {
     pub endpoint: &'a str,
     pub action: &'a str,
     pub params: &'a [(String, String)],
+}
+
+/// An awsJson1_1 service: the SigV4 name and the `X-Amz-Target` prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonService {
+    pub signing_name: &'static str,
+    pub target_prefix: &'static str,
+}
+
+pub const ECS: JsonService = JsonService {
+    signing_name: "ecs",
+    target_prefix: "AmazonEC2ContainerServiceV20141113",
+};
+
+/// One awsJson1_1 request: `operation` of `service`, at `endpoint`, with a JSON `body`.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonCall<'a> {
+    pub service: JsonService,
+    pub endpoint: &'a str,
+    pub operation: &'a str,
+    pub body: &'a str,
+}
+
+/// What goes on the wire, whichever the protocol.
+struct Wire<'a> {
+    signing_name: &'static str,
+    endpoint: &'a str,
+    content_type: &'static str,
+    target: Option<String>,
+    body: String,
+    protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Query,
+    Json,
+}
+
+impl Call<'_> {
+    fn wire(&self) -> Wire<'_> {
+        Wire {
+            signing_name: self.service.signing_name,
+            endpoint: self.endpoint,
+            content_type: "application/x-www-form-urlencoded; charset=utf-8",
+            target: None,
+            body: form(self.action, self.service.version, self.params),
+            protocol: Protocol::Query,
+        }
+    }
+}
+
+impl JsonCall<'_> {
+    fn wire(&self) -> Wire<'_> {
+        Wire {
+            signing_name: self.service.signing_name,
+            endpoint: self.endpoint,
+            content_type: "application/x-amz-json-1.1",
+            target: Some(format!("{}.{}", self.service.target_prefix, self.operation)),
+            body: self.body.to_owned(),
+            protocol: Protocol::Json,
+        }
+    }
 }
 
 type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -127,13 +192,22 @@ impl QueryClient {
         })
     }
 
-    /// Makes `call` and returns the answer's body,
+    /// Makes the Query `call` and returns the answer's body,
     /// retrying what AWS documents as retryable.
     pub async fn call(&self, call: &Call<'_>) -> Result<String, Failure> {
+        self.send(&call.wire()).await
+    }
+
+    /// Makes the awsJson1_1 `call` and returns the answer's body, retried as `call`.
+    pub async fn call_json(&self, call: &JsonCall<'_>) -> Result<String, Failure> {
+        self.send(&call.wire()).await
+    }
+
+    async fn send(&self, wire: &Wire<'_>) -> Result<String, Failure> {
         let mut attempt = 1;
         loop {
             let outcome =
-                match tokio::time::timeout(self.settings.attempt_timeout, self.attempt(call)).await
+                match tokio::time::timeout(self.settings.attempt_timeout, self.attempt(wire)).await
                 {
                     Ok(outcome) => outcome,
                     Err(_) => Err(Failure::Timeout),
@@ -148,10 +222,9 @@ impl QueryClient {
         }
     }
 
-    async fn attempt(&self, call: &Call<'_>) -> Result<String, Failure> {
+    async fn attempt(&self, wire: &Wire<'_>) -> Result<String, Failure> {
         let credentials = self.credentials().await?;
-        let body = form(call.action, call.service.version, call.params);
-        let request = self.signed(call.service, call.endpoint, body, credentials)?;
+        let request = self.signed(wire, credentials)?;
         let response = self
             .http
             .request(request)
@@ -175,6 +248,8 @@ impl QueryClient {
         })?;
         if (200..300).contains(&status) {
             Ok(text)
+        } else if wire.protocol == Protocol::Json {
+            Err(json_failure(status, &text))
         } else {
             Err(service_failure(status, &text))
         }
@@ -182,38 +257,39 @@ impl QueryClient {
 
     fn signed(
         &self,
-        service: Service,
-        endpoint: &str,
-        body: String,
+        wire: &Wire<'_>,
         credentials: Credentials,
     ) -> Result<http::Request<Full<Bytes>>, Failure> {
         let construction = |what: &str, e: &dyn std::fmt::Display| Failure::Construction {
             cause: format!("{what}: {e}"),
         };
-        let uri: http::Uri = format!("{endpoint}/")
+        let uri: http::Uri = format!("{}/", wire.endpoint)
             .parse()
             .map_err(|e| construction("invalid endpoint", &e))?;
         let host = uri
             .authority()
             .map(|a| a.as_str().to_owned())
             .ok_or_else(|| construction("invalid endpoint", &"no host"))?;
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+        let content_type = wire.content_type;
         let identity: Identity = credentials.into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.settings.region)
-            .name(service.signing_name)
+            .name(wire.signing_name)
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| construction("signing", &e))?
             .into();
-        let headers = [("host", host.as_str()), ("content-type", content_type)];
+        let mut headers = vec![("host", host.as_str()), ("content-type", content_type)];
+        if let Some(target) = &wire.target {
+            headers.push(("x-amz-target", target.as_str()));
+        }
         let signable = SignableRequest::new(
             "POST",
             uri.to_string(),
             headers.into_iter(),
-            SignableBody::Bytes(body.as_bytes()),
+            SignableBody::Bytes(wire.body.as_bytes()),
         )
         .map_err(|e| construction("signing", &e))?;
         let (instructions, _signature) = sign(signable, &params)
@@ -224,8 +300,12 @@ impl QueryClient {
             .uri(uri)
             .header("host", host)
             .header("content-type", content_type)
-            .header("user-agent", USER_AGENT)
-            .body(Full::new(Bytes::from(body)))
+            .header("user-agent", USER_AGENT);
+        if let Some(target) = &wire.target {
+            request = request.header("x-amz-target", target.as_str());
+        }
+        let mut request = request
+            .body(Full::new(Bytes::from(wire.body.clone())))
             .map_err(|e| construction("invalid request", &e))?;
         instructions.apply_to_request_http1x(&mut request);
         Ok(request)
@@ -313,6 +393,24 @@ fn service_failure(status: u16, body: &str) -> Failure {
         status,
         code: error.and_then(|e| e.get("Code")).map(str::to_owned),
         message: error.and_then(|e| e.get("Message")).map(str::to_owned),
+    }
+}
+
+/// The code and message of an awsJson1_1 error: `__type` (sometimes
+/// `namespace#Code`) and `message` or `Message`.
+fn json_failure(status: u16, body: &str) -> Failure {
+    let error: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let field = |key: &str| {
+        error
+            .as_ref()
+            .and_then(|e| e.get(key))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    Failure::Service {
+        status,
+        code: field("__type").map(|t| t.rsplit('#').next().unwrap_or(&t).to_owned()),
+        message: field("message").or_else(|| field("Message")),
     }
 }
 
@@ -417,6 +515,35 @@ mod tests {
             html,
             Failure::Service {
                 status: 500,
+                code: None,
+                message: None
+            }
+        );
+    }
+
+    #[test]
+    fn json_error_bodies() {
+        let throttled = json_failure(
+            400,
+            r#"{"__type":"com.amazonaws.ecs#ThrottlingException","message":"Rate exceeded"}"#,
+        );
+        assert_eq!(
+            throttled,
+            Failure::Service {
+                status: 400,
+                code: Some("ThrottlingException".into()),
+                message: Some("Rate exceeded".into())
+            }
+        );
+        let denied = json_failure(400, r#"{"__type":"AccessDeniedException","Message":"no"}"#);
+        assert!(
+            matches!(denied, Failure::Service { code: Some(c), message: Some(m), .. }
+            if c == "AccessDeniedException" && m == "no")
+        );
+        assert_eq!(
+            json_failure(502, "<html>bad gateway"),
+            Failure::Service {
+                status: 502,
                 code: None,
                 message: None
             }
