@@ -10,6 +10,13 @@ defmodule AWSCluster do
 
   @typedoc "What discovery knows about a peer."
   @type node_info :: %{
+          optional(:task) => %{
+            arn: String.t(),
+            family: String.t() | nil,
+            group: String.t() | nil,
+            cluster_arn: String.t() | nil,
+            launch_type: String.t() | nil
+          },
           node: node(),
           topology: atom(),
           instance_id: String.t() | nil,
@@ -21,7 +28,7 @@ defmodule AWSCluster do
 
   @doc """
   What discovery knows about `node`: its instance id, availability zone, the address in
-  its name, its tags, its group (for a topology with `group:`, see `AWSCluster.Groups`)
+  its name, its tags, for an ECS task its `task` (`AWSCluster.Strategy.ECS`), its group (for a topology with `group:`, see `AWSCluster.Groups`)
   and the topology that found it.
 
   Known means in some topology's current peer set (discovered and not yet pruned),

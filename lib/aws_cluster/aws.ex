@@ -38,8 +38,16 @@ defmodule AWSCluster.AWS do
 
   @call_schema [timeout: [type: :pos_integer, doc: "ms to wait for the reply."]]
 
+  @task_schema [
+    family: [type: :non_empty_string, doc: "Only tasks of this task definition family."],
+    service_name: [type: :non_empty_string, doc: "Only tasks of this service."],
+    started_by: [type: :non_empty_string, doc: "Only tasks started with this `startedBy`."],
+    launch_type: [type: {:in, ["EC2", "FARGATE", "EXTERNAL"]}, doc: "Only this launch type."],
+    timeout: [type: :pos_integer, doc: "ms to wait for the reply."]
+  ]
+
   @moduledoc """
-  EC2 and AutoScaling queries, the only module that calls the AWS NIFs.
+  EC2, AutoScaling and ECS queries, the only module that calls the AWS NIFs.
 
   A client is built once per topology and reused; it holds one connection pool
   and credential cache. Every call runs on the NIF's tokio runtime and answers with a
@@ -115,6 +123,31 @@ defmodule AWSCluster.AWS do
           name: String.t(),
           desired_capacity: integer() | nil,
           instances: [group_instance()]
+        }
+
+  @typedoc """
+  An ECS task. `state` is `:running` (a peer), `:gone` (STOPPING, DEPROVISIONING,
+  STOPPED) or `:starting` (anything else). `address` is the task ENI's private IPv4
+  (awsvpc), `nil` for bridge and host networking.
+  """
+  @type task :: %{
+          arn: String.t(),
+          cluster_arn: String.t() | nil,
+          family: String.t() | nil,
+          group: String.t() | nil,
+          last_status: String.t(),
+          state: :running | :gone | :starting,
+          availability_zone: String.t() | nil,
+          launch_type: String.t() | nil,
+          container_instance_arn: String.t() | nil,
+          address: String.t() | nil,
+          tags: %{String.t() => String.t()}
+        }
+
+  @type container_instance :: %{
+          arn: String.t(),
+          ec2_instance_id: String.t() | nil,
+          status: String.t() | nil
         }
 
   # Building the client reads TLS roots and profile files; generous but bounded.
@@ -201,6 +234,67 @@ defmodule AWSCluster.AWS do
   end
 
   @doc """
+  Every task of ECS `cluster` (name or ARN) whose desired status is RUNNING, described
+  with its tags: ListTasks is read to its last page and DescribeTasks asked 100 ARNs at a
+  time, all within the client's `:operation_timeout`. Recently stopped tasks may still be
+  listed; their `state` says so.
+
+  Options:
+
+  #{Config.docs(@task_schema)}
+
+  At most one of `:family`, `:service_name` and `:started_by`.
+  IAM: `ecs:ListTasks`, `ecs:DescribeTasks`.
+  """
+  @spec ecs_tasks(t(), String.t(), keyword()) :: {:ok, [task()]} | {:error, Error.t()}
+  def ecs_tasks(%__MODULE__{} = client, cluster, opts \\ []) do
+    with {:ok, o} <- Config.arguments(opts, @task_schema),
+         {:ok, %{cluster: cluster}} <-
+           Config.arguments([cluster: cluster], cluster: [type: :non_empty_string]),
+         query =
+           Map.put(
+             Map.take(o, [:family, :service_name, :started_by, :launch_type]),
+             :cluster,
+             cluster
+           ),
+         {:ok, %{tasks: tasks}} <-
+           Async.call(
+             &Native.aws_describe_ecs_tasks(client.resource, &1, query),
+             timeout(client, o)
+           ) do
+      {:ok, tasks}
+    else
+      error -> atom_key(error)
+    end
+  end
+
+  @doc """
+  The container instances `arns` of ECS `cluster`, with the EC2 instance each one is;
+  ARNs ECS does not know are left out. Option `:timeout` as in `describe_instances/3`.
+  IAM: `ecs:DescribeContainerInstances`.
+  """
+  @spec container_instances(t(), String.t(), [String.t()], keyword()) ::
+          {:ok, [container_instance()]} | {:error, Error.t()}
+  def container_instances(client, cluster, arns, opts \\ [])
+  def container_instances(%__MODULE__{}, _cluster, [], _opts), do: {:ok, []}
+
+  def container_instances(%__MODULE__{} = client, cluster, arns, opts) do
+    with {:ok, o} <- Config.arguments(opts, @call_schema),
+         {:ok, %{arns: arns, cluster: cluster}} <-
+           Config.arguments([arns: arns, cluster: cluster],
+             arns: [type: {:list, :non_empty_string}],
+             cluster: [type: :non_empty_string]
+           ),
+         {:ok, %{container_instances: found}} <-
+           Async.call(
+             &Native.aws_describe_container_instances(client.resource, &1, cluster, arns),
+             timeout(client, o)
+           ) do
+      {:ok, found}
+    end
+  end
+
+  @doc """
   The AutoScaling group `instance_id` belongs to, read from its
   `aws:autoscaling:groupName` tag with DescribeInstances (so only
   `ec2:DescribeInstances` is needed), or `nil` when it is in none.
@@ -223,17 +317,15 @@ defmodule AWSCluster.AWS do
     end
   end
 
-  defp build(native) do
-    case Async.call(&Native.aws_client_new(&1, native), @build_timeout) do
-      # The NIF names the key as a string; callers match on the atom, as for the
-      # checks made here.
-      {:error, %Error{details: %{key: key}} = e} when is_binary(key) ->
-        {:error, %{e | details: %{e.details | key: String.to_existing_atom(key)}}}
+  defp build(native),
+    do: atom_key(Async.call(&Native.aws_client_new(&1, native), @build_timeout))
 
-      other ->
-        other
-    end
-  end
+  # The NIF names the key as a string; callers match on the atom, as for the checks
+  # made here.
+  defp atom_key({:error, %Error{details: %{key: key}} = e}) when is_binary(key),
+    do: {:error, %{e | details: %{e.details | key: String.to_existing_atom(key)}}}
+
+  defp atom_key(other), do: other
 
   defp timeout(client, o), do: o.timeout || client.operation_timeout + @reply_margin
 

@@ -94,11 +94,20 @@ defmodule AWSCluster.Native do
   def aws_describe_auto_scaling_groups(client, ref, names),
     do: retry(:aws_describe_auto_scaling_groups, [client, ref, names])
 
+  def aws_describe_ecs_tasks(client, ref, query),
+    do: retry(:aws_describe_ecs_tasks, [client, ref, query])
+
+  def aws_describe_container_instances(client, ref, cluster, arns),
+    do: retry(:aws_describe_container_instances, [client, ref, cluster, arns])
+
   # Benchmark baseline only (bench/schedulers.exs): blocks the calling scheduler.
   def aws_describe_instances_blocking(client, filters, instance_ids, page_size),
     do: retry(:aws_describe_instances_blocking, [client, filters, instance_ids, page_size])
 
   def imds_fetch(ref, opts), do: retry(:imds_fetch, [ref, opts])
+
+  def ecs_metadata_fetch(ref, uri, timeout_ms, attempts),
+    do: retry(:ecs_metadata_fetch, [ref, uri, timeout_ms, attempts])
 
   def gossip_keyring_new(secrets, label, insecure),
     do: retry(:gossip_keyring_new, [secrets, label, insecure])

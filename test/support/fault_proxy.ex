@@ -17,8 +17,8 @@ defmodule AWSCluster.Test.FaultProxy do
     * `{:status, code}` - answer `code` (500, 503 ...) with a plain-text body and no
       AWS error code;
     * `:throttle` - answer as AWS does when throttling: EC2's 503
-      `RequestLimitExceeded` XML, or AutoScaling's 400 `Throttling` XML for
-      AutoScaling actions;
+      `RequestLimitExceeded` XML, AutoScaling's 400 `Throttling` XML for
+      AutoScaling actions, or ECS's 400 `ThrottlingException` JSON;
     * `:truncate` - forward, then send the headers and only half of the body (the
       Content-Length still announces all of it) and close;
     * `{:slow_body, ms}` - forward, send the headers and half the body, wait `ms`,
@@ -35,7 +35,7 @@ defmodule AWSCluster.Test.FaultProxy do
     * `{:once, mode}` - `mode` for the first request it damages (for `{:page, ...}`, the
       first matching page), then `:pass`.
 
-  `requests/1` returns the `Action` of every request received, in order, whatever the
+  `requests/1` returns the `Action` (or `X-Amz-Target` operation) of every request received, in order, whatever the
   mode - a count independent of the code under test (pages, retries, polls).
   """
 
@@ -206,19 +206,29 @@ defmodule AWSCluster.Test.FaultProxy do
   end
 
   defp respond(:throttle, socket, request, _upstream) do
-    if action(request) =~ ~r/AutoScaling|LaunchConfiguration|ScalingActivities/ do
-      send_response(socket, 400, "text/xml", """
-      <ErrorResponse xmlns="https://autoscaling.amazonaws.com/doc/2011-01-01/">\
-      <Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>\
-      <RequestId>fault-proxy</RequestId></ErrorResponse>\
-      """)
-    else
-      send_response(socket, 503, "text/xml", """
-      <?xml version="1.0" encoding="UTF-8"?>
-      <Response><Errors><Error><Code>RequestLimitExceeded</Code>\
-      <Message>Request limit exceeded.</Message></Error></Errors>\
-      <RequestID>fault-proxy</RequestID></Response>\
-      """)
+    cond do
+      json?(request) ->
+        send_response(
+          socket,
+          400,
+          "application/x-amz-json-1.1",
+          ~s({"__type":"ThrottlingException","message":"Rate exceeded"})
+        )
+
+      action(request) =~ ~r/AutoScaling|LaunchConfiguration|ScalingActivities/ ->
+        send_response(socket, 400, "text/xml", """
+        <ErrorResponse xmlns="https://autoscaling.amazonaws.com/doc/2011-01-01/">\
+        <Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>\
+        <RequestId>fault-proxy</RequestId></ErrorResponse>\
+        """)
+
+      true ->
+        send_response(socket, 503, "text/xml", """
+        <?xml version="1.0" encoding="UTF-8"?>
+        <Response><Errors><Error><Code>RequestLimitExceeded</Code>\
+        <Message>Request limit exceeded.</Message></Error></Errors>\
+        <RequestID>fault-proxy</RequestID></Response>\
+        """)
     end
 
     :close
@@ -346,10 +356,14 @@ defmodule AWSCluster.Test.FaultProxy do
     {head <> "\r\n\r\n", body}
   end
 
+  # Query requests name it in the form body, awsJson1_1 ones (ECS) in X-Amz-Target.
   defp action(request) do
-    case Regex.run(~r/(?:\n|&|\?)Action=([A-Za-z]+)/, request) do
+    case Regex.run(~r/(?:\n|&|\?)Action=([A-Za-z]+)/, request) ||
+           Regex.run(~r/\nx-amz-target: *[A-Za-z0-9]+\.([A-Za-z]+)/i, request) do
       [_, action] -> action
       nil -> "unknown"
     end
   end
+
+  defp json?(request), do: request =~ ~r/\nx-amz-target:/i
 end

@@ -155,6 +155,34 @@ defmodule AWSCluster.Test.Moto do
   @spec terminate!([String.t()]) :: non_neg_integer()
   def terminate!(ids), do: seed!("terminate", %{ids: ids})
 
+  @doc "Creates ECS cluster `name` (and enables the VPC's DNS host names RunTask needs)."
+  @spec ecs_cluster!(String.t()) :: String.t()
+  def ecs_cluster!(name), do: seed!("ecs_cluster", %{name: name})
+
+  @doc """
+  Runs one task of `family` in `cluster` per spec and returns `%{"arn" => .., "ip" => ..}`
+  for each. awsvpc specs are `%{az: "a", tags: %{..}}` (the ENI gets the next free
+  `127.0.<a|b|c>.100+`); with `network_mode: "host"`, `%{container_instance: arn}`.
+  """
+  @spec ecs_run_tasks!(String.t(), String.t(), [map()], keyword()) :: [map()]
+  def ecs_run_tasks!(cluster, family, specs, opts \\ []) do
+    seed!("ecs_run_tasks", %{
+      cluster: cluster,
+      family: family,
+      tasks: specs,
+      network_mode: Keyword.get(opts, :network_mode, "awsvpc")
+    })
+  end
+
+  @doc "Stops tasks (StopTask): their lastStatus becomes STOPPED."
+  @spec ecs_stop!(String.t(), [String.t()]) :: non_neg_integer()
+  def ecs_stop!(cluster, arns), do: seed!("ecs_stop", %{cluster: cluster, arns: arns})
+
+  @doc "Registers EC2 instance `instance_id` as a container instance of `cluster`."
+  @spec ecs_container_instance!(String.t(), String.t()) :: String.t()
+  def ecs_container_instance!(cluster, instance_id),
+    do: seed!("ecs_container_instance", %{cluster: cluster, instance_id: instance_id})
+
   @doc "Stops instances."
   @spec stop_instances!([String.t()]) :: non_neg_integer()
   def stop_instances!(ids), do: seed!("stop", %{ids: ids})
@@ -269,7 +297,7 @@ defmodule AWSCluster.Test.Moto do
   # The wrapper shell runs moto in the background and kills it as soon as its own
   # stdin (the port) closes, which also happens when this VM dies.
   @wrapper ~S"""
-  "$1" -H 127.0.0.1 -p "$2" </dev/null >>"$3" 2>&1 &
+  "$1" "$4" -H 127.0.0.1 -p "$2" </dev/null >>"$3" 2>&1 &
   child=$!
   echo "$child"
   read _ignored
@@ -282,14 +310,23 @@ defmodule AWSCluster.Test.Moto do
 
   defp launch_moto(state) do
     log = Path.join(System.tmp_dir!(), "aws_cluster_moto_#{state.port}.log")
-    moto = Path.join([state.venv, "bin", "moto_server"])
+    python = Path.join([state.venv, "bin", "python"])
+    launcher = Path.expand("moto_launch.py", __DIR__)
 
     port =
       Port.open({:spawn_executable, "/bin/sh"}, [
         :binary,
         :exit_status,
         {:line, 256},
-        args: ["-c", @wrapper, "moto_wrapper", moto, Integer.to_string(state.port), log]
+        args: [
+          "-c",
+          @wrapper,
+          "moto_wrapper",
+          python,
+          Integer.to_string(state.port),
+          log,
+          launcher
+        ]
       ])
 
     AWSCluster.Test.Wait.until(
@@ -298,6 +335,16 @@ defmodule AWSCluster.Test.Moto do
       100
     ) ||
       raise "moto_server did not answer on 127.0.0.1:#{state.port} within 30 s (log: #{log})"
+
+    # Left alone, moto moves a task one step towards STOPPED on every DescribeTasks; a
+    # task here stays RUNNING until StopTask. The setting survives /moto-api/reset.
+    {200, _} =
+      http(
+        state.port,
+        "POST",
+        "/moto-api/state-manager/set-transition",
+        ~s({"model_name":"ecs::task","transition":{"progression":"manual","times":1000000000}})
+      )
 
     %{state | moto: port}
   end

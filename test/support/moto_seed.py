@@ -295,6 +295,84 @@ def op_recorded_calls(req):
     return counts
 
 
+def ecs_client(req):
+    key = ("ecs", req["endpoint"], req["region"])
+    if key not in _clients:
+        _clients[key] = boto3.client(
+            "ecs",
+            endpoint_url=req["endpoint"],
+            region_name=req["region"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+    return _clients[key]
+
+
+def op_ecs_cluster(req):
+    """Creates ECS cluster `name`; RunTask needs the VPC's DNS host names enabled."""
+    ec2, _ = clients(req)
+    ec2.modify_vpc_attribute(VpcId=vpc_id(ec2), EnableDnsHostnames={"Value": True})
+    return ecs_client(req).create_cluster(clusterName=req["name"])["cluster"]["clusterArn"]
+
+
+def op_ecs_run_tasks(req):
+    """Runs one task of `family` per spec in `cluster` and returns {arn, ip} for each.
+
+    awsvpc (default): a spec is {"az": "a"|"b"|"c", "tags": {..}}, on FARGATE in that
+    AZ's subnet; its ENI address comes from the subnet (test/support/moto_launch.py).
+    host: a spec is {"container_instance": arn, "tags": {..}}, started on that instance.
+    """
+    ec2, _ = clients(req)
+    ecs = ecs_client(req)
+    mode = req.get("network_mode", "awsvpc")
+    ecs.register_task_definition(
+        family=req["family"],
+        networkMode=mode,
+        containerDefinitions=[{"name": "app", "image": "app", "memory": 128}],
+    )
+    out = []
+    for spec in req["tasks"]:
+        tags = [{"key": k, "value": v} for k, v in (spec.get("tags") or {}).items()]
+        if mode == "awsvpc":
+            subnet = subnet_id(ec2, AZ_SUBNETS[spec["az"]])
+            task = ecs.run_task(
+                cluster=req["cluster"],
+                taskDefinition=req["family"],
+                launchType="FARGATE",
+                networkConfiguration={
+                    "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": []}
+                },
+                tags=tags,
+            )["tasks"][0]
+            ip = [d["value"] for d in task["attachments"][0]["details"] if d["name"] == "privateIPv4Address"][0]
+        else:
+            task = ecs.start_task(
+                cluster=req["cluster"],
+                taskDefinition=req["family"],
+                containerInstances=[spec["container_instance"]],
+                tags=tags,
+            )["tasks"][0]
+            ip = None
+        out.append({"arn": task["taskArn"], "ip": ip})
+    return out
+
+
+def op_ecs_stop(req):
+    ecs = ecs_client(req)
+    for arn in req["arns"]:
+        ecs.stop_task(cluster=req["cluster"], task=arn, reason="test")
+    return len(req["arns"])
+
+
+def op_ecs_container_instance(req):
+    """Registers EC2 instance `instance_id` as a container instance of `cluster`."""
+    doc = json.dumps({"instanceId": req["instance_id"], "region": req["region"]})
+    ci = ecs_client(req).register_container_instance(
+        cluster=req["cluster"], instanceIdentityDocument=doc
+    )
+    return ci["containerInstance"]["containerInstanceArn"]
+
+
 def op_ping(req):
     return "pong"
 

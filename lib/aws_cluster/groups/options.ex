@@ -64,7 +64,7 @@ defmodule AWSCluster.Groups.Options do
   gossip peers carry announced metadata and no tags or region; EC2 and AutoScaling
   instances carry no metadata, and only EC2 sets the region.
   """
-  @spec for_source(map(), :gossip | :ec2 | :auto_scaling) :: :ok | {:error, Error.t()}
+  @spec for_source(map(), :gossip | :ec2 | :auto_scaling | :ecs) :: :ok | {:error, Error.t()}
   def for_source(%{group: nil}, _source), do: :ok
 
   def for_source(config, source) do
@@ -94,9 +94,16 @@ defmodule AWSCluster.Groups.Options do
   defp unsupported?(rule, :ec2), do: match?({:metadata, _}, rule)
   defp unsupported?(rule, :auto_scaling), do: match?({:metadata, _}, rule) or rule == :region
 
+  defp unsupported?(rule, :ecs),
+    do: match?({:metadata, _}, rule) or rule in [:region, :auto_scaling_group]
+
   defp reads(:gossip),
     do:
       "gossip peers carry their announced metadata: use {:metadata, key}, :availability_zone or {:shard, k}"
+
+  defp reads(:ecs),
+    do:
+      "ECS tasks carry tags, zone and task fields: use {:tag, key}, :availability_zone or a function"
 
   defp reads(_aws),
     do: "instances carry tags, zone and id, not gossip metadata; :region needs EC2's regions:"

@@ -85,10 +85,12 @@ defmodule AWSCluster.Poller.Answer do
     %{
       node: node,
       topology: topology,
-      instance_id: Map.get(instance, :id),
+      # An ECS task's id is its ARN; its EC2 instance, if any, is named apart.
+      instance_id: Map.get(instance, :instance_id, Map.get(instance, :id)),
       availability_zone: Map.get(instance, :availability_zone),
       address: Map.get(peer, :address),
       tags: Map.get(instance, :tags) || %{}
     }
+    |> then(&if(task = Map.get(instance, :task), do: Map.put(&1, :task, task), else: &1))
   end
 end

@@ -27,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
-type Http = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type Http = Client<HttpConnector, Empty<Bytes>>;
 
 /// The link-local IMDS address of every EC2 instance.
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -238,7 +238,7 @@ struct Session<'a> {
 }
 
 /// A client for one fetch: no pooled connections outlive it.
-fn http_client(cfg: &ImdsConfig) -> Http {
+pub(crate) fn http_client(cfg: &ImdsConfig) -> Http {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(cfg.connect_timeout));
@@ -322,7 +322,7 @@ enum Attempt {
     Failed(Error),
 }
 
-enum Transport {
+pub(crate) enum Transport {
     Timeout,
     Unreachable(String),
     Malformed(String),
@@ -330,7 +330,7 @@ enum Transport {
 }
 
 impl Transport {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             Transport::Timeout => "no answer in time".into(),
             Transport::Unreachable(cause) => cause.clone(),
@@ -358,18 +358,18 @@ impl Transport {
     }
 }
 
-struct Response {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
-struct Target {
+pub(crate) struct Target {
     /// `host[:port]`, checked; the request URI is `http://{authority}{path}`.
-    authority: String,
+    pub(crate) authority: String,
 }
 
 impl Target {
-    fn parse(endpoint: &str) -> Result<Target> {
+    pub(crate) fn parse(endpoint: &str) -> Result<Target> {
         let bad = || {
             Error::new(
                 Reason::InvalidArgument,
@@ -419,7 +419,7 @@ fn connect_cause(e: &(dyn std::error::Error + 'static)) -> String {
     e.to_string()
 }
 
-async fn request(
+pub(crate) async fn request(
     http: &Http,
     cfg: &ImdsConfig,
     target: &Target,

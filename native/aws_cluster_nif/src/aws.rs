@@ -4,10 +4,12 @@
 //! config files, and every call waits on the network, so none of it may run on a
 //! scheduler. They run on dirty IO schedulers as well: the hand-off to the runtime is a
 //! cross-thread wake-up, and in a VM that cost 35-50 µs at p99 on a normal scheduler
-//! (bench/schedulers.exs), over the 20 µs we allow there. Instances and groups cross as maps with atom keys fixed at compile time;
+//! (bench/schedulers.exs), over the 20 µs we allow there. Instances, groups and tasks
+//! cross as maps with atom keys fixed at compile time;
 //! tag keys and values stay binaries.
 
 use crate::{error, runtime};
+use aws_cluster_core::aws::ecs::{ContainerInstance, Task, TaskQuery, TaskState};
 use aws_cluster_core::aws::{
     AwsClient, ClientConfig, Group, GroupInstance, Instance, InstanceQuery, Listing,
     NetworkInterface,
@@ -23,6 +25,9 @@ mod keys {
         id, state, private_ip, public_ip, private_dns, ipv6, availability_zone, subnet_id,
         vpc_id, tags, launch_time, network_interfaces, device_index, private_ips,
         instances, groups, pages, name, desired_capacity, lifecycle_state, health_status,
+        cluster, family, service_name, started_by, launch_type, tasks, arn, cluster_arn,
+        group, last_status, address, container_instance_arn, container_instances,
+        ec2_instance_id, status, running, gone, starting,
     }
 }
 
@@ -139,6 +144,115 @@ fn aws_describe_auto_scaling_groups<'a>(
         runtime::spawn_reply(env, reference, work, |env, listing: Listing<Group>| {
             listing_map(env, keys::groups(), &listing, group)
         }),
+    )
+}
+
+/// `aws_describe_ecs_tasks(client, ref, query)`: replies `{:ok, %{tasks: [map], pages: n}}`
+/// after reading every ListTasks page and describing every task. `query` is a map with
+/// `cluster` (required) and `family`, `service_name`, `started_by`, `launch_type`
+/// (binaries or nil).
+#[rustler::nif(schedule = "DirtyIo")]
+fn aws_describe_ecs_tasks<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientResource>,
+    reference: Term<'a>,
+    query: Term<'a>,
+) -> Term<'a> {
+    let query = match task_query(query) {
+        Ok(q) => q,
+        Err(e) => return error::error_tuple(env, &e),
+    };
+    let client = client.client.clone();
+    let work = async move { client.ecs_tasks(&query).await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, listing: Listing<Task>| {
+            listing_map(env, keys::tasks(), &listing, task)
+        }),
+    )
+}
+
+/// `aws_describe_container_instances(client, ref, cluster, arns)`: replies
+/// `{:ok, %{container_instances: [map], pages: n}}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn aws_describe_container_instances<'a>(
+    env: Env<'a>,
+    client: ResourceArc<ClientResource>,
+    reference: Term<'a>,
+    cluster: String,
+    arns: Vec<String>,
+) -> Term<'a> {
+    let client = client.client.clone();
+    let work = async move { client.ecs_container_instances(&cluster, &arns).await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(
+            env,
+            reference,
+            work,
+            |env, listing: Listing<ContainerInstance>| {
+                listing_map(
+                    env,
+                    keys::container_instances(),
+                    &listing,
+                    container_instance,
+                )
+            },
+        ),
+    )
+}
+
+fn task_query(opts: Term<'_>) -> Result<TaskQuery, Error> {
+    if !opts.is_map() {
+        return Err(invalid("the ECS task query must be a map"));
+    }
+    let cluster: Option<String> = field(opts, keys::cluster(), "cluster", "a binary")?;
+    let query = TaskQuery {
+        cluster: cluster.ok_or_else(|| invalid("the ECS task query needs a cluster"))?,
+        family: field(opts, keys::family(), "family", "a binary")?,
+        service_name: field(opts, keys::service_name(), "service_name", "a binary")?,
+        started_by: field(opts, keys::started_by(), "started_by", "a binary")?,
+        launch_type: field(opts, keys::launch_type(), "launch_type", "a binary")?,
+    };
+    query.validate()?;
+    Ok(query)
+}
+
+fn task<'a>(env: Env<'a>, t: &Task) -> Term<'a> {
+    let tags = t.tags.iter().fold(Term::map_new(env), |m, (k, v)| {
+        m.map_put(k.as_str(), v.as_str()).unwrap_or(m)
+    });
+    let state = match t.state {
+        TaskState::Running => keys::running(),
+        TaskState::Gone => keys::gone(),
+        TaskState::Starting => keys::starting(),
+    };
+    map(
+        env,
+        &[
+            (keys::arn(), &t.arn),
+            (keys::cluster_arn(), &t.cluster_arn),
+            (keys::family(), &t.family),
+            (keys::group(), &t.group),
+            (keys::last_status(), &t.last_status),
+            (keys::state(), &state),
+            (keys::availability_zone(), &t.availability_zone),
+            (keys::launch_type(), &t.launch_type),
+            (keys::container_instance_arn(), &t.container_instance_arn),
+            (keys::address(), &t.address),
+            (keys::tags(), &tags),
+        ],
+    )
+}
+
+fn container_instance<'a>(env: Env<'a>, c: &ContainerInstance) -> Term<'a> {
+    map(
+        env,
+        &[
+            (keys::arn(), &c.arn),
+            (keys::ec2_instance_id(), &c.ec2_instance_id),
+            (keys::status(), &c.status),
+        ],
     )
 }
 

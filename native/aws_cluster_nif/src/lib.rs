@@ -6,6 +6,7 @@
 
 mod atoms;
 mod aws;
+mod ecs;
 mod error;
 mod gossip;
 mod imds;
