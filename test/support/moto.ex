@@ -338,13 +338,15 @@ defmodule AWSCluster.Test.Moto do
 
     # Left alone, moto moves a task one step towards STOPPED on every DescribeTasks; a
     # task here stays RUNNING until StopTask. The setting survives /moto-api/reset.
-    {200, _} =
+    {status, _} =
       http(
         state.port,
         "POST",
         "/moto-api/state-manager/set-transition",
         ~s({"model_name":"ecs::task","transition":{"progression":"manual","times":1000000000}})
       )
+
+    status in 200..299 || raise "moto refused the ecs::task transition: HTTP #{status}"
 
     %{state | moto: port}
   end

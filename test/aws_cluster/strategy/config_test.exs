@@ -4,7 +4,7 @@ defmodule AWSCluster.Strategy.ConfigTest do
   use ExUnit.Case, async: true
 
   alias AWSCluster.Error
-  alias AWSCluster.Strategy.{AutoScaling, EC2}
+  alias AWSCluster.Strategy.{AutoScaling, EC2, ECS}
 
   @common [
     address: :private_ipv4,
@@ -55,6 +55,20 @@ defmodule AWSCluster.Strategy.ConfigTest do
 
   @asg [groups: "web", groups: [], groups: [""], instance_id: 1]
 
+  @ecs [
+    cluster: "",
+    family: :app,
+    service_name: "",
+    started_by: 1,
+    tags: %{"role" => 1},
+    launch_type: "LAMBDA",
+    launch_type: :fargate,
+    address: :bridge,
+    metadata_uri: "https://127.0.0.1/v4",
+    group: {:metadata, "g"},
+    group: :auto_scaling_group
+  ]
+
   defp check(strategy, base, bad) do
     for {key, value} <- bad do
       config = Keyword.merge(base, [{key, value}])
@@ -88,6 +102,16 @@ defmodule AWSCluster.Strategy.ConfigTest do
   test "AutoScaling: every option has a bad-value case naming the key" do
     base = [groups: ["web"], node_basename: "chat", secret_access_key: "testing-secret"]
     check(AutoScaling, base, @common ++ @asg)
+  end
+
+  test "ECS: every option has a bad-value case naming the key" do
+    base = [cluster: "c", region: "us-east-1", node_basename: "chat"]
+    check(ECS, base ++ [secret_access_key: "testing-secret"], @common ++ @ecs)
+
+    assert {:error, %Error{details: %{key: :service_name}} = e} =
+             ECS.start_link(topology: :cfg, config: base ++ [family: "a", service_name: "s"])
+
+    assert e.message =~ "give only one of :family, :service_name and :started_by"
   end
 
   test "EC2 filters from tags, filters and shortcuts" do
