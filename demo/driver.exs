@@ -1,6 +1,6 @@
 # The driver behind script/demo: an embedded AWS (moto), real nodes, churn, a summary.
 #
-#   script/demo [--nodes N] [--strategy ec2|autoscaling|gossip] [--interval MS]
+#   script/demo [--nodes N] [--strategy ec2|autoscaling|ecs|gossip] [--interval MS]
 #
 # Run through script/demo, which compiles MIX_ENV=demo (lib + the test harness), gives
 # this VM a run directory (DEMO_RUN_DIR) for logs and pids, and cleans up after it.
@@ -11,17 +11,20 @@ defmodule Demo do
   alias AWSCluster.Test.{Fleet, Moto, Ports}
 
   @usage """
-  usage: script/demo [--nodes N] [--strategy ec2|autoscaling|gossip] [--interval MS]
+  usage: script/demo [--nodes N] [--strategy ec2|autoscaling|ecs|gossip] [--interval MS]
          script/demo --groups N [--interval MS]
 
     --nodes N        nodes to boot, 2..30 (default 6), spread over 3 AZs
-    --strategy S     ec2 (default), autoscaling or gossip (unicast to seeds, no AWS calls)
+    --strategy S     ec2 (default), autoscaling, ecs (awsvpc tasks, one ENI each) or gossip
+                     (unicast to seeds, no AWS calls)
     --interval MS    polling (or gossip announce) interval, 100..30000 (default 1000)
     --groups N       meta-clustering instead: N groups (2..6) of 3 nodes joined by
                      gateways, a call across groups, a gateway killed and replaced
   """
 
   @prune_after 3
+  @ecs_cluster "demo"
+  @ecs_family "app"
 
   def main(argv) do
     # Script/demo's cleanup stops this VM with SIGTERM; its notice would only be noise.
@@ -44,12 +47,13 @@ defmodule Demo do
 
     if opts.groups do
       Code.require_file("groups.exs", __DIR__)
-      Demo.Groups.main(opts, run, run_dir, started)
+      # Loaded just above, after this file was compiled: a direct call would warn.
+      apply(Demo.Groups, :main, [opts, run, run_dir, started])
       System.halt(0)
     end
 
-    specs = Fleet.plan(opts.nodes, prefix: "demo", run: run, host_base: 51)
-    specs = Fleet.launch!(specs, %{"app" => "demo"})
+    if opts.strategy == :ecs, do: Moto.ecs_cluster!(@ecs_cluster)
+    specs = launch(opts.strategy, Fleet.plan(opts.nodes, prefix: "demo", run: run, host_base: 51))
     cookie = :"demo_#{Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)}"
     ctx = opts |> context(specs, run) |> Map.put(:cookie, cookie)
 
@@ -57,7 +61,7 @@ defmodule Demo do
       Demo.View.event(
         view,
         "moto at #{Moto.endpoint()}: VPC 127.0.0.0/16, subnets in us-east-1a/b/c, " <>
-          "#{length(specs)} instances tagged app=demo" <> ctx.setup_note
+          "#{length(specs)} #{fleet_text(opts.strategy)}" <> ctx.setup_note
       )
 
     view = Demo.View.event(view, "booting #{length(specs)} nodes (one OS process each)")
@@ -92,7 +96,8 @@ defmodule Demo do
     view =
       Demo.View.event(
         view,
-        "terminating #{victim.instance_id} (#{victim.node}) and stopping its node"
+        "#{if opts.strategy == :ecs, do: "StopTask", else: "terminating"} " <>
+          "#{victim.instance_id} (#{victim.node}) and stopping its node"
       )
 
     # Its last word on how many rounds it ran, for the summary.
@@ -127,9 +132,7 @@ defmodule Demo do
     join_started = now()
 
     [spec] =
-      Fleet.launch!([Fleet.spec(opts.nodes + 1, prefix: "demo", run: run, host_base: 51)], %{
-        "app" => "demo"
-      })
+      launch(opts.strategy, [Fleet.spec(opts.nodes + 1, prefix: "demo", run: run, host_base: 51)])
 
     attach(opts.strategy, [spec], ctx)
 
@@ -205,6 +208,19 @@ defmodule Demo do
       setup_note: ""
     }
 
+  defp context(%{strategy: :ecs} = opts, _specs, _run),
+    do: %{
+      opts: opts,
+      topology:
+        &Fleet.topology(:ecs, &1,
+          interval: opts.interval,
+          prune_after: @prune_after,
+          cluster: @ecs_cluster,
+          family: @ecs_family
+        ),
+      setup_note: ", each with its own ENI (awsvpc, Fargate)"
+    }
+
   defp context(%{strategy: :autoscaling} = opts, specs, run) do
     group = "demo-asg-#{run}"
     Moto.create_asg!(group, Enum.map(specs, & &1.instance_id))
@@ -248,7 +264,17 @@ defmodule Demo do
     Moto.seed!("asg_terminate", %{ids: [victim.instance_id], name: ctx.group})
   end
 
+  defp terminate(:ecs, victim, _ctx), do: Moto.ecs_stop!(@ecs_cluster, [victim.instance_id])
   defp terminate(_strategy, victim, _ctx), do: Moto.terminate!([victim.instance_id])
+
+  # Instances tagged app=demo, or with --strategy ecs awsvpc tasks, whose addresses moto
+  # picks (the next free 127.0.x.100+ of each AZ's subnet).
+  defp launch(:ecs, specs), do: Fleet.launch_tasks!(specs, @ecs_cluster, @ecs_family)
+
+  defp launch(_strategy, specs), do: Fleet.launch!(specs, %{"app" => "demo"})
+
+  defp fleet_text(:ecs), do: "tasks of family #{@ecs_family} in ECS cluster #{@ecs_cluster}"
+  defp fleet_text(_strategy), do: "instances tagged app=demo"
 
   defp attach(:autoscaling, specs, ctx),
     do: Moto.attach!(ctx.group, Enum.map(specs, & &1.instance_id))
@@ -361,7 +387,7 @@ defmodule Demo do
   defp uncoordinated(%{opts: %{strategy: :gossip}}), do: "gossip makes no AWS calls at all"
 
   defp uncoordinated(r) do
-    per_round = if r.opts.strategy == :autoscaling, do: 2, else: 1
+    per_round = if r.opts.strategy in [:autoscaling, :ecs], do: 2, else: 1
     n = length(r.nodes)
     naive = Float.round(n * 60_000 / r.opts.interval * per_round, 1)
 
@@ -383,6 +409,7 @@ defmodule Demo do
   defp rounds_note(%{strategy: :autoscaling}),
     do: " (each: DescribeAutoScalingGroups + DescribeInstances)"
 
+  defp rounds_note(%{strategy: :ecs}), do: " (each: ListTasks + DescribeTasks)"
   defp rounds_note(%{strategy: :gossip}), do: " (gossip: announces accepted, no AWS calls)"
 
   defp rounds_note(_),
@@ -424,11 +451,14 @@ defmodule Demo do
         "autoscaling" ->
           :autoscaling
 
+        "ecs" ->
+          :ecs
+
         "gossip" ->
           :gossip
 
         other ->
-          usage_error("--strategy must be ec2, autoscaling or gossip, got #{inspect(other)}")
+          usage_error("--strategy must be ec2, autoscaling, ecs or gossip, got #{inspect(other)}")
       end
 
     nodes in 2..30 || usage_error("--nodes must be 2..30, got #{nodes}")

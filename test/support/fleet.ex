@@ -126,19 +126,40 @@ defmodule AWSCluster.Test.Fleet do
     Enum.zip_with(specs, ids, &Map.put(&1, :instance_id, &2))
   end
 
+  @doc """
+  Runs one awsvpc task of `family` in ECS `cluster` per spec, in the spec's AZ and tagged
+  `"node" => basename`. moto gives each task's ENI the next free `127.0.x.100+` of its
+  subnet, so the specs come back with that `:ip` and `:node`, and the task ARN as
+  `:instance_id`.
+  """
+  @spec launch_tasks!([spec()], String.t(), String.t()) :: [map()]
+  def launch_tasks!(specs, cluster, family) do
+    tasks =
+      Moto.ecs_run_tasks!(
+        cluster,
+        family,
+        for(s <- specs, do: %{az: String.last(s.az), tags: %{"node" => s.basename}})
+      )
+
+    Enum.zip_with(specs, tasks, fn s, %{"arn" => arn, "ip" => ip} ->
+      %{s | ip: ip, node: :"#{s.basename}@#{ip}"} |> Map.put(:instance_id, arn)
+    end)
+  end
+
   # ── topologies ───────────────────────────────────────────────────────────────────
 
   @doc """
   A `topologies` list for `AWSCluster.Supervisor`, for the node of `spec`.
 
-  `strategy` is `:ec2` (option `:tags`), `:autoscaling` (option `:group`) or `:gossip`
+  `strategy` is `:ec2` (option `:tags`), `:autoscaling` (option `:group`), `:ecs`
+  (options `:cluster` and `:family`) or `:gossip`
   (options `:secret`, `:port`, `:seeds`, a list of IPs: each node binds its own
   address and announces to the seeds by unicast, as in a VPC without multicast, and
   `:metadata`, more announced entries).
   Common options: `:interval` (polling or announce interval), `:prune_after`,
   `:connect_timeout`, `:endpoint` (default moto's) and `:config` (more options, last).
   """
-  @spec topology(:ec2 | :autoscaling | :gossip, map(), keyword()) :: keyword()
+  @spec topology(:ec2 | :autoscaling | :ecs | :gossip, map(), keyword()) :: keyword()
   def topology(:gossip, spec, opts) do
     port = Keyword.fetch!(opts, :port)
 
@@ -175,6 +196,10 @@ defmodule AWSCluster.Test.Fleet do
     case strategy do
       :ec2 ->
         [ec2: [strategy: AWSCluster.Strategy.EC2, config: [tags: opts[:tags]] ++ common]]
+
+      :ecs ->
+        ecs = [cluster: Keyword.fetch!(opts, :cluster), family: Keyword.fetch!(opts, :family)]
+        [ecs: [strategy: AWSCluster.Strategy.ECS, config: ecs ++ common]]
 
       :autoscaling ->
         [
