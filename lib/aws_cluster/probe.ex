@@ -69,7 +69,7 @@ defmodule AWSCluster.Probe do
          Error.new(
            :not_supported,
            "topology #{inspect(topology)} uses #{inspect(strategy)}, which is not an " <>
-             "aws_cluster polling strategy (EC2 or AutoScaling); nothing to query",
+             "aws_cluster polling strategy (EC2, AutoScaling or ECS); nothing to query",
            %{topology: topology, strategy: strategy}
          )}
 

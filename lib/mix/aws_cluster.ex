@@ -11,6 +11,9 @@ defmodule Mix.AWSCluster do
     tags: :keep,
     filter: :keep,
     group: :keep,
+    cluster: :string,
+    family: :string,
+    service_name: :string,
     region: :string,
     endpoint: :string,
     imds_endpoint: :string,
@@ -23,12 +26,15 @@ defmodule Mix.AWSCluster do
     "private_ip" => :private_ip,
     "public_ip" => :public_ip,
     "private_dns" => :private_dns,
-    "ipv6" => :ipv6
+    "ipv6" => :ipv6,
+    "awsvpc" => :awsvpc,
+    "host" => :host
   }
 
   @strategies %{
     "ec2" => AWSCluster.Strategy.EC2,
-    "autoscaling" => AWSCluster.Strategy.AutoScaling
+    "autoscaling" => AWSCluster.Strategy.AutoScaling,
+    "ecs" => AWSCluster.Strategy.ECS
   }
 
   @doc "The switches every task accepts (for OptionParser)."
@@ -69,7 +75,7 @@ defmodule Mix.AWSCluster do
         {:ok, [cli: [strategy: strategy, config: config]]}
 
       :error ->
-        {:error, "--strategy must be ec2 or autoscaling, got #{inspect(name)}"}
+        {:error, "--strategy must be ec2, autoscaling or ecs, got #{inspect(name)}"}
     end
   end
 
@@ -135,6 +141,9 @@ defmodule Mix.AWSCluster do
         tags: if(tags != %{}, do: tags),
         filters: if(filters != %{}, do: filters),
         groups: if(groups != [], do: groups),
+        cluster: opts[:cluster],
+        family: opts[:family],
+        service_name: opts[:service_name],
         region: opts[:region],
         endpoint: opts[:endpoint],
         imds_endpoint: opts[:imds_endpoint],
@@ -180,7 +189,7 @@ defmodule Mix.AWSCluster do
       _ ->
         {:error,
          "--address must be private_ip, public_ip, private_dns, ipv6, interface:N, " <>
-           "subnet:ID or tag:KEY, got #{inspect(text)}"}
+           "subnet:ID or tag:KEY (ECS: awsvpc or host), got #{inspect(text)}"}
     end
   end
 

@@ -5,23 +5,21 @@ defmodule AWSCluster.Doctor.IAM do
   import AWSCluster.Doctor, only: [check: 3, check: 4]
 
   alias AWSCluster.{AWS, Doctor, Error}
-  alias AWSCluster.Strategy.{AutoScaling, EC2}
+  alias AWSCluster.Strategy.{AutoScaling, EC2, ECS}
 
-  @actions %{
-    EC2 => ["ec2:DescribeInstances"],
-    AutoScaling => ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"]
-  }
+  @probe "aws-cluster-doctor-probe"
   @credential_codes ~w(AuthFailure InvalidClientTokenId SignatureDoesNotMatch ExpiredToken
                        ExpiredTokenException RequestExpired InvalidAccessKeyId
                        MissingAuthenticationToken UnrecognizedClientException IncompleteSignature)
 
   # One real call per IAM action, cheap and harmless: a filter on an instance id that
-  # cannot exist, a group name nobody uses. A denial names the action; anything else
-  # that got an AWS answer proves the action is allowed.
+  # cannot exist, a group name or task family nobody uses. A denial names the action;
+  # anything else that got an AWS answer proves the action is allowed.
   @doc "The credentials check and one check per IAM action `strategy` needs."
   @spec checks(String.t() | atom(), module(), AWS.t(), map()) :: [Doctor.check()]
   def checks(name, strategy, client, config) do
-    results = for action <- Map.fetch!(@actions, strategy), do: {action, call(action, client)}
+    results = for action <- actions(strategy, config), do: {action, call(action, client, config)}
+
     creds = credentials_check(name, results, config)
 
     iam =
@@ -29,6 +27,9 @@ defmodule AWSCluster.Doctor.IAM do
         case result do
           :ok ->
             check("iam #{action} [#{name}]", :pass, "allowed")
+
+          {:skip, why} ->
+            check("iam #{action} [#{name}]", :warn, "not checked: #{why}")
 
           {:error, %Error{} = e} ->
             if denied?(e) do
@@ -52,15 +53,53 @@ defmodule AWSCluster.Doctor.IAM do
     [creds | iam]
   end
 
-  defp call("ec2:DescribeInstances", client) do
+  defp actions(EC2, _config), do: ["ec2:DescribeInstances"]
+
+  defp actions(AutoScaling, _config),
+    do: ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"]
+
+  defp actions(ECS, %{address: :host}),
+    do: actions(ECS, %{}) ++ ["ecs:DescribeContainerInstances", "ec2:DescribeInstances"]
+
+  defp actions(ECS, _config), do: ["ecs:ListTasks", "ecs:DescribeTasks"]
+
+  defp call("ec2:DescribeInstances", client, _config) do
     case AWS.describe_instances(client, %{"instance-id" => "i-00000000000000000"}) do
       {:ok, _} -> :ok
       error -> error
     end
   end
 
-  defp call("autoscaling:DescribeAutoScalingGroups", client) do
-    case AWS.describe_auto_scaling_groups(client, ["aws-cluster-doctor-probe"]) do
+  defp call("autoscaling:DescribeAutoScalingGroups", client, _config) do
+    case AWS.describe_auto_scaling_groups(client, [@probe]) do
+      {:ok, _} -> :ok
+      error -> error
+    end
+  end
+
+  defp call("ecs:ListTasks", client, config) do
+    case AWS.ecs_tasks(client, config.cluster, family: @probe) do
+      {:ok, _} -> :ok
+      error -> error
+    end
+  end
+
+  # DescribeTasks needs a task to describe: the topology's own, of which the task
+  # running the doctor is one.
+  defp call("ecs:DescribeTasks", client, config) do
+    narrowing =
+      for key <- [:family, :service_name, :started_by], config[key], do: {key, config[key]}
+
+    case AWS.ecs_tasks(client, config.cluster, narrowing) do
+      {:ok, []} -> {:skip, "ListTasks found no task of the topology to describe"}
+      {:ok, _} -> :ok
+      {:error, %Error{details: %{operation: "ListTasks"}}} -> {:skip, "ListTasks failed first"}
+      error -> error
+    end
+  end
+
+  defp call("ecs:DescribeContainerInstances", client, config) do
+    case AWS.container_instances(client, config.cluster, [@probe]) do
       {:ok, _} -> :ok
       error -> error
     end
@@ -92,7 +131,7 @@ defmodule AWSCluster.Doctor.IAM do
             "AWS_* environment or profile; static keys in the config are for tests"
         )
 
-      length(errors) < length(results) or Enum.any?(errors, &denied?/1) ->
+      Enum.any?(results, &match?({_, :ok}, &1)) or Enum.any?(errors, &denied?/1) ->
         check("credentials [#{name}]", :pass, "accepted by AWS (#{source})")
 
       true ->
@@ -108,8 +147,8 @@ defmodule AWSCluster.Doctor.IAM do
   end
 
   defp reach_fix(_client) do
-    "make the AWS API reachable from this host (NAT gateway or VPC endpoints for ec2 and " <>
-      "autoscaling, outbound HTTPS in the security group), or set endpoint:"
+    "make the AWS API reachable from this host (NAT gateway or VPC endpoints for ec2, " <>
+      "autoscaling and ecs, outbound HTTPS in the security group), or set endpoint:"
   end
 
   defp credentials_source(config) do

@@ -6,7 +6,7 @@ defmodule AWSCluster.Doctor.Topology do
 
   alias AWSCluster.{Doctor, Error, Probe}
   alias AWSCluster.Doctor.IAM
-  alias AWSCluster.Strategy.{AutoScaling, Client, EC2, State}
+  alias AWSCluster.Strategy.{AutoScaling, Client, EC2, ECS, State}
 
   @doc """
   Per topology: its config, region, credentials, IAM actions and one discovery round
@@ -27,7 +27,7 @@ defmodule AWSCluster.Doctor.Topology do
     strategy = Doctor.spec_strategy(spec)
 
     cond do
-      strategy in [EC2, AutoScaling] ->
+      strategy in [EC2, AutoScaling, ECS] ->
         {spec, firewall} = Doctor.Firewall.split(spec)
         {checks, result} = aws_topology(name, spec, imds)
         {checks ++ Doctor.Firewall.checks(name, firewall, result), result}
@@ -52,7 +52,8 @@ defmodule AWSCluster.Doctor.Topology do
         {[check("config [#{name}]", :fail, e.message, "fix the topology's options")], nil}
 
       {:ok, strategy, _state, config} ->
-        {region_check, config} = region(name, config, imds)
+        {region_check, config} =
+          if strategy == ECS, do: ecs_identity(name, config), else: region(name, config, imds)
 
         if config.region do
           case Client.build(config) do
@@ -90,8 +91,42 @@ defmodule AWSCluster.Doctor.Topology do
     end
   end
 
+  # ECS reads its cluster, region and family from task metadata v4 (not IMDS) unless the
+  # config gives them.
+  defp ecs_identity(name, config) do
+    case ECS.identity(config) do
+      {:ok, filled} ->
+        source =
+          if filled == config,
+            do: "from the topology config",
+            else: "from task metadata v4 at #{metadata_uri(config)}"
+
+        family = if filled.family, do: ", family #{filled.family}", else: ""
+
+        {check(
+           "ecs task [#{name}]",
+           :pass,
+           "cluster #{filled.cluster}#{family}, region #{filled.region} (#{source})"
+         ), filled}
+
+      {:error, e} ->
+        {check(
+           "ecs task [#{name}]",
+           :fail,
+           "#{e.reason}: #{e.message}",
+           "run inside an ECS task (ECS_CONTAINER_METADATA_URI_V4 is set there), or set " <>
+             "cluster:, region: and family: in the topology config"
+         ), %{config | region: nil}}
+    end
+  end
+
+  defp metadata_uri(config),
+    do: config.metadata_uri || System.get_env("ECS_CONTAINER_METADATA_URI_V4")
+
   defp discovery(name, spec, config) do
-    spec = Keyword.update(spec, :config, [], &Keyword.put(&1, :region, config.region))
+    filled = Map.take(config, [:region, :cluster, :family])
+    known = for {key, value} <- filled, value != nil, do: {key, value}
+    spec = Keyword.update(spec, :config, [], &Keyword.merge(&1, known))
 
     case Probe.discover(name, spec) do
       {:ok, result} ->

@@ -150,6 +150,8 @@ defmodule AWSCluster.Strategy.ECS do
       private_ip: if(mode == :awsvpc, do: task.address, else: host[:private_ip]),
       availability_zone: task.availability_zone || host[:availability_zone],
       tags: task.tags,
+      # Only RUNNING tasks are peers; the word EC2 instances use, for the peers table.
+      state: "running",
       task: Map.take(task, [:arn, :family, :group, :cluster_arn, :launch_type])
     }
   end
@@ -178,8 +180,12 @@ defmodule AWSCluster.Strategy.ECS do
   defp ec2_instances(client, ids),
     do: AWS.describe_instances(client, [{"instance-id", ids}], states: ["running"])
 
-  # Fills what the config leaves out from task metadata v4, read only when needed.
-  defp identity(config) do
+  @doc """
+  Fills what a validated `config` leaves out (`:cluster`, `:region`, the default
+  `:family`) from task metadata v4, which is read only when something is missing.
+  """
+  @spec identity(map()) :: {:ok, map()} | {:error, Error.t()}
+  def identity(config) do
     narrowed? = Enum.any?(@narrowing, &config[&1]) or config.tags != %{}
 
     if config.cluster && config.region && narrowed? do

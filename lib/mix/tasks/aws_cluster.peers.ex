@@ -18,18 +18,24 @@ defmodule Mix.Tasks.AwsCluster.Peers do
 
       mix aws_cluster.peers --strategy ec2 --tags app=chat --basename chat --region eu-west-1
       mix aws_cluster.peers --strategy autoscaling --group chat-asg --basename chat
+      mix aws_cluster.peers --strategy ecs --cluster web --family chat --basename chat --region eu-west-1
 
   Flags (with `--topology` they override that topology's config):
 
-    * `--strategy ec2|autoscaling` - build the topology from flags.
+    * `--strategy ec2|autoscaling|ecs` - build the topology from flags.
     * `--tags key=value` (repeatable), `--filter name=value` (repeatable, any
-      DescribeInstances filter), `--group NAME` (repeatable, AutoScaling).
+      DescribeInstances filter), `--group NAME` (repeatable, AutoScaling),
+      `--cluster NAME`, `--family NAME`, `--service-name NAME` (ECS).
     * `--region`, `--endpoint URL` (moto, LocalStack, VPC endpoint),
       `--imds-endpoint URL`, `--operation-timeout MS`.
-    * `--address private_ip|public_ip|private_dns|ipv6|interface:N|subnet:ID|tag:KEY`.
+    * `--address private_ip|public_ip|private_dns|ipv6|interface:N|subnet:ID|tag:KEY`,
+      or for ECS `awsvpc|host`.
     * `--basename NAME` or `--basename tag:KEY`; default: this VM's basename when it is
       distributed.
     * `--no-connect` - do not try to connect.
+
+  For ECS, INSTANCE is the task ARN; in a task, the cluster and family default to its
+  own (task metadata v4).
 
   CONNECTED says whether this VM is connected to the peer (`self` for this node).
   With `group:` (`AWSCluster.Groups`), GROUP and GATEWAY are what a connected peer says

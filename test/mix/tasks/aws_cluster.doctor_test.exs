@@ -3,7 +3,7 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
   # token-hang and down modes, real peer nodes on 127.0.x.y, the real epmd.
   use AWSCluster.Test.MotoCase, async: false
 
-  alias AWSCluster.Test.{Cluster, FakeIMDS, MixTask, Moto, MotoIAM}
+  alias AWSCluster.Test.{Cluster, FakeIMDS, FakeTaskMetadata, MixTask, Moto, MotoIAM}
 
   @moduletag timeout: 300_000
 
@@ -257,6 +257,76 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     args = List.replace_at(args, 6, "cluster=#{tag}")
     {out, 1} = System.cmd("mix", args, env: env, stderr_to_stdout: true)
     assert {"FAIL", _, _} = line(out, "peer x@127.0.1.44")
+  end
+
+  test "ECS: identity from task metadata, each ecs: action probed and a denial named; metadata down names the options",
+       %{tag: tag} do
+    cluster = "#{tag}-ecs"
+    Moto.ecs_cluster!(cluster)
+    [me, _other] = Moto.ecs_run_tasks!(cluster, "app", [%{az: "a"}, %{az: "b"}])
+
+    meta =
+      start_supervised!(
+        {FakeTaskMetadata,
+         cluster: cluster, task_arn: me["arn"], family: "app", az: "us-east-1a", ip: me["ip"]}
+      )
+
+    ecs_config = fn extra ->
+      [
+        node_basename: "app",
+        metadata_uri: FakeTaskMetadata.uri(meta),
+        endpoint: Moto.endpoint(),
+        max_attempts: 1,
+        operation_timeout: 5_000
+      ] ++ extra
+    end
+
+    Application.put_env(:aws_cluster, :topologies,
+      ecs: [
+        strategy: AWSCluster.Strategy.ECS,
+        config: ecs_config.(access_key_id: "testing", secret_access_key: "testing")
+      ]
+    )
+
+    {_, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"PASS", text, nil} = line(out, "ecs task [ecs]")
+
+    assert text =~
+             "cluster #{cluster}, family app, region us-east-1 (from task metadata v4 at " <>
+               FakeTaskMetadata.uri(meta)
+
+    assert {"PASS", _, nil} = line(out, "iam ecs:ListTasks [ecs]")
+    assert {"PASS", _, nil} = line(out, "iam ecs:DescribeTasks [ecs]")
+    assert {"PASS", text, nil} = line(out, "discovery [ecs]")
+    assert text =~ "2 peers in 2 AZs (AWSCluster.Strategy.ECS)"
+
+    # Credentials allowed to list but not to describe: the missing action is named.
+    {key, secret} = MotoIAM.user!("#{tag}-ecs", ["ecs:ListTasks"])
+    MotoIAM.enforce!()
+    on_exit(&MotoIAM.relax!/0)
+
+    Application.put_env(:aws_cluster, :topologies,
+      ecs: [
+        strategy: AWSCluster.Strategy.ECS,
+        config: ecs_config.(access_key_id: key, secret_access_key: secret)
+      ]
+    )
+
+    {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"PASS", _, nil} = line(out, "credentials [ecs]")
+    assert {"PASS", _, nil} = line(out, "iam ecs:ListTasks [ecs]")
+    assert {"FAIL", text, fix} = line(out, "iam ecs:DescribeTasks [ecs]")
+    assert text =~ "denied"
+    assert fix =~ "allow ecs:DescribeTasks"
+    refute out =~ secret
+    MotoIAM.relax!()
+
+    FakeTaskMetadata.set(meta, mode: :down)
+    {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"FAIL", text, fix} = line(out, "ecs task [ecs]")
+    assert text =~ "cluster:"
+    assert fix =~ "set cluster:, region: and family:"
+    refute out =~ "discovery [ecs]"
   end
 
   # ALIVE2_REQ (erl_dist_protocol): registers `name` at `port` for as long as the

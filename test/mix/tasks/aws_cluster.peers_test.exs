@@ -219,6 +219,52 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     refute out =~ id_c
   end
 
+  test "flags: ecs lists the cluster's running tasks of the family by their ENI address, in a separate VM",
+       %{tag: tag} do
+    cluster = "#{tag}-ecs"
+    Moto.ecs_cluster!(cluster)
+    [a, b] = Moto.ecs_run_tasks!(cluster, "app", [%{az: "a"}, %{az: "b"}])
+    [stopped] = Moto.ecs_run_tasks!(cluster, "app", [%{az: "c"}])
+    [worker] = Moto.ecs_run_tasks!(cluster, "worker", [%{az: "c"}])
+    Moto.ecs_stop!(cluster, [stopped["arn"]])
+
+    args = [
+      "--strategy",
+      "ecs",
+      "--cluster",
+      cluster,
+      "--family",
+      "app",
+      "--basename",
+      "chat",
+      "--region",
+      Moto.region(),
+      "--endpoint",
+      Moto.endpoint()
+    ]
+
+    env = [
+      {"AWS_ACCESS_KEY_ID", "testing"},
+      {"AWS_SECRET_ACCESS_KEY", "testing"},
+      {"AWS_EC2_METADATA_DISABLED", "true"},
+      {"MIX_ENV", "test"}
+    ]
+
+    {out, 0} = mix(["aws_cluster.peers" | args], env)
+    assert out =~ "topology cli (AWSCluster.Strategy.ECS): 2 peers in 2 AZs"
+
+    assert row(out, a["arn"]) ==
+             [a["arn"], "us-east-1a", a["ip"], "chat@#{a["ip"]}", "running", "-", "-", "-", "-"]
+
+    assert [_, "us-east-1b" | _] = row(out, b["arn"])
+    refute out =~ stopped["ip"]
+    refute out =~ worker["ip"]
+
+    # ECS's own address kinds; an EC2 one is refused naming the key.
+    {out, 1} = mix(["aws_cluster.peers" | args] ++ ["--address", "private_ip"], env)
+    assert out =~ ":address"
+  end
+
   test "AccessDenied exits 1 and names the missing IAM action", %{tag: tag} do
     [id_a, id_b, _] = seed(tag)
     Moto.create_asg!("#{tag}-asg", [id_a, id_b])
@@ -265,7 +311,7 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
 
   test "bad flags and unknown topologies exit 1 with a message" do
     {1, _, err} = run_task(["--strategy", "gossipy"])
-    assert err =~ "--strategy must be ec2 or autoscaling"
+    assert err =~ "--strategy must be ec2, autoscaling or ecs"
 
     {1, _, err} = run_task(["--strategy", "ec2", "--tags", "novalue", "--basename", "x"])
     assert err =~ "--tags takes key=value"
