@@ -28,6 +28,9 @@ defmodule AWSCluster.Groups do
   # after which the function has not run: a timeout is not retried (it may have).
   @retried [:no_gateway, :unreachable]
 
+  # How often `call/6` tries again when no hop could take the call (see its doc).
+  @recheck 50
+
   @typedoc """
   A grouped topology's view, as its poller last wrote it: this node's group, the mode,
   every group's discovered members, the gateways it knows (its own group's, and when it
@@ -92,6 +95,12 @@ defmodule AWSCluster.Groups do
   pass on (no link, or none to `group`) is tried at the next; a timeout is not retried,
   as the function may have run, so it runs at most once.
 
+  Views trail the links: a peer that heard a node may link to it before that node hears
+  the peer, and a view's gateways change only when a connect round ends (just after a
+  start, or while the next gateway takes over). When no hop could take the call (this
+  node's view knows no gateway, or every gateway tried had no link on), the function
+  has not run, so the call rereads the view and tries again, for at most `timeout`.
+
   The value comes back as a message. A pid or reference of the other group in it is
   fine to hold, but a message or monitor to it would connect that node visibly under
   OTP defaults and merge the meshes: reply through `call/6` instead.
@@ -104,18 +113,40 @@ defmodule AWSCluster.Groups do
   @spec call(group(), module(), atom(), [term()], timeout(), atom() | nil) ::
           {:ok, term()} | {:error, Error.t()}
   def call(group, m, f, a, timeout \\ 5_000, topology \\ nil) do
-    group = to_string(group)
+    deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
+    attempt(to_string(group), m, f, a, timeout, topology, deadline)
+  end
 
-    with {:ok, topology, view} <- lookup(topology),
+  defp attempt(group, m, f, a, timeout, topology_arg, deadline) do
+    with {:ok, topology, view} <- lookup(topology_arg),
          :ok <- placed(view, group),
          :ok <- known(view, group) do
-      cond do
-        group == view.group -> local(group, m, f, a)
-        view.gateway? -> direct_or_relay(topology, view, group, m, f, a, timeout)
-        true -> relay(topology, view, group, m, f, a, timeout, [])
+      hop =
+        cond do
+          group == view.group -> local(group, m, f, a)
+          view.gateway? -> direct_or_relay(topology, view, group, m, f, a, timeout)
+          true -> relay(topology, view, group, m, f, a, timeout, [])
+        end
+
+      case {hop, left(deadline)} do
+        {{:none, error}, left} when left <= 0 ->
+          error
+
+        {{:none, _error}, left} ->
+          Process.sleep(min(@recheck, left))
+          attempt(group, m, f, a, timeout, topology_arg, deadline)
+
+        {result, _left} ->
+          result
       end
     end
   end
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  # Milliseconds until `deadline`; an atom (:infinity) compares above any number.
+  defp left(:infinity), do: :infinity
+  defp left(deadline), do: deadline - now()
 
   @doc """
   The member of `group` that owns `key`: the highest `:erlang.phash2({key, node})`
@@ -154,12 +185,13 @@ defmodule AWSCluster.Groups do
     end
   end
 
-  # A gateway without a link to the group yet (it just took over) asks the others.
+  # A gateway without a link to the group yet (it just took over) asks the others; with
+  # none to ask, nothing ran ({:none, error}).
   defp direct_or_relay(topology, view, group, m, f, a, timeout) do
     case direct(topology, group, m, f, a, timeout) do
       {:error, %Error{reason: :no_gateway}} = e ->
         if other_gateways(view, [node()]) == [],
-          do: e,
+          do: {:none, e},
           else: relay(topology, view, group, m, f, a, timeout, [node()])
 
       result ->
@@ -170,20 +202,21 @@ defmodule AWSCluster.Groups do
   # Through the first of this node's gateways that gets the call there: a gateway that
   # just took over may not have linked yet, and a member that is no gateway answers
   # :no_gateway at once. Gateways are reached over any link (one started with -hidden
-  # has only hidden ones).
+  # has only hidden ones). With none linked, or none that could pass it on, nothing ran
+  # ({:none, error}).
   defp relay(topology, view, group, m, f, a, timeout, except) do
     request = {:relay, topology, group, m, f, a, timeout}
 
     case other_gateways(view, except) do
       [] ->
-        error(:no_gateway, group, :gateway, "no gateway of group #{view.group} is up")
+        {:none, error(:no_gateway, group, :gateway, "no gateway of group #{view.group} is up")}
 
       gateways ->
         Enum.reduce_while(gateways, nil, fn gateway, _ ->
           case Server.request(gateway, request, relay_timeout(timeout)) do
-            {:relayed, {:error, %Error{reason: r}} = e} when r in @retried -> {:cont, e}
+            {:relayed, {:error, %Error{reason: r}} = e} when r in @retried -> {:cont, {:none, e}}
             {:relayed, result} -> {:halt, result}
-            :unreachable -> {:cont, outcome(:unreachable, group, :gateway, gateway)}
+            :unreachable -> {:cont, {:none, outcome(:unreachable, group, :gateway, gateway)}}
             other -> {:halt, outcome(other, group, :gateway, gateway)}
           end
         end)

@@ -397,11 +397,17 @@ defmodule AWSCluster.GroupsTest do
       end)
 
     [q1, q2, q3, q4] = members
+    nodes = Enum.map(members, & &1.node)
 
+    # The links form before every announce is heard (a peer that hears a node dials it),
+    # and node_info/1 and a view's groups know only the peers heard: wait for all four.
     assert Wait.until(
              fn ->
                snaps = Fleet.snapshots(members)
-               Fleet.groups_formed?(members, snaps, 1) and snaps
+
+               Fleet.groups_formed?(members, snaps, 1) and
+                 Enum.all?(members, &(snaps[&1.node].members == Enum.sort(nodes -- [&1.node]))) and
+                 snaps
              end,
              30_000
            ),
