@@ -84,7 +84,7 @@ defmodule AWSCluster.ReadmeTest do
 
   test "every elixir block that configures topologies is a marked, tested example" do
     all = blocks()
-    assert length(config_examples()) == 6
+    assert length(config_examples()) == 7
 
     for {marker, code} <- all, code =~ "topologies" or code =~ ~r/^config :/m do
       assert marker in ["config-example", "app-example"],
@@ -100,7 +100,7 @@ defmodule AWSCluster.ReadmeTest do
       end
 
     assert Enum.sort(Enum.uniq(strategies)) ==
-             Enum.sort([EC2, AWSCluster.Strategy.AutoScaling, Gossip])
+             Enum.sort([EC2, AWSCluster.Strategy.AutoScaling, AWSCluster.Strategy.ECS, Gossip])
 
     # The validation is real: a typo in an example would fail it.
     [ec2 | _] = config_examples()
@@ -192,6 +192,38 @@ defmodule AWSCluster.ReadmeTest do
 
       assert Wait.until(fn ->
                Map.keys(AWSCluster.Poller.status(poller).members) == [:"chat@127.0.1.80"]
+             end)
+    end
+
+    test "the ECS example finds its own cluster's tasks of its own family through task metadata" do
+      Moto.ecs_cluster!("chat-prod")
+      [me, peer] = Moto.ecs_run_tasks!("chat-prod", "chat", [%{az: "a"}, %{az: "b"}])
+      Moto.ecs_run_tasks!("chat-prod", "worker", [%{az: "c"}])
+
+      meta =
+        start_supervised!(
+          {AWSCluster.Test.FakeTaskMetadata,
+           cluster: "chat-prod",
+           task_arn: me["arn"],
+           family: "chat",
+           az: "us-east-1a",
+           ip: me["ip"]}
+        )
+
+      example = Enum.find(config_examples(), &(&1 =~ "Strategy.ECS"))
+      [{:chat, spec}] = topologies(example)
+
+      config =
+        spec[:config]
+        |> on_moto()
+        |> Keyword.delete(:region)
+        |> Keyword.put(:metadata_uri, AWSCluster.Test.FakeTaskMetadata.uri(meta))
+
+      pid = start_supervised!({spec[:strategy], topology: :chat, config: config})
+      expected = Enum.sort([:"chat@#{me["ip"]}", :"chat@#{peer["ip"]}"]) -- [node()]
+
+      assert Wait.until(fn ->
+               Enum.sort(Map.keys(AWSCluster.Poller.status(pid).members)) == expected
              end)
     end
 
