@@ -103,6 +103,7 @@ defmodule AWSCluster.NativeBuild do
     args =
       ["build", "--locked", "-p", "aws_cluster_nif", "--target-dir", target_dir] ++
         if(profile == "release", do: ["--release"], else: []) ++
+        services_args() ++
         case env("AWS_CLUSTER_NIF_FEATURES") do
           nil -> []
           features -> ["--features", features]
@@ -124,6 +125,56 @@ defmodule AWSCluster.NativeBuild do
         Mix.raise("cargo build of the aws_cluster NIF failed (exit #{code}); its output is above")
     end
   end
+
+  @services ~w(ec2 autoscaling ecs)
+
+  @doc """
+  The AWS services to build in, from AWS_CLUSTER_NIF_SERVICES (comma-separated) or
+  `config :aws_cluster, nif_services: [...]`; `nil` (every one) when neither is set.
+  EC2 is always built in: AutoScaling and ECS's host mode read instances with it.
+  """
+  def services do
+    given =
+      case env("AWS_CLUSTER_NIF_SERVICES") || Application.get_env(:aws_cluster, :nif_services) do
+        nil ->
+          nil
+
+        text when is_binary(text) ->
+          text |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
+
+        list when is_list(list) ->
+          Enum.map(list, &to_string/1)
+
+        other ->
+          Mix.raise("nif_services must be a list such as [:ec2, :ecs], got #{inspect(other)}")
+      end
+
+    case given && given -- @services do
+      nil ->
+        nil
+
+      [] ->
+        Enum.uniq(["ec2" | given])
+
+      unknown ->
+        Mix.raise(
+          "unknown AWS service #{Enum.map_join(unknown, ", ", &inspect/1)} in nif_services " <>
+            "(AWS_CLUSTER_NIF_SERVICES or config :aws_cluster, nif_services:); known: " <>
+            Enum.join(@services, ", ")
+        )
+    end
+  end
+
+  # Each service beyond EC2 is a default cargo feature of the NIF crate.
+  defp services_args do
+    case services() do
+      nil -> []
+      services -> ["--no-default-features" | features_args(services -- ["ec2"])]
+    end
+  end
+
+  defp features_args([]), do: []
+  defp features_args(features), do: ["--features", Enum.join(features, ",")]
 
   # Runs a command, printing its output as it comes, and a line of our own after every
   # 30 s without any: cargo says nothing while rustc works on aws-sdk-ec2 for minutes.

@@ -287,6 +287,60 @@ defmodule AWSCluster.ConsumerTest do
     assert out =~ "#{base_url}/#{name} failed: HTTP 404", out
   end
 
+  test "nif_services: [:ec2] in the app's config builds an EC2-only NIF; the strategies it leaves out fail their start saying how to add them",
+       ctx do
+    app = copy_fixture(ctx.root, "consumer_ec2_only")
+    config = Path.join(app, "config/config.exs")
+
+    File.write!(
+      config,
+      File.read!(@fixture <> "/config/config.exs") <>
+        "config :aws_cluster, nif_services: [:ec2, :lambda]\n"
+    )
+
+    # A service that does not exist fails the build, naming it, before cargo runs.
+    {out, status} = mix(app, ["compile"])
+    assert status != 0
+    assert out =~ ~s(unknown AWS service "lambda" in nif_services)
+    refute out =~ "Compiling aws_cluster_core"
+
+    File.write!(
+      config,
+      File.read!(@fixture <> "/config/config.exs") <>
+        "config :aws_cluster, nif_services: [:ec2]\n"
+    )
+
+    {out, status} = mix(app, ["compile"])
+    assert status == 0, out
+
+    tag = "ec2only-#{System.unique_integer([:positive])}"
+    [id] = Moto.run_instances!([%{ip: "127.0.1.66", tags: %{"app" => tag}}])
+
+    script = """
+    IO.puts("SERVICES \#{inspect(AWSCluster.AWS.services())}")
+    base = [region: "us-east-1", node_basename: "x"]
+    {:error, e} = AWSCluster.Strategy.ECS.start_link(topology: :t, config: base ++ [cluster: "c", family: "f"])
+    IO.puts("ECS \#{e.reason} \#{e.message}")
+    {:error, e} = AWSCluster.Strategy.AutoScaling.start_link(topology: :t, config: base ++ [groups: ["g"]])
+    IO.puts("ASG \#{e.reason}")
+    client_opts = [region: "us-east-1", endpoint: "#{Moto.endpoint()}", access_key_id: "testing", secret_access_key: "testing"]
+    {:ok, client} = AWSCluster.AWS.client(client_opts)
+    {:ok, found} = AWSCluster.AWS.describe_instances(client, %{"tag:app" => "#{tag}"})
+    IO.puts("EC2 \#{inspect(Enum.map(found, & &1.id))}")
+    """
+
+    {out, status} = mix(app, ["run", "--no-compile", "-e", script])
+    assert status == 0, out
+    assert out =~ "SERVICES {:ok, [:ec2]}"
+
+    assert out =~
+             "ECS not_supported topology :t: this aws_cluster NIF was built without ecs (it has ec2)"
+
+    assert out =~ "nif_services"
+    assert out =~ "ASG not_supported"
+    assert out =~ "EC2 #{inspect([id])}"
+  end
+
   # ── helpers ───────────────────────────────────────────────────────────────────────
 
   defp copy_fixture(root, name) do

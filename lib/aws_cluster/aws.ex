@@ -155,6 +155,47 @@ defmodule AWSCluster.AWS do
   # The NIF enforces operation_timeout itself; this margin only covers message delivery.
   @reply_margin 1_000
 
+  @services %{"ec2" => :ec2, "autoscaling" => :autoscaling, "ecs" => :ecs}
+
+  @doc """
+  The AWS services this build of the NIF can call: `:ec2` always, `:autoscaling` and
+  `:ecs` unless the build left them out (`AWS_CLUSTER_NIF_SERVICES` or
+  `config :aws_cluster, nif_services:`, README).
+  """
+  @spec services() :: {:ok, [:ec2 | :autoscaling | :ecs]} | {:error, Error.t()}
+  def services do
+    {:ok, for(name <- Native.aws_services(), service = @services[name], do: service)}
+  rescue
+    e in Error -> {:error, e}
+  end
+
+  @doc """
+  `:ok` when this build of the NIF calls `service`; otherwise a `:not_supported` error
+  saying how to build it in. A NIF that did not load at all passes here: its first call
+  returns the load error.
+  """
+  @spec require_service(:autoscaling | :ecs) :: :ok | {:error, Error.t()}
+  def require_service(service) do
+    case services() do
+      {:ok, services} ->
+        if service in services, do: :ok, else: {:error, missing_service(service, services)}
+
+      {:error, _} ->
+        :ok
+    end
+  end
+
+  defp missing_service(service, services) do
+    Error.new(
+      :not_supported,
+      "this aws_cluster NIF was built without #{service} (it has " <>
+        "#{Enum.join(services, ", ")}): add :#{service} to `config :aws_cluster, " <>
+        "nif_services: [...]` in config/config.exs, or to AWS_CLUSTER_NIF_SERVICES, and " <>
+        "rebuild (mix deps.compile aws_cluster --force)",
+      %{service: service, services: services}
+    )
+  end
+
   @doc "The options `client/1` accepts, as an `AWSCluster.Config` schema."
   @spec client_schema() :: AWSCluster.Config.schema()
   def client_schema, do: @client_schema
@@ -211,6 +252,31 @@ defmodule AWSCluster.AWS do
            ) do
       {:ok, instances}
     end
+  end
+
+  # EC2 takes at most 200 values in one filter.
+  @ids_per_call 200
+
+  @doc """
+  The running instances among `ids`, by an `instance-id` filter of at most 200 ids a
+  request. The requests run side by side (4 at a time), each bounded by the client's
+  `:operation_timeout`, so a round takes about one call however many ids there are.
+  """
+  @spec running_instances(t(), [String.t()]) :: {:ok, [instance()]} | {:error, Error.t()}
+  def running_instances(_client, []), do: {:ok, []}
+
+  def running_instances(%__MODULE__{} = client, ids) do
+    ids
+    |> Enum.chunk_every(@ids_per_call)
+    |> Task.async_stream(
+      &describe_instances(client, [{"instance-id", &1}], states: ["running"]),
+      max_concurrency: 4,
+      timeout: :infinity
+    )
+    |> Enum.reduce_while({:ok, []}, fn
+      {:ok, {:ok, instances}}, {:ok, acc} -> {:cont, {:ok, acc ++ instances}}
+      {:ok, {:error, _} = error}, _acc -> {:halt, error}
+    end)
   end
 
   @doc """
@@ -291,6 +357,8 @@ defmodule AWSCluster.AWS do
              timeout(client, o)
            ) do
       {:ok, found}
+    else
+      error -> atom_key(error)
     end
   end
 

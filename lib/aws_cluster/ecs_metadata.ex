@@ -48,8 +48,9 @@ defmodule AWSCluster.ECSMetadata do
          {:ok, uri} <- uri(o.uri) do
       Async.call(
         &Native.ecs_metadata_fetch(&1, uri, o.timeout, o.attempts),
-        # Two GETs, each with its attempts, their backoff and a connect second.
-        2 * o.attempts * (o.timeout + 1_000) + 2_000
+        # Two GETs; each attempt has its timeout, a connect second and at most 800 ms of
+        # backoff before the next (ecs_metadata.rs).
+        2 * o.attempts * (o.timeout + 1_800) + 2_000
       )
     end
   end

@@ -99,7 +99,9 @@ defmodule AWSCluster.Groups do
   the peer, and a view's gateways change only when a connect round ends (just after a
   start, or while the next gateway takes over). When no hop could take the call (this
   node's view knows no gateway, or every gateway tried had no link on), the function
-  has not run, so the call rereads the view and tries again, for at most `timeout`.
+  has not run, so the call rereads the view and tries again every 50 ms; each retry's
+  hops get only the time left. So a group with no gateway up fails with `:no_gateway`
+  after `timeout`, not at once, and with `:infinity` the call waits until one is up.
 
   The value comes back as a message. A pid or reference of the other group in it is
   fine to hold, but a message or monitor to it would connect that node visibly under
@@ -118,6 +120,8 @@ defmodule AWSCluster.Groups do
   end
 
   defp attempt(group, m, f, a, timeout, topology_arg, deadline) do
+    timeout = if deadline == :infinity, do: timeout, else: max(left(deadline), 1)
+
     with {:ok, topology, view} <- lookup(topology_arg),
          :ok <- placed(view, group),
          :ok <- known(view, group) do

@@ -94,6 +94,8 @@ defmodule AWSCluster.Native do
   def aws_describe_auto_scaling_groups(client, ref, names),
     do: retry(:aws_describe_auto_scaling_groups, [client, ref, names])
 
+  def aws_services, do: retry(:aws_services, [])
+
   def aws_describe_ecs_tasks(client, ref, query),
     do: retry(:aws_describe_ecs_tasks, [client, ref, query])
 

@@ -48,9 +48,6 @@ defmodule AWSCluster.Strategy.AutoScaling do
   alias AWSCluster.{AWS, Error, IMDS}
   alias AWSCluster.Strategy.{Client, Naming}
 
-  # Keeps each DescribeInstances request well under AWS's request size limits.
-  @ids_per_call 200
-
   @impl true
   def schema, do: @schema
 
@@ -58,7 +55,10 @@ defmodule AWSCluster.Strategy.AutoScaling do
   def validate(%{groups: []}),
     do: {:error, AWSCluster.Config.error(:groups, "expected at least one group name, got []")}
 
-  def validate(config), do: AWSCluster.Groups.Options.for_source(config, :auto_scaling)
+  def validate(config) do
+    with :ok <- AWSCluster.AWS.require_service(:autoscaling),
+         do: AWSCluster.Groups.Options.for_source(config, :auto_scaling)
+  end
 
   @impl true
   def init(config, _state) do
@@ -74,7 +74,7 @@ defmodule AWSCluster.Strategy.AutoScaling do
          :ok <- all_found(names, groups),
          members = Enum.flat_map(groups, & &1.instances),
          ids = for(i <- members, in_service?(i), do: i.id) |> Enum.uniq(),
-         {:ok, instances} <- describe(client, ids),
+         {:ok, instances} <- AWS.running_instances(client, ids),
          {:ok, peers} <- Naming.peers(instances, config) do
       # An InService id EC2 does not show running is only absent from the answer: a
       # miss, under prune_after and the prune guard, since a short answer looks the same.
@@ -92,24 +92,6 @@ defmodule AWSCluster.Strategy.AutoScaling do
   defp terminating?(i) do
     state = i.lifecycle_state || ""
     String.starts_with?(state, "Terminat")
-  end
-
-  defp describe(_client, []), do: {:ok, []}
-
-  # By an instance-id filter (see the moduledoc). The chunks run side by side, each bounded by operation_timeout, so the
-  # round takes about one call however large the groups are.
-  defp describe(client, ids) do
-    ids
-    |> Enum.chunk_every(@ids_per_call)
-    |> Task.async_stream(
-      &AWS.describe_instances(client, [{"instance-id", &1}], states: ["running"]),
-      max_concurrency: 4,
-      timeout: :infinity
-    )
-    |> Enum.reduce_while({:ok, []}, fn
-      {:ok, {:ok, instances}}, {:ok, acc} -> {:cont, {:ok, acc ++ instances}}
-      {:ok, {:error, _} = error}, _acc -> {:halt, error}
-    end)
   end
 
   defp all_found(names, groups) do

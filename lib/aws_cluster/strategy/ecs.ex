@@ -104,8 +104,17 @@ defmodule AWSCluster.Strategy.ECS do
              Enum.map_join(given, " and ", &inspect/1)
          )}
 
+      _ when config.address == :host and config.launch_type == "FARGATE" ->
+        {:error,
+         AWSCluster.Config.error(
+           :address,
+           "address: :host needs tasks on EC2 container instances; launch_type: \"FARGATE\" " <>
+             "has none (Fargate tasks are awsvpc: leave address: out)"
+         )}
+
       _ ->
-        AWSCluster.Groups.Options.for_source(config, :ecs)
+        with :ok <- AWS.require_service(:ecs),
+             do: AWSCluster.Groups.Options.for_source(config, :ecs)
     end
   end
 
@@ -168,17 +177,12 @@ defmodule AWSCluster.Strategy.ECS do
 
     with {:ok, container_instances} <- AWS.container_instances(client, config.cluster, arns),
          ids = for(c <- container_instances, c.ec2_instance_id, do: c.ec2_instance_id),
-         {:ok, instances} <- ec2_instances(client, ids) do
+         {:ok, instances} <- AWS.running_instances(client, ids) do
       by_id = Map.new(instances, &{&1.id, &1})
 
       {:ok, Map.new(container_instances, &{&1.arn, Map.get(by_id, &1.ec2_instance_id, %{})})}
     end
   end
-
-  defp ec2_instances(_client, []), do: {:ok, []}
-
-  defp ec2_instances(client, ids),
-    do: AWS.describe_instances(client, [{"instance-id", ids}], states: ["running"])
 
   @doc """
   Fills what a validated `config` leaves out (`:cluster`, `:region`, the default

@@ -3,6 +3,7 @@
 //! One module per domain; the NIF crate is a thin boundary over these.
 
 pub mod aws;
+#[cfg(feature = "ecs")]
 pub mod ecs_metadata;
 pub mod error;
 pub mod gossip;

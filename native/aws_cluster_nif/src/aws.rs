@@ -9,11 +9,13 @@
 //! tag keys and values stay binaries.
 
 use crate::{error, runtime};
+#[cfg(feature = "ecs")]
 use aws_cluster_core::aws::ecs::{ContainerInstance, Task, TaskQuery, TaskState};
 use aws_cluster_core::aws::{
-    AwsClient, ClientConfig, Group, GroupInstance, Instance, InstanceQuery, Listing,
-    NetworkInterface,
+    AwsClient, ClientConfig, Instance, InstanceQuery, Listing, NetworkInterface,
 };
+#[cfg(feature = "autoscaling")]
+use aws_cluster_core::aws::{Group, GroupInstance};
 use aws_cluster_core::{Error, Reason};
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use std::time::Duration;
@@ -128,8 +130,23 @@ fn listing_map<'a, T>(
     map(env, &[(key, &items), (keys::pages(), &listing.pages)])
 }
 
+/// `aws_services()`: the AWS services this build can call, as binaries. EC2 is always
+/// in; the others are cargo features (`AWS_CLUSTER_NIF_SERVICES`, native/build.exs).
+#[rustler::nif]
+fn aws_services() -> Vec<&'static str> {
+    let mut services = vec!["ec2"];
+    if cfg!(feature = "autoscaling") {
+        services.push("autoscaling");
+    }
+    if cfg!(feature = "ecs") {
+        services.push("ecs");
+    }
+    services
+}
+
 /// `aws_describe_auto_scaling_groups(client, ref, names)`: replies
 /// `{:ok, %{groups: [map], pages: n}}`; no names means every group.
+#[cfg(feature = "autoscaling")]
 #[rustler::nif(schedule = "DirtyIo")]
 fn aws_describe_auto_scaling_groups<'a>(
     env: Env<'a>,
@@ -151,6 +168,7 @@ fn aws_describe_auto_scaling_groups<'a>(
 /// after reading every ListTasks page and describing every task. `query` is a map with
 /// `cluster` (required) and `family`, `service_name`, `started_by`, `launch_type`
 /// (binaries or nil).
+#[cfg(feature = "ecs")]
 #[rustler::nif(schedule = "DirtyIo")]
 fn aws_describe_ecs_tasks<'a>(
     env: Env<'a>,
@@ -174,6 +192,7 @@ fn aws_describe_ecs_tasks<'a>(
 
 /// `aws_describe_container_instances(client, ref, cluster, arns)`: replies
 /// `{:ok, %{container_instances: [map], pages: n}}`.
+#[cfg(feature = "ecs")]
 #[rustler::nif(schedule = "DirtyIo")]
 fn aws_describe_container_instances<'a>(
     env: Env<'a>,
@@ -202,6 +221,7 @@ fn aws_describe_container_instances<'a>(
     )
 }
 
+#[cfg(feature = "ecs")]
 fn task_query(opts: Term<'_>) -> Result<TaskQuery, Error> {
     if !opts.is_map() {
         return Err(invalid("the ECS task query must be a map"));
@@ -218,6 +238,7 @@ fn task_query(opts: Term<'_>) -> Result<TaskQuery, Error> {
     Ok(query)
 }
 
+#[cfg(feature = "ecs")]
 fn task<'a>(env: Env<'a>, t: &Task) -> Term<'a> {
     let tags = t.tags.iter().fold(Term::map_new(env), |m, (k, v)| {
         m.map_put(k.as_str(), v.as_str()).unwrap_or(m)
@@ -245,6 +266,7 @@ fn task<'a>(env: Env<'a>, t: &Task) -> Term<'a> {
     )
 }
 
+#[cfg(feature = "ecs")]
 fn container_instance<'a>(env: Env<'a>, c: &ContainerInstance) -> Term<'a> {
     map(
         env,
@@ -372,6 +394,7 @@ fn interface<'a>(env: Env<'a>, n: &NetworkInterface) -> Term<'a> {
     )
 }
 
+#[cfg(feature = "autoscaling")]
 fn group<'a>(env: Env<'a>, g: &Group) -> Term<'a> {
     let instances: Vec<Term> = g.instances.iter().map(|i| group_instance(env, i)).collect();
     map(
@@ -384,6 +407,7 @@ fn group<'a>(env: Env<'a>, g: &Group) -> Term<'a> {
     )
 }
 
+#[cfg(feature = "autoscaling")]
 fn group_instance<'a>(env: Env<'a>, i: &GroupInstance) -> Term<'a> {
     map(
         env,

@@ -6,6 +6,7 @@
 
 mod atoms;
 mod aws;
+#[cfg(feature = "ecs")]
 mod ecs;
 mod error;
 mod gossip;

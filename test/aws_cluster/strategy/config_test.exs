@@ -112,6 +112,14 @@ defmodule AWSCluster.Strategy.ConfigTest do
              ECS.start_link(topology: :cfg, config: base ++ [family: "a", service_name: "s"])
 
     assert e.message =~ "give only one of :family, :service_name and :started_by"
+
+    assert {:error, %Error{details: %{key: :address}} = e} =
+             ECS.start_link(
+               topology: :cfg,
+               config: base ++ [address: :host, launch_type: "FARGATE"]
+             )
+
+    assert e.message =~ "Fargate tasks are awsvpc"
   end
 
   test "EC2 filters from tags, filters and shortcuts" do

@@ -155,14 +155,7 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
       Moto.endpoint()
     ]
 
-    env = [
-      {"AWS_ACCESS_KEY_ID", "testing"},
-      {"AWS_SECRET_ACCESS_KEY", "testing"},
-      # Never let the chain reach for a real instance metadata service.
-      {"AWS_EC2_METADATA_DISABLED", "true"},
-      {"MIX_ENV", "test"}
-    ]
-
+    env = user_env()
     {out, 0} = mix(["aws_cluster.peers" | args], env)
     assert out =~ "topology cli (AWSCluster.Strategy.EC2): 3 peers in 3 AZs"
 
@@ -184,6 +177,17 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     {out, 1} = mix(["aws_cluster.peers" | args], no_creds)
     assert out =~ "topology cli: discovery failed"
     assert out =~ "credential"
+  end
+
+  # A user's shell with credentials in the environment.
+  defp user_env do
+    [
+      {"AWS_ACCESS_KEY_ID", "testing"},
+      {"AWS_SECRET_ACCESS_KEY", "testing"},
+      # Never let the chain reach for a real instance metadata service.
+      {"AWS_EC2_METADATA_DISABLED", "true"},
+      {"MIX_ENV", "test"}
+    ]
   end
 
   defp mix(args, env) do
@@ -243,13 +247,7 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
       Moto.endpoint()
     ]
 
-    env = [
-      {"AWS_ACCESS_KEY_ID", "testing"},
-      {"AWS_SECRET_ACCESS_KEY", "testing"},
-      {"AWS_EC2_METADATA_DISABLED", "true"},
-      {"MIX_ENV", "test"}
-    ]
-
+    env = user_env()
     {out, 0} = mix(["aws_cluster.peers" | args], env)
     assert out =~ "topology cli (AWSCluster.Strategy.ECS): 2 peers in 2 AZs"
 

@@ -155,6 +155,7 @@ pub struct AwsClient {
     pub(super) query: Arc<QueryClient>,
     pub(super) ec2_endpoint: String,
     pub(super) autoscaling_endpoint: String,
+    #[cfg_attr(not(feature = "ecs"), allow(dead_code))]
     pub(super) ecs_endpoint: String,
     pub(super) operation_timeout: Duration,
 }

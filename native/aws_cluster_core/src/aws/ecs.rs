@@ -11,6 +11,7 @@ use super::{AwsClient, Listing};
 use crate::{Error, Reason, Result};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// DescribeTasks takes at most this many task ARNs per call.
 pub const DESCRIBE_CHUNK: usize = 100;
@@ -156,6 +157,8 @@ impl AwsClient {
     /// `operation_timeout`. `pages` counts every request.
     pub async fn ecs_tasks(&self, query: &TaskQuery) -> Result<Listing<Task>> {
         query.validate()?;
+        // Which call a timeout cut off, for the error's action.
+        let describing = AtomicBool::new(false);
         let all = async {
             let mut listing = Listing {
                 items: Vec::new(),
@@ -190,6 +193,7 @@ impl AwsClient {
             }
             let mut unique = HashSet::new();
             arns.retain(|a| unique.insert(a.clone()));
+            describing.store(true, Ordering::Relaxed);
             for chunk in chunks(&arns) {
                 let body = json!({"cluster": query.cluster, "tasks": chunk, "include": ["TAGS"]});
                 let answer = self.ecs_call(Operation::DescribeTasks, &body).await?;
@@ -200,7 +204,13 @@ impl AwsClient {
             }
             Ok(listing)
         };
-        self.within_budget(Operation::ListTasks, all).await
+        match tokio::time::timeout(self.operation_timeout, all).await {
+            Ok(result) => result,
+            Err(_) if describing.load(Ordering::Relaxed) => {
+                Err(self.fail(Operation::DescribeTasks, Failure::Timeout))
+            }
+            Err(_) => Err(self.fail(Operation::ListTasks, Failure::Timeout)),
+        }
     }
 
     /// The container instances `arns` of `cluster`, 100 a call. An ARN ECS does not know
@@ -278,10 +288,12 @@ impl AwsClient {
     }
 }
 
-/// A DescribeContainerInstances answer's instances; `failures` are left out.
+/// A DescribeContainerInstances answer's instances; `failures` for ARNs ECS does not
+/// know are left out, and any other failure fails the answer.
 pub fn container_instances_page(body: &str) -> Result<Vec<ContainerInstance>> {
     let op = "DescribeContainerInstances";
     let root = parse(body, op)?;
+    only_missing(&root, op)?;
     let list = root
         .get("containerInstances")
         .and_then(Value::as_array)
@@ -311,15 +323,39 @@ pub fn list_tasks_page(body: &str) -> Result<(Vec<String>, Option<String>)> {
     Ok((arns, next_token(&root)))
 }
 
-/// A DescribeTasks answer's tasks. Entries of `failures` (ARNs that went missing between
-/// the two calls) are left out: a task that cannot be described is not a peer.
+/// A DescribeTasks answer's tasks. Entries of `failures` that are `MISSING` (tasks gone
+/// between the two calls) are left out: a task that cannot be described is not a peer.
+/// Any other failure fails the answer, so it can never pass for tasks that are gone.
 pub fn describe_tasks_page(body: &str) -> Result<Vec<Task>> {
     let root = parse(body, "DescribeTasks")?;
+    only_missing(&root, "DescribeTasks")?;
     let tasks = root
         .get("tasks")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("DescribeTasks", "the answer has no tasks list"))?;
     Ok(tasks.iter().filter_map(task).collect())
+}
+
+fn only_missing(root: &Value, op: &'static str) -> Result<()> {
+    let failures = root.get("failures").and_then(Value::as_array);
+    match failures
+        .into_iter()
+        .flatten()
+        .find(|f| text(f, "reason").as_deref() != Some("MISSING"))
+    {
+        None => Ok(()),
+        Some(f) => Err(bad(
+            op,
+            &format!(
+                "failed for {}: {}{}",
+                text(f, "arn").unwrap_or_else(|| "a resource".into()),
+                text(f, "reason").unwrap_or_else(|| "no reason given".into()),
+                text(f, "detail")
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 /// The ARNs in DescribeTasks-sized chunks.
@@ -496,6 +532,27 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_other_than_missing_fails_the_answer() {
+        let body =
+            r#"{"tasks":[],"failures":[{"arn":"arn:t/9","reason":"ACCESS_DENIED","detail":"no"}]}"#;
+        let e = describe_tasks_page(body).expect_err("not missing");
+        assert_eq!(e.reason, Reason::BadResponse);
+        assert!(
+            e.message.contains("arn:t/9: ACCESS_DENIED (no)"),
+            "{}",
+            e.message
+        );
+        let body = r#"{"containerInstances":[],"failures":[{"arn":"arn:ci/1","reason":"CLUSTER_MISMATCH"}]}"#;
+        assert!(container_instances_page(body).is_err());
+        let body =
+            r#"{"containerInstances":[],"failures":[{"arn":"arn:ci/1","reason":"MISSING"}]}"#;
+        assert_eq!(
+            container_instances_page(body).expect("missing is fine"),
+            vec![]
+        );
+    }
+
+    #[test]
     fn list_pages_carry_their_token() {
         let (arns, next) =
             list_tasks_page(r#"{"taskArns":["a","b"],"nextToken":"t2"}"#).expect("page");
@@ -652,7 +709,8 @@ mod tests {
             let fake = Fake::start(|_| {
                 Reply::ok(
                     r#"{"containerInstances":[{"containerInstanceArn":"arn:ci/1",
-                    "ec2InstanceId":"i-1","status":"ACTIVE"}],"failures":[{"arn":"arn:ci/2"}]}"#,
+                    "ec2InstanceId":"i-1","status":"ACTIVE"}],
+                    "failures":[{"arn":"arn:ci/2","reason":"MISSING"}]}"#,
                 )
             })
             .await;

@@ -5,9 +5,11 @@
 //! Instances and groups are plain structs, and failures are [`Error`]s whose `details`
 //! keep the raw AWS facts (`code`, `operation`, `action`, `status`, `endpoint`).
 
+#[cfg(feature = "autoscaling")]
 mod autoscaling;
 mod client;
 mod ec2;
+#[cfg(feature = "ecs")]
 pub mod ecs;
 mod failure;
 mod query;
@@ -16,6 +18,7 @@ mod xml;
 #[cfg(test)]
 mod fake;
 
+#[cfg(feature = "autoscaling")]
 pub use autoscaling::{Group, GroupInstance};
 pub use client::{AwsClient, ClientConfig};
 pub use ec2::{Instance, InstanceQuery, NetworkInterface};

@@ -9,6 +9,10 @@
 //! full-jitter exponential backoff up to `max_attempts`. Everything else, and the last
 //! failure, is returned as a [`Failure`] for `failure::classify`.
 
+// The awsJson1_1 half is protocol code, not a service: it stays in a build without the
+// `ecs` feature, unused there.
+#![cfg_attr(not(feature = "ecs"), allow(dead_code))]
+
 use super::failure::{causes, Failure};
 use super::xml;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
