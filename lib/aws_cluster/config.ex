@@ -27,7 +27,9 @@ defmodule AWSCluster.Config do
     :secret_access_key,
     :session_token,
     :cookie,
-    :password
+    :password,
+    # A database URL holds its password.
+    :url
   ]
 
   @doc "The keys whose values are secrets, wherever they appear."

@@ -111,6 +111,16 @@ defmodule AWSCluster.Native do
   def ecs_metadata_fetch(ref, uri, timeout_ms, attempts),
     do: retry(:ecs_metadata_fetch, [ref, uri, timeout_ms, attempts])
 
+  def registry_new(opts), do: retry(:registry_new, [opts])
+  def registry_open(registry, ref), do: retry(:registry_open, [registry, ref])
+  def registry_heartbeat(registry, ref, row), do: retry(:registry_heartbeat, [registry, ref, row])
+
+  def registry_read(registry, ref, cluster, ttl_ms, limit),
+    do: retry(:registry_read, [registry, ref, cluster, ttl_ms, limit])
+
+  def registry_delete(registry, ref, cluster, node, boot_id),
+    do: retry(:registry_delete, [registry, ref, cluster, node, boot_id])
+
   def gossip_keyring_new(secrets, label, insecure),
     do: retry(:gossip_keyring_new, [secrets, label, insecure])
 

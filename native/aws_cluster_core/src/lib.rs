@@ -9,6 +9,8 @@ pub mod error;
 pub mod gossip;
 pub mod imds;
 pub mod interface;
+#[cfg(feature = "postgres")]
+pub mod registry;
 pub mod sched;
 
 pub use error::{Error, Reason, Result};

@@ -130,8 +130,9 @@ fn listing_map<'a, T>(
     map(env, &[(key, &items), (keys::pages(), &listing.pages)])
 }
 
-/// `aws_services()`: the AWS services this build can call, as binaries. EC2 is always
-/// in; the others are cargo features (`AWS_CLUSTER_NIF_SERVICES`, native/build.exs).
+/// `aws_services()`: the services this build can call, as binaries: EC2 always, the
+/// others (AutoScaling, ECS, the PostgreSQL registry) as cargo features
+/// (`AWS_CLUSTER_NIF_SERVICES`, native/build.exs).
 #[rustler::nif]
 fn aws_services() -> Vec<&'static str> {
     let mut services = vec!["ec2"];
@@ -140,6 +141,9 @@ fn aws_services() -> Vec<&'static str> {
     }
     if cfg!(feature = "ecs") {
         services.push("ecs");
+    }
+    if cfg!(feature = "postgres") {
+        services.push("postgres");
     }
     services
 }

@@ -12,6 +12,8 @@ mod error;
 mod gossip;
 mod imds;
 mod interface;
+#[cfg(feature = "postgres")]
+mod registry;
 mod runtime;
 
 rustler::init!("Elixir.AWSCluster.Native");

@@ -1,0 +1,117 @@
+defmodule AWSCluster.Registry do
+  @moduledoc """
+  The membership table of `AWSCluster.Strategy.Registry`, on PostgreSQL: one row per
+  node, written by that node and read by all.
+
+  Each row carries an HMAC-SHA256 over its fields, with a key derived from the
+  topology's secret and cluster name; `read/3` returns only rows whose MAC verifies and
+  whose node name is `basename@address` for the row's own IP address, checked in the NIF
+  before any of it reaches Elixir. `last_seen` is the server's `now()` and liveness is
+  judged by the server, so the database's clock is the only one that matters.
+
+  The table (created when missing):
+
+      CREATE TABLE aws_cluster_nodes (
+        cluster text NOT NULL, node text NOT NULL, address text NOT NULL,
+        availability_zone text, instance_id text, grp text, boot_id text NOT NULL,
+        version text NOT NULL, mac text NOT NULL, beats bigint NOT NULL DEFAULT 1,
+        first_seen timestamptz NOT NULL DEFAULT now(),
+        last_seen timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (cluster, node))
+  """
+
+  alias AWSCluster.{Async, Config, Error, Native}
+
+  defstruct [:resource, :cluster, :operation_timeout]
+
+  @typedoc "One topology's registry connection."
+  @type t :: %__MODULE__{
+          resource: reference(),
+          cluster: String.t(),
+          operation_timeout: pos_integer()
+        }
+
+  @typedoc "A node's row."
+  @type row :: %{
+          cluster: String.t(),
+          node: String.t(),
+          address: String.t(),
+          availability_zone: String.t() | nil,
+          instance_id: String.t() | nil,
+          group: String.t() | nil,
+          boot_id: String.t(),
+          version: String.t()
+        }
+
+  @typedoc "A row read but refused: its node name (cut to 64 bytes) and why."
+  @type rejected :: %{node: String.t(), why: String.t()}
+
+  @schema [
+    url: [type: :non_empty_string, required: true, doc: "PostgreSQL URL or key=value string."],
+    table: [type: :non_empty_string, default: "aws_cluster_nodes", doc: "Table name."],
+    cluster: [type: :non_empty_string, required: true, doc: "Which cluster's rows."],
+    secret: [type: :non_empty_string, required: true, doc: "Row HMAC secret, 32+ bytes."],
+    connect_timeout: [type: :pos_integer, default: 5_000, doc: "ms to connect."],
+    operation_timeout: [type: :pos_integer, default: 5_000, doc: "ms per query."]
+  ]
+
+  @doc """
+  Checks the options and makes the registry; nothing is connected until the first call.
+  A bad option is `:invalid_argument` with the key in `details.key`; no error text
+  holds the URL or the secret. Options:
+
+  #{Config.docs(@schema)}
+  """
+  @spec new(keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def new(opts) do
+    with {:ok, o} <- Config.arguments(opts, @schema),
+         {:ok, resource} <-
+           Error.wrap(
+             Native.registry_new(%{
+               url: o.url,
+               table: o.table,
+               cluster: o.cluster,
+               secret: o.secret,
+               connect_timeout_ms: o.connect_timeout,
+               operation_timeout_ms: o.operation_timeout
+             })
+           ) do
+      {:ok,
+       %__MODULE__{resource: resource, cluster: o.cluster, operation_timeout: o.operation_timeout}}
+    end
+  end
+
+  @doc "Connects, and creates the table if it is missing."
+  @spec open(t()) :: :ok | {:error, Error.t()}
+  def open(%__MODULE__{} = r) do
+    with {:ok, true} <- Async.call(&Native.registry_open(r.resource, &1), wait(r)), do: :ok
+  end
+
+  @doc "Writes this node's row (`cluster` is the registry's), stamped by the server."
+  @spec heartbeat(t(), map()) :: :ok | {:error, Error.t()}
+  def heartbeat(%__MODULE__{} = r, row) do
+    row = Map.put(row, :cluster, r.cluster)
+
+    with {:ok, true} <- Async.call(&Native.registry_heartbeat(r.resource, &1, row), wait(r)),
+         do: :ok
+  end
+
+  @doc """
+  The rows seen within `ttl` ms by the server's clock, at most `limit`, that verified;
+  and the ones refused.
+  """
+  @spec read(t(), pos_integer(), pos_integer()) ::
+          {:ok, %{rows: [row()], rejected: [rejected()]}} | {:error, Error.t()}
+  def read(%__MODULE__{} = r, ttl, limit) do
+    Async.call(&Native.registry_read(r.resource, &1, r.cluster, ttl, limit), wait(r))
+  end
+
+  @doc "Deletes `node`'s row of boot `boot_id`; the number of rows deleted (0 or 1)."
+  @spec delete(t(), String.t(), String.t()) :: {:ok, non_neg_integer()} | {:error, Error.t()}
+  def delete(%__MODULE__{} = r, node, boot_id) do
+    Async.call(&Native.registry_delete(r.resource, &1, r.cluster, node, boot_id), wait(r))
+  end
+
+  # A first call may connect first (connect timeout) and then query.
+  defp wait(r), do: 2 * r.operation_timeout + 1_000
+end

@@ -1,0 +1,75 @@
+defmodule AWSCluster.Registry.Heartbeat do
+  @moduledoc """
+  Writes this node's row every `interval` ms, whoever reads the table for the topology
+  (the poller may be another node's), and deletes it when it stops: a graceful stop
+  leaves the table at once, a killed node's row ages out after the TTL.
+
+  Started by `AWSCluster.Strategy.Registry.init/2`, linked to the topology's poller, so
+  it ends with it. A failed write is logged when the outcome changes and tried again at
+  the next beat; it never stops the process.
+  """
+
+  use GenServer
+
+  require Logger
+
+  alias AWSCluster.Registry
+
+  # A stop must not hang a shutdown on an unreachable database.
+  @delete_timeout 2_000
+
+  @doc "Starts the heartbeat of `row`, linked to the caller."
+  @spec start_link(Registry.t(), map(), pos_integer(), atom()) :: GenServer.on_start()
+  def start_link(registry, row, interval, topology),
+    do: GenServer.start_link(__MODULE__, {registry, row, interval, topology})
+
+  @doc "The last write's outcome: `:ok`, `{:error, %AWSCluster.Error{}}` or `nil` (none yet)."
+  @spec last(pid()) :: :ok | {:error, AWSCluster.Error.t()} | nil
+  def last(pid), do: GenServer.call(pid, :last)
+
+  @impl true
+  def init({registry, row, interval, topology}) do
+    Process.flag(:trap_exit, true)
+    send(self(), :beat)
+    {:ok, %{registry: registry, row: row, interval: interval, topology: topology, last: nil}}
+  end
+
+  @impl true
+  def handle_call(:last, _from, s), do: {:reply, s.last, s}
+
+  @impl true
+  def handle_info(:beat, s) do
+    result = Registry.heartbeat(s.registry, s.row)
+    log_change(s, result)
+    Process.send_after(self(), :beat, s.interval)
+    {:noreply, %{s | last: result}}
+  end
+
+  def handle_info({:EXIT, _pid, reason}, s), do: {:stop, reason, s}
+
+  # A late reply to a write that timed out.
+  def handle_info({:aws_cluster, _ref, _reply}, s), do: {:noreply, s}
+
+  @impl true
+  def terminate(_reason, s) do
+    registry = %{
+      s.registry
+      | operation_timeout: min(s.registry.operation_timeout, @delete_timeout)
+    }
+
+    _ = Registry.delete(registry, s.row.node, s.row.boot_id)
+    :ok
+  end
+
+  defp log_change(%{last: last}, result) when last == result, do: :ok
+
+  defp log_change(s, :ok),
+    do: Logger.info("[aws_cluster:#{s.topology}] registry: writing this node's row")
+
+  defp log_change(s, {:error, e}),
+    do:
+      Logger.warning(
+        "[aws_cluster:#{s.topology}] registry heartbeat failing (#{e.reason}): #{e.message}; " <>
+          "this node's row ages out after the TTL unless a write gets through"
+      )
+end

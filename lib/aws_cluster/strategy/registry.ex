@@ -1,0 +1,250 @@
+defmodule AWSCluster.Strategy.Registry do
+  @schema [
+            backend: [
+              type: {:in, [:postgres]},
+              default: :postgres,
+              doc: "Where the table lives: `:postgres` (DynamoDB is not built yet)."
+            ],
+            url: [
+              type: :non_empty_string,
+              required: true,
+              doc:
+                "PostgreSQL URL (`postgres://user:password@host:5432/db`) or key=value " <>
+                  "string. A secret: never logged."
+            ],
+            table: [
+              type: :non_empty_string,
+              default: "aws_cluster_nodes",
+              doc: "The table, created if missing: 1-63 of `a-z 0-9 _`."
+            ],
+            cluster: [
+              type: :non_empty_string,
+              doc:
+                "Which cluster's rows this topology writes and reads. Default: the topology name."
+            ],
+            secret: [
+              type: :non_empty_string,
+              required: true,
+              doc:
+                "Shared secret (32+ bytes) keying each row's HMAC: a row that does not verify " <>
+                  "is never dialled."
+            ],
+            heartbeat_interval: [
+              type: :pos_integer,
+              default: 5_000,
+              doc: "ms between writes of this node's row."
+            ],
+            ttl: [
+              type: :pos_integer,
+              doc:
+                "A row older than this (by the database's clock) is not live. Default: 3 " <>
+                  "heartbeat intervals."
+            ],
+            availability_zone: [type: :non_empty_string, doc: "This node's AZ, for its row."],
+            instance_id: [type: :non_empty_string, doc: "This node's instance, for its row."],
+            group: [type: :non_empty_string, doc: "This node's group, for its row."],
+            query_timeout: [type: :pos_integer, default: 5_000, doc: "ms per database call."]
+          ] ++ AWSCluster.Poller.Coordination.schema(true)
+
+  @moduledoc """
+  Cluster membership kept in a database table, PostgreSQL for now: every node writes
+  its own row every `heartbeat_interval` and reads the live rows as its discovery
+  answer. The table is plain SQL, so dashboards, deploy scripts and people can see the
+  cluster (`SELECT node, availability_zone, last_seen FROM aws_cluster_nodes`). No AWS
+  API and no IAM permission are involved.
+
+      config :libcluster,
+        topologies: [
+          chat: [
+            strategy: #{inspect(__MODULE__)},
+            config: [
+              url: System.fetch_env!("DATABASE_URL"),
+              secret: System.fetch_env!("CLUSTER_SECRET")
+            ]
+          ]
+        ]
+
+  Each row carries an HMAC over its fields, keyed by `secret`; a row that does not
+  verify, or whose node name is not `basename@<its address>`, is never dialled and makes
+  no atom (`AWSCluster.Registry`). `last_seen` is the server's `now()` and a row is live
+  while `last_seen > now() - ttl` on the server. A graceful stop deletes the row; a
+  killed node's row ages out after `ttl` and is then pruned by the poller's rules
+  (`prune_after` complete answers without it). A stale row or a database outage never
+  disconnects a peer whose link is up: an error keeps the last good set.
+
+  This node's name must be `name@<IP address>` (`AWSCluster.Distribution`). Reads are
+  coordinated like AWS polls (`coordinate: true`): one node reads for the connected
+  ones; every node still writes its own row.
+
+  ## Options
+
+  #{AWSCluster.Config.docs(@schema)}
+
+  and the poller's options (`AWSCluster.Poller`).
+  """
+
+  use AWSCluster.Strategy
+
+  alias AWSCluster.{Error, Registry}
+  alias AWSCluster.Registry.Heartbeat
+
+  @version Mix.Project.config()[:version]
+
+  @impl true
+  def schema, do: @schema
+
+  @impl true
+  def validate(config) do
+    ttl = config.ttl || 3 * config.heartbeat_interval
+
+    cond do
+      ttl <= config.heartbeat_interval ->
+        {:error,
+         AWSCluster.Config.error(
+           :ttl,
+           "ttl (#{ttl} ms) must be longer than heartbeat_interval " <>
+             "(#{config.heartbeat_interval} ms), or every row ages out between writes"
+         )}
+
+      byte_size(config.secret) < 32 ->
+        {:error,
+         AWSCluster.Config.error(
+           :secret,
+           "the secret is #{byte_size(config.secret)} bytes; at least 32 are required " <>
+             "(generate one with `:crypto.strong_rand_bytes(32) |> Base.encode64()`)"
+         )}
+
+      true ->
+        with :ok <- AWSCluster.AWS.require_service(:postgres),
+             {:ok, _registry} <- registry(config, "options check"),
+             do: :ok
+    end
+  end
+
+  @impl true
+  def init(config, state) do
+    cluster = config.cluster || Atom.to_string(state.topology)
+
+    with {:ok, row} <- own_row(config, cluster),
+         {:ok, registry} <- registry(config, cluster),
+         :ok <- Registry.open(registry),
+         {:ok, heartbeat} <-
+           Heartbeat.start_link(registry, row, config.heartbeat_interval, state.topology) do
+      {:ok,
+       %{
+         registry: registry,
+         heartbeat: heartbeat,
+         ttl: config.ttl || 3 * config.heartbeat_interval,
+         limit: config.max_peers + 1,
+         topology: state.topology,
+         question: {config.backend, config.table, cluster}
+       }}
+    end
+  end
+
+  @impl true
+  def discover(s) do
+    with {:ok, %{rows: rows, rejected: rejected}} <- Registry.read(s.registry, s.ttl, s.limit) do
+      log_rejected(s.topology, rejected)
+      {:ok, Enum.map(rows, &peer/1)}
+    end
+  end
+
+  @impl true
+  def question(s), do: s.question
+
+  defp peer(row) do
+    %{
+      node: row.node,
+      address: row.address,
+      instance: %{
+        id: row.node,
+        instance_id: row.instance_id,
+        availability_zone: row.availability_zone,
+        group: row.group,
+        boot_id: row.boot_id,
+        version: row.version,
+        tags: %{}
+      }
+    }
+  end
+
+  # Refused rows are someone writing to the table without the secret, or a node with
+  # another secret: worth a warning each round they are there.
+  defp log_rejected(_topology, []), do: :ok
+
+  defp log_rejected(topology, [first | _] = rejected) do
+    require Logger
+
+    Logger.warning(
+      "[aws_cluster:#{topology}] registry: #{length(rejected)} row(s) refused and not dialled " <>
+        "(first: #{inspect(first.node)}: #{first.why}); a writer without the secret, or " <>
+        "a node with another secret"
+    )
+  end
+
+  defp own_row(config, cluster) do
+    name = Atom.to_string(node())
+
+    with [_base, host] <- String.split(name, "@", parts: 2),
+         {:ok, _ip} <- :inet.parse_strict_address(String.to_charlist(host)) do
+      {:ok,
+       %{
+         cluster: cluster,
+         node: name,
+         address: host,
+         availability_zone: config.availability_zone,
+         instance_id: config.instance_id,
+         group: config.group,
+         boot_id: boot_id(),
+         version: @version
+       }}
+    else
+      _ ->
+        {:error,
+         Error.new(
+           :no_address,
+           "registry: this node is #{name}; it must be distributed as name@<IP address> " <>
+             "to write a row the others can dial (start it with --name, or use " <>
+             "AWSCluster.Distribution)",
+           %{node: node()}
+         )}
+    end
+  end
+
+  # One per VM start: a row left by an earlier life of this node is told apart.
+  defp boot_id do
+    case :persistent_term.get({__MODULE__, :boot_id}, nil) do
+      nil ->
+        id = Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)
+        :persistent_term.put({__MODULE__, :boot_id}, id)
+        id
+
+      id ->
+        id
+    end
+  end
+
+  # Parsing the url and table connects nothing, so validate/1 runs it too: a bad one
+  # fails the start.
+  defp registry(config, cluster) do
+    Registry.new(
+      url: config.url,
+      table: config.table,
+      cluster: cluster,
+      secret: config.secret,
+      connect_timeout: config.query_timeout,
+      operation_timeout: config.query_timeout
+    )
+    |> invalid_config()
+  end
+
+  @option_keys %{"url" => :url, "table" => :table, "secret" => :secret, "cluster" => :cluster}
+
+  # What the NIF refuses in the options is bad config: it fails the start, naming the key.
+  defp invalid_config({:error, %Error{reason: :invalid_argument, details: %{key: key}} = e})
+       when is_map_key(@option_keys, key),
+       do: {:error, AWSCluster.Config.error(@option_keys[key], e.message)}
+
+  defp invalid_config(other), do: other
+end

@@ -1,0 +1,221 @@
+//! The membership registry: every node writes its own row to a shared table and reads
+//! the live rows as its discovery answer (`postgres`).
+//!
+//! A row authenticates itself: an HMAC-SHA256 over its fields, with a key derived from
+//! the topology's secret. Whoever can write to the table but lacks the secret cannot
+//! make a node dial anything: a row is size-checked, then its MAC verified, then its node
+//! name checked against its address, all before it leaves this crate.
+
+pub mod postgres;
+
+use crate::{Error, Reason, Result};
+use aws_lc_rs::{hkdf, hmac};
+
+/// The longest field a row may carry (node names are at most 255 bytes in Erlang).
+pub const MAX_FIELD: usize = 255;
+const MAC_INFO: &[u8] = b"aws_cluster registry row v1";
+
+/// One node's row, as written and as read back (verified).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Row {
+    pub cluster: String,
+    pub node: String,
+    pub address: String,
+    pub availability_zone: Option<String>,
+    pub instance_id: Option<String>,
+    pub group: Option<String>,
+    pub boot_id: String,
+    pub version: String,
+}
+
+/// A row that was read but refused, and why (its node name cut to 64 bytes, as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub node: String,
+    pub why: &'static str,
+}
+
+/// The HMAC key of one topology.
+pub struct RowKey(hmac::Key);
+
+impl RowKey {
+    /// Derives the key from `secret` (at least 32 bytes) and the cluster label, so one
+    /// secret used for two clusters still gives rows that only open in their own.
+    pub fn new(secret: &[u8], cluster: &str) -> Result<Self> {
+        if secret.len() < 32 {
+            return Err(Error::new(
+                Reason::InvalidArgument,
+                format!(
+                    "the registry secret is {} bytes; at least 32 are required",
+                    secret.len()
+                ),
+            )
+            .with_detail("key", "secret"));
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, cluster.as_bytes()).extract(secret);
+        let okm = prk
+            .expand(&[MAC_INFO], hmac::HMAC_SHA256)
+            .map_err(|_| Error::new(Reason::Internal, "HKDF expand failed"))?;
+        Ok(RowKey(hmac::Key::from(okm)))
+    }
+
+    /// The row's MAC, hex.
+    pub fn sign(&self, row: &Row) -> String {
+        hex(hmac::sign(&self.0, &canonical(row)).as_ref())
+    }
+
+    /// Checks a row read from the table: sizes, then the MAC (constant time), then the
+    /// node name's shape against the address.
+    pub fn verify(&self, row: &Row, mac: &str) -> std::result::Result<(), &'static str> {
+        let fields = [
+            Some(&row.cluster),
+            Some(&row.node),
+            Some(&row.address),
+            row.availability_zone.as_ref(),
+            row.instance_id.as_ref(),
+            row.group.as_ref(),
+            Some(&row.boot_id),
+            Some(&row.version),
+        ];
+        if fields.iter().flatten().any(|f| f.len() > MAX_FIELD) {
+            return Err("a field is over 255 bytes");
+        }
+        let tag = unhex(mac).ok_or("the MAC is not 64 hex digits")?;
+        hmac::verify(&self.0, &canonical(row), &tag).map_err(|_| "the MAC does not match")?;
+        node_name_ok(&row.node, &row.address)
+    }
+}
+
+/// `basename@address`, where the address is the row's and an IP, and the basename is
+/// 1..=64 of `[A-Za-z0-9_-]`.
+pub fn node_name_ok(node: &str, address: &str) -> std::result::Result<(), &'static str> {
+    let (base, host) = node.split_once('@').ok_or("the node name has no @")?;
+    if host != address {
+        return Err("the node name's host is not the row's address");
+    }
+    if host.parse::<std::net::IpAddr>().is_err() {
+        return Err("the address is not an IP address");
+    }
+    let base_ok = !base.is_empty()
+        && base.len() <= 64
+        && base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if base_ok {
+        Ok(())
+    } else {
+        Err("the node basename is not 1-64 of A-Z a-z 0-9 _ -")
+    }
+}
+
+/// Length-prefixed fields: no two rows share an encoding.
+fn canonical(row: &Row) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let fields = [
+        Some(&row.cluster),
+        Some(&row.node),
+        Some(&row.address),
+        row.availability_zone.as_ref(),
+        row.instance_id.as_ref(),
+        row.group.as_ref(),
+        Some(&row.boot_id),
+        Some(&row.version),
+    ];
+    for field in fields {
+        match field {
+            Some(text) => {
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+            None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            cluster: "chat".into(),
+            node: "chat@127.0.1.5".into(),
+            address: "127.0.1.5".into(),
+            availability_zone: Some("us-east-1a".into()),
+            instance_id: None,
+            group: None,
+            boot_id: "b1".into(),
+            version: "0.1.0".into(),
+        }
+    }
+
+    fn key() -> RowKey {
+        RowKey::new(&[7u8; 32], "chat").expect("key")
+    }
+
+    #[test]
+    fn a_signed_row_verifies_and_any_change_breaks_it() {
+        let mac = key().sign(&row());
+        assert_eq!(key().verify(&row(), &mac), Ok(()));
+        let mut moved = row();
+        moved.availability_zone = Some("us-east-1b".into());
+        assert_eq!(key().verify(&moved, &mac), Err("the MAC does not match"));
+        // None and "" are different rows.
+        let mut empty = row();
+        empty.instance_id = Some(String::new());
+        assert_ne!(key().sign(&empty), mac);
+        // Another cluster's key, or another secret, does not open it.
+        let other = RowKey::new(&[7u8; 32], "other").expect("key");
+        assert!(other.verify(&row(), &mac).is_err());
+        let other = RowKey::new(&[8u8; 32], "chat").expect("key");
+        assert!(other.verify(&row(), &mac).is_err());
+    }
+
+    #[test]
+    fn bad_macs_sizes_and_names_are_refused() {
+        assert_eq!(
+            key().verify(&row(), "zz"),
+            Err("the MAC is not 64 hex digits")
+        );
+        let mut long = row();
+        long.group = Some("g".repeat(256));
+        let mac = key().sign(&long);
+        assert_eq!(key().verify(&long, &mac), Err("a field is over 255 bytes"));
+        for (node, address) in [
+            ("chat@127.0.1.6", "127.0.1.5"),
+            ("chat127.0.1.5", "127.0.1.5"),
+            ("ch at@127.0.1.5", "127.0.1.5"),
+            ("@127.0.1.5", "127.0.1.5"),
+            ("chat@evil.example", "evil.example"),
+        ] {
+            let r = Row {
+                node: node.into(),
+                address: address.into(),
+                ..row()
+            };
+            let mac = key().sign(&r);
+            assert!(key().verify(&r, &mac).is_err(), "{node}");
+        }
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_naming_the_key() {
+        let e = RowKey::new(b"short", "chat").err().expect("refused");
+        assert_eq!(e.reason, Reason::InvalidArgument);
+        assert_eq!(e.detail("key"), Some("secret"));
+    }
+}

@@ -1,0 +1,355 @@
+//! The registry on PostgreSQL (tokio-postgres): one table, one row per node.
+//!
+//! `last_seen` is stamped by the server's `now()` and liveness is judged by the server
+//! too (`last_seen > now() - ttl`), so only the database's clock matters. Every query is
+//! parameterized; the table name, the one thing that cannot be a parameter, is checked
+//! to be a plain identifier and quoted. A connection that breaks is dropped and made
+//! again on the next call; the caller keeps its last good answer meanwhile.
+
+use super::{Rejected, Row, RowKey};
+use crate::{Error, Reason, Result};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// How to reach the table.
+pub struct PgConfig {
+    pub url: String,
+    pub table: String,
+    pub connect_timeout: Duration,
+    pub operation_timeout: Duration,
+}
+
+/// What a read found: verified live rows, and the rows refused.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub rows: Vec<Row>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// One topology's registry: the parsed config, the row key and the current connection.
+pub struct PgRegistry {
+    config: Config,
+    table: String,
+    key: RowKey,
+    operation_timeout: Duration,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl PgRegistry {
+    /// Checks the options; connects on first use.
+    pub fn new(cfg: PgConfig, key: RowKey) -> Result<Self> {
+        let mut config = Config::from_str(&cfg.url).map_err(|e| {
+            // Never the URL itself: it holds the password.
+            invalid(
+                "url",
+                &format!("the url is not a PostgreSQL URL or key=value string ({e})"),
+            )
+        })?;
+        if config.get_hosts().is_empty() {
+            return Err(invalid("url", "the url names no host"));
+        }
+        config.connect_timeout(cfg.connect_timeout);
+        config.application_name("aws_cluster");
+        Ok(PgRegistry {
+            config,
+            table: quoted_table(&cfg.table)?,
+            key,
+            operation_timeout: cfg.operation_timeout,
+            client: Mutex::new(None),
+        })
+    }
+
+    /// Connects (if not connected) and creates the table if it is missing.
+    pub async fn open(&self) -> Result<()> {
+        self.client().await.map(|_| ())
+    }
+
+    /// Writes this node's row, stamped with the server's clock.
+    pub async fn heartbeat(&self, row: &Row) -> Result<()> {
+        let mac = self.key.sign(row);
+        let sql = format!(
+            "INSERT INTO {t} (cluster, node, address, availability_zone, instance_id, grp, \
+             boot_id, version, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (cluster, node) DO UPDATE SET address = EXCLUDED.address, \
+             availability_zone = EXCLUDED.availability_zone, instance_id = EXCLUDED.instance_id, \
+             grp = EXCLUDED.grp, boot_id = EXCLUDED.boot_id, version = EXCLUDED.version, \
+             mac = EXCLUDED.mac, beats = {t}.beats + 1, last_seen = now()",
+            t = self.table
+        );
+        self.run("heartbeat", |client| async move {
+            client
+                .execute(
+                    sql.as_str(),
+                    &[
+                        &row.cluster,
+                        &row.node,
+                        &row.address,
+                        &row.availability_zone,
+                        &row.instance_id,
+                        &row.group,
+                        &row.boot_id,
+                        &row.version,
+                        &mac,
+                    ],
+                )
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// The rows of `cluster` seen within `ttl`, at most `limit`, each verified.
+    pub async fn read(&self, cluster: &str, ttl: Duration, limit: i64) -> Result<Reading> {
+        let sql = format!(
+            "SELECT cluster, node, address, availability_zone, instance_id, grp, boot_id, \
+             version, mac FROM {} WHERE cluster = $1 \
+             AND last_seen > now() - $2 * interval '1 millisecond' ORDER BY node LIMIT $3",
+            self.table
+        );
+        let ttl_ms = ttl.as_millis() as f64;
+        let rows = self
+            .run("read", |client| async move {
+                client
+                    .query(sql.as_str(), &[&cluster, &ttl_ms, &limit])
+                    .await
+            })
+            .await?;
+        let mut reading = Reading::default();
+        for r in rows {
+            let row = Row {
+                cluster: r.try_get(0).unwrap_or_default(),
+                node: r.try_get(1).unwrap_or_default(),
+                address: r.try_get(2).unwrap_or_default(),
+                availability_zone: r.try_get(3).unwrap_or_default(),
+                instance_id: r.try_get(4).unwrap_or_default(),
+                group: r.try_get(5).unwrap_or_default(),
+                boot_id: r.try_get(6).unwrap_or_default(),
+                version: r.try_get(7).unwrap_or_default(),
+            };
+            let mac: String = r.try_get(8).unwrap_or_default();
+            match self.key.verify(&row, &mac) {
+                Ok(()) => reading.rows.push(row),
+                Err(why) => reading.rejected.push(Rejected {
+                    node: row.node.chars().take(64).collect(),
+                    why,
+                }),
+            }
+        }
+        Ok(reading)
+    }
+
+    /// Deletes this node's row of this boot (a newer boot's row is left alone).
+    pub async fn delete(&self, cluster: &str, node: &str, boot_id: &str) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {} WHERE cluster = $1 AND node = $2 AND boot_id = $3",
+            self.table
+        );
+        self.run("delete", |client| async move {
+            client
+                .execute(sql.as_str(), &[&cluster, &node, &boot_id])
+                .await
+        })
+        .await
+    }
+
+    /// Runs `query` on the connection within the operation timeout; a failure that
+    /// broke the connection drops it, so the next call connects again.
+    async fn run<'a, T, F, Fut>(&'a self, what: &'static str, query: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>> + 'a,
+    {
+        let work = async {
+            let client = self.client().await.map_err(Failed::Connect)?;
+            query(client.clone())
+                .await
+                .map_err(|e| Failed::Query(client, e))
+        };
+        match tokio::time::timeout(self.operation_timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(Failed::Connect(e))) => Err(e),
+            Ok(Err(Failed::Query(client, e))) => {
+                if client.is_closed() {
+                    *self.client.lock().await = None;
+                }
+                Err(classify(what, &e))
+            }
+            Err(_) => {
+                *self.client.lock().await = None;
+                Err(Error::new(
+                    Reason::Timeout,
+                    format!(
+                        "registry {what}: no answer from PostgreSQL within {} ms (operation_timeout)",
+                        self.operation_timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| classify("connect", &e))?;
+        tokio::spawn(async move {
+            // Ends when the server or the network closes it; the next call reconnects.
+            let _ = connection.await;
+        });
+        create_table(&client, &self.table).await?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+enum Failed {
+    Connect(Error),
+    Query(Arc<Client>, tokio_postgres::Error),
+}
+
+async fn create_table(client: &Client, table: &str) -> Result<()> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\
+         cluster text NOT NULL, node text NOT NULL, address text NOT NULL, \
+         availability_zone text, instance_id text, grp text, boot_id text NOT NULL, \
+         version text NOT NULL, mac text NOT NULL, beats bigint NOT NULL DEFAULT 1, \
+         first_seen timestamptz NOT NULL DEFAULT now(), \
+         last_seen timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (cluster, node))"
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // Two nodes creating it at once: the loser's IF NOT EXISTS can still collide.
+        Err(e)
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                || e.code() == Some(&SqlState::DUPLICATE_TABLE) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(classify("create table", &e)),
+    }
+}
+
+/// A plain identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes), double-quoted.
+pub fn quoted_table(name: &str) -> Result<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(invalid(
+            "table",
+            "the table name must be 1-63 of a-z 0-9 _, not starting with a digit",
+        ))
+    }
+}
+
+fn invalid(key: &'static str, message: &str) -> Error {
+    Error::new(Reason::InvalidArgument, format!("option {key}: {message}")).with_detail("key", key)
+}
+
+/// A tokio-postgres error as a reason a caller can act on. Its text never holds the
+/// password (tokio-postgres does not echo it).
+pub fn classify(what: &str, e: &tokio_postgres::Error) -> Error {
+    let (reason, hint) = match e.code() {
+        Some(c)
+            if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            (
+                Reason::Unauthorized,
+                "; check the user and password in url:",
+            )
+        }
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => (
+            Reason::Unauthorized,
+            "; the user needs SELECT, INSERT, UPDATE, DELETE (and CREATE once) on the table",
+        ),
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            (Reason::NotFound, "; check the database in url:")
+        }
+        Some(_) => (Reason::BadResponse, ""),
+        None if e.is_closed() || std::error::Error::source(e).is_some() => (
+            Reason::Unreachable,
+            "; is the server up and the url's host and port right?",
+        ),
+        None => (Reason::Unreachable, ""),
+    };
+    let mut err = Error::new(reason, format!("registry {what}: PostgreSQL: {e}{hint}"));
+    if let Some(code) = e.code() {
+        err = err.with_detail("code", code.code());
+    }
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        assert_eq!(
+            quoted_table("aws_cluster_nodes").expect("ok"),
+            "\"aws_cluster_nodes\""
+        );
+        for bad in [
+            "",
+            "1nodes",
+            "nodes; DROP TABLE x",
+            "Nodes",
+            "a\"b",
+            &"n".repeat(64),
+        ] {
+            let e = quoted_table(bad).expect_err(bad);
+            assert_eq!(e.detail("key"), Some("table"));
+        }
+    }
+
+    #[test]
+    fn a_bad_url_names_the_key_without_echoing_it() {
+        let key = RowKey::new(&[1u8; 32], "c").expect("key");
+        let cfg = PgConfig {
+            url: "postgres://u:hunter2@/db?sslmode=bogus".into(),
+            table: "t".into(),
+            connect_timeout: Duration::from_secs(1),
+            operation_timeout: Duration::from_secs(1),
+        };
+        let e = PgRegistry::new(cfg, key).err().expect("refused");
+        assert_eq!(e.detail("key"), Some("url"));
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let cfg = PgConfig {
+            url: format!("postgres://u:hunter2@127.0.0.1:{port}/db"),
+            table: "t".into(),
+            connect_timeout: Duration::from_secs(1),
+            operation_timeout: Duration::from_secs(2),
+        };
+        let reg = PgRegistry::new(cfg, RowKey::new(&[1u8; 32], "c").expect("key")).expect("new");
+        let e = reg.open().await.expect_err("refused");
+        assert_eq!(e.reason, Reason::Unreachable);
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+    }
+}

@@ -1,0 +1,204 @@
+//! `registry_*` NIFs over `aws_cluster_core::registry`: the membership table.
+//! `registry_new` only checks and parses (microseconds); every database call is async.
+
+use crate::aws::{field, invalid, map};
+use crate::{error, runtime};
+use aws_cluster_core::registry::postgres::{PgConfig, PgRegistry, Reading};
+use aws_cluster_core::registry::{Row, RowKey};
+use aws_cluster_core::Error;
+use rustler::{Binary, Encoder, Env, ResourceArc, Term};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod keys {
+    rustler::atoms! {
+        url, table, secret, cluster, connect_timeout_ms, operation_timeout_ms,
+        node, address, availability_zone, instance_id, group, boot_id, version,
+        rows, rejected, why,
+    }
+}
+
+/// One topology's registry connection; the secret lives only in its row key.
+pub struct RegistryResource {
+    registry: Arc<PgRegistry>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for RegistryResource {}
+
+/// `registry_new(opts)`: `{:ok, registry}` or `{:error, e}` naming the bad option. `opts`
+/// is a map with `url`, `table`, `cluster` (binaries), `secret` (a binary of 32+ bytes)
+/// and `connect_timeout_ms`, `operation_timeout_ms`. Nothing is connected yet.
+#[rustler::nif]
+fn registry_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
+    match new(opts) {
+        Ok(registry) => (
+            crate::atoms::ok(),
+            ResourceArc::new(RegistryResource {
+                registry: Arc::new(registry),
+            }),
+        )
+            .encode(env),
+        Err(e) => error::error_tuple(env, &e),
+    }
+}
+
+fn new(opts: Term<'_>) -> Result<PgRegistry, Error> {
+    if !opts.is_map() {
+        return Err(invalid("the registry options must be a map"));
+    }
+    let text = |key, name: &'static str| -> Result<String, Error> {
+        field::<String>(opts, key, name, "a binary")?
+            .ok_or_else(|| invalid(&format!("option {name} is required")).with_detail("key", name))
+    };
+    let ms = |key, name: &'static str| -> Result<Duration, Error> {
+        match field::<u64>(opts, key, name, "a positive integer (ms)")? {
+            Some(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+            _ => Err(invalid(&format!("option {name} must be positive")).with_detail("key", name)),
+        }
+    };
+    let secret: Binary = match opts.map_get(keys::secret()) {
+        Ok(v) => v
+            .decode()
+            .map_err(|_| invalid("option secret must be a binary").with_detail("key", "secret"))?,
+        Err(_) => return Err(invalid("option secret is required").with_detail("key", "secret")),
+    };
+    let key = RowKey::new(secret.as_slice(), &text(keys::cluster(), "cluster")?)?;
+    let cfg = PgConfig {
+        url: text(keys::url(), "url")?,
+        table: text(keys::table(), "table")?,
+        connect_timeout: ms(keys::connect_timeout_ms(), "connect_timeout_ms")?,
+        operation_timeout: ms(keys::operation_timeout_ms(), "operation_timeout_ms")?,
+    };
+    PgRegistry::new(cfg, key)
+}
+
+/// `registry_open(registry, ref)`: replies `:ok`-like `{:ok, true}` once connected and the
+/// table exists (created if missing).
+#[rustler::nif(schedule = "DirtyIo")]
+fn registry_open<'a>(
+    env: Env<'a>,
+    registry: ResourceArc<RegistryResource>,
+    reference: Term<'a>,
+) -> Term<'a> {
+    let registry = registry.registry.clone();
+    let work = async move { registry.open().await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),
+    )
+}
+
+/// `registry_heartbeat(registry, ref, row)`: writes this node's row (a map with the
+/// `Row` fields as binaries or nil); replies `{:ok, true}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn registry_heartbeat<'a>(
+    env: Env<'a>,
+    registry: ResourceArc<RegistryResource>,
+    reference: Term<'a>,
+    row: Term<'a>,
+) -> Term<'a> {
+    let row = match decode_row(row) {
+        Ok(r) => r,
+        Err(e) => return error::error_tuple(env, &e),
+    };
+    let registry = registry.registry.clone();
+    let work = async move { registry.heartbeat(&row).await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),
+    )
+}
+
+/// `registry_read(registry, ref, cluster, ttl_ms, limit)`: replies `{:ok, %{rows: [map],
+/// rejected: [%{node, why}]}}`: the verified rows seen within `ttl_ms` by the server's
+/// clock, and the refused ones.
+#[rustler::nif(schedule = "DirtyIo")]
+fn registry_read<'a>(
+    env: Env<'a>,
+    registry: ResourceArc<RegistryResource>,
+    reference: Term<'a>,
+    cluster: String,
+    ttl_ms: u64,
+    limit: i64,
+) -> Term<'a> {
+    let registry = registry.registry.clone();
+    let work = async move {
+        registry
+            .read(&cluster, Duration::from_millis(ttl_ms), limit)
+            .await
+    };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, reading: Reading| {
+            let rows: Vec<Term> = reading.rows.iter().map(|r| encode_row(env, r)).collect();
+            let rejected: Vec<Term> = reading
+                .rejected
+                .iter()
+                .map(|r| map(env, &[(keys::node(), &r.node), (keys::why(), &r.why)]))
+                .collect();
+            map(env, &[(keys::rows(), &rows), (keys::rejected(), &rejected)])
+        }),
+    )
+}
+
+/// `registry_delete(registry, ref, cluster, node, boot_id)`: deletes that row of that
+/// boot; replies `{:ok, deleted}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn registry_delete<'a>(
+    env: Env<'a>,
+    registry: ResourceArc<RegistryResource>,
+    reference: Term<'a>,
+    cluster: String,
+    node: String,
+    boot_id: String,
+) -> Term<'a> {
+    let registry = registry.registry.clone();
+    let work = async move { registry.delete(&cluster, &node, &boot_id).await };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, n: u64| n.encode(env)),
+    )
+}
+
+fn decode_row(row: Term<'_>) -> Result<Row, Error> {
+    if !row.is_map() {
+        return Err(invalid("the registry row must be a map"));
+    }
+    let required = |key, name: &'static str| -> Result<String, Error> {
+        field::<String>(row, key, name, "a binary")?.ok_or_else(|| {
+            invalid(&format!("row field {name} is required")).with_detail("key", name)
+        })
+    };
+    Ok(Row {
+        cluster: required(keys::cluster(), "cluster")?,
+        node: required(keys::node(), "node")?,
+        address: required(keys::address(), "address")?,
+        availability_zone: field(
+            row,
+            keys::availability_zone(),
+            "availability_zone",
+            "a binary",
+        )?,
+        instance_id: field(row, keys::instance_id(), "instance_id", "a binary")?,
+        group: field(row, keys::group(), "group", "a binary")?,
+        boot_id: required(keys::boot_id(), "boot_id")?,
+        version: required(keys::version(), "version")?,
+    })
+}
+
+fn encode_row<'a>(env: Env<'a>, r: &Row) -> Term<'a> {
+    map(
+        env,
+        &[
+            (keys::cluster(), &r.cluster),
+            (keys::node(), &r.node),
+            (keys::address(), &r.address),
+            (keys::availability_zone(), &r.availability_zone),
+            (keys::instance_id(), &r.instance_id),
+            (keys::group(), &r.group),
+            (keys::boot_id(), &r.boot_id),
+            (keys::version(), &r.version),
+        ],
+    )
+}

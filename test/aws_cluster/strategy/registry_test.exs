@@ -1,0 +1,273 @@
+defmodule AWSCluster.Strategy.RegistryTest do
+  # Real parts: a PostgreSQL 15 started by the test (initdb, pg_ctl, a free loopback port,
+  # password auth), real BEAM nodes as OS processes (AWSCluster.Test.Fleet), psql for
+  # what an operator would type.
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureLog
+
+  alias AWSCluster.Poller
+  alias AWSCluster.Strategy.Registry
+  alias AWSCluster.Test.{Fleet, Nodes, Postgres, Wait}
+
+  @moduletag timeout: 300_000
+  @secret Base.encode64(:binary.copy("s", 32))
+  @beat 300
+  @ttl 1_200
+
+  setup_all do
+    case Postgres.available() do
+      :ok ->
+        pg = Postgres.start!()
+        on_exit(fn -> Postgres.stop(pg) end)
+        %{pg: pg, log_dir: Fleet.log_dir!("registry")}
+
+      {:error, why} ->
+        IO.puts("skipping the registry tests: #{why}")
+        %{pg: nil}
+    end
+  end
+
+  setup ctx do
+    if ctx.pg == nil,
+      do: {:skip, "no PostgreSQL"},
+      else: %{run: "r#{System.unique_integer([:positive])}"}
+  end
+
+  defp config(ctx, extra \\ []) do
+    Keyword.merge(
+      [
+        url: Postgres.url(ctx.pg),
+        secret: @secret,
+        cluster: ctx.run,
+        heartbeat_interval: @beat,
+        ttl: @ttl,
+        polling_interval: @beat,
+        prune_after: 2,
+        connect_timeout: 1_000
+      ],
+      extra
+    )
+  end
+
+  defp rows(ctx) do
+    Postgres.query!(
+      ctx.pg,
+      "SELECT node, availability_zone, beats FROM aws_cluster_nodes " <>
+        "WHERE cluster = '#{ctx.run}' ORDER BY node"
+    )
+  end
+
+  defp boot(ctx, specs, extra \\ []) do
+    cookie = Node.get_cookie()
+
+    Fleet.boot_all(specs, fn spec ->
+      topology = [
+        reg: [strategy: Registry, config: config(ctx, [availability_zone: spec.az] ++ extra)]
+      ]
+
+      {topology, cookie: cookie, log_dir: ctx.log_dir}
+    end)
+  end
+
+  test "4 nodes mesh through the table; SELECT shows them; a graceful stop leaves at once, a kill -9 after the TTL",
+       ctx do
+    specs = Fleet.plan(4, prefix: "reg", run: ctx.run, host_base: 95)
+    members = boot(ctx, specs)
+    on_exit(fn -> Enum.each(members, &Fleet.halt/1) end)
+
+    assert Wait.until(fn -> Fleet.mesh?(members, Fleet.snapshots(members)) end, 30_000),
+           "no mesh: #{inspect(Fleet.snapshots(members))}"
+
+    # What an operator sees.
+    assert for([node, az, _beats] <- rows(ctx), do: {node, az}) ==
+             Enum.sort(for s <- specs, do: {Atom.to_string(s.node), s.az})
+
+    # Heartbeats keep coming.
+    beats = fn ->
+      rows(ctx) |> Enum.map(fn [_, _, b] -> String.to_integer(b) end) |> Enum.sum()
+    end
+
+    before = beats.()
+    assert Wait.until(fn -> beats.() >= before + 4 end, 10_000)
+
+    # Graceful stop: its row is deleted as it goes.
+    [a, b, c, d] = members
+    Fleet.stop(d)
+    refute Enum.any?(rows(ctx), fn [node | _] -> node == Atom.to_string(d.node) end)
+
+    # kill -9: its row stays until the TTL, then the survivors prune it.
+    Fleet.kill!(c)
+    assert Enum.any?(rows(ctx), fn [node | _] -> node == Atom.to_string(c.node) end)
+    survivors = [a, b]
+
+    assert Wait.until(
+             fn ->
+               snaps = Fleet.snapshots(survivors)
+
+               Enum.all?(
+                 survivors,
+                 &(c.node not in snaps[&1.node].members and d.node not in snaps[&1.node].members)
+               )
+             end,
+             30_000
+           )
+
+    assert Fleet.mesh?(survivors, Fleet.snapshots(survivors))
+  end
+
+  test "rows without the right MAC, overlong or hostile are never dialled and make no atom",
+       ctx do
+    name = fn tag -> "#{ctx.run}#{tag}" end
+    good = "#{name.("good")}@127.0.1.97"
+    forged = "#{name.("forged")}@127.0.1.98"
+    overlong = "#{String.duplicate("x", 300)}@127.0.1.99"
+    hostile = "#{name.("evil")}@evil.example"
+    wrong_host = "#{name.("moved")}@127.0.2.99"
+
+    insert = fn node, address, mac ->
+      Postgres.query!(
+        ctx.pg,
+        "INSERT INTO aws_cluster_nodes (cluster, node, address, boot_id, version, mac) " <>
+          "VALUES ('#{ctx.run}', '#{node}', '#{address}', 'b', '0.1.0', '#{mac}')"
+      )
+    end
+
+    table = Nodes.table()
+
+    pid =
+      start_supervised!(
+        {Registry, [topology: :macs, config: config(ctx)] ++ Nodes.mfas(self(), table)}
+      )
+
+    # The table exists once this node's row is in.
+    assert Wait.until(fn -> rows(ctx) != [] end, 10_000)
+
+    # A row signed here with the secret (HKDF + HMAC as documented): it verifies.
+    insert.(good, "127.0.1.97", mac(ctx.run, good, "127.0.1.97"))
+    # Forged: a MAC made without the secret.
+    insert.(forged, "127.0.1.98", String.duplicate("ab", 32))
+    # Signed with the secret but not a name to dial: too long, not an IP, not its address.
+    insert.(overlong, "127.0.1.99", mac(ctx.run, overlong, "127.0.1.99"))
+    insert.(hostile, "evil.example", mac(ctx.run, hostile, "evil.example"))
+    insert.(wrong_host, "127.0.1.96", mac(ctx.run, wrong_host, "127.0.1.96"))
+
+    log =
+      capture_log(fn ->
+        assert_receive {:connect, node}, 10_000
+        assert Atom.to_string(node) == good
+        # Two more rounds: nothing else is dialled.
+        polls = Poller.status(pid).polls
+        assert Wait.until(fn -> Poller.status(pid).polls >= polls + 2 end, 10_000)
+      end)
+
+    refute_received {:connect, _}
+    assert Map.keys(Poller.status(pid).members) == [String.to_existing_atom(good)]
+
+    for bad <- [forged, overlong, hostile, wrong_host] do
+      assert_raise ArgumentError, fn -> String.to_existing_atom(bad) end
+    end
+
+    assert log =~ "row(s) refused and not dialled"
+  end
+
+  test "PostgreSQL restarted mid-run: the set is kept, reads and heartbeats resume", ctx do
+    [spec] = Fleet.plan(1, prefix: "regpg", run: ctx.run, host_base: 94)
+    [peer] = boot(ctx, [spec])
+    on_exit(fn -> Fleet.halt(peer) end)
+    table = Nodes.table()
+
+    pid =
+      start_supervised!(
+        {Registry, [topology: :restart, config: config(ctx)] ++ Nodes.mfas(self(), table)}
+      )
+
+    assert_receive {:connect, node}, 10_000
+    assert node == peer.node
+
+    Postgres.halt!(ctx.pg)
+    assert Wait.until(fn -> Poller.status(pid).failures >= 3 end, 20_000)
+    status = Poller.status(pid)
+    assert status.health == :failing
+    assert status.last_error.reason in [:unreachable, :timeout]
+    # Well past prune_after failed rounds: errors are not misses.
+    assert Map.keys(status.members) == [peer.node]
+
+    Postgres.resume!(ctx.pg)
+    assert Wait.until(fn -> Poller.status(pid).health == :healthy end, 20_000)
+    assert Map.keys(Poller.status(pid).members) == [peer.node]
+    [[_, _, b1] | _] = rows(ctx)
+
+    assert Wait.until(
+             fn ->
+               [[_, _, b2] | _] = rows(ctx)
+               String.to_integer(b2) > String.to_integer(b1)
+             end,
+             10_000
+           )
+
+    refute_received {:disconnect, _}
+  end
+
+  test "bad credentials: the topology starts failing with an error naming url:, and no secret is logged",
+       ctx do
+    password = "not-the-password-#{ctx.run}"
+    table = Nodes.table()
+
+    log =
+      capture_log(fn ->
+        pid =
+          start_supervised!(
+            {Registry,
+             [
+               topology: :creds,
+               config: config(ctx, url: Postgres.url(ctx.pg, password: password))
+             ] ++
+               Nodes.mfas(self(), table)}
+          )
+
+        assert Wait.until(fn -> Poller.status(pid).failures >= 2 end, 10_000)
+        status = Poller.status(pid)
+        assert status.last_error.reason == :unauthorized
+        assert status.last_error.message =~ "url:"
+        refute status.last_error.message =~ password
+      end)
+
+    refute log =~ password
+    refute log =~ @secret
+    refute log =~ ctx.pg.password
+  end
+
+  test "bad config fails the start, naming the key", ctx do
+    for {extra, key} <- [
+          {[table: "nodes; DROP TABLE x"], :table},
+          {[secret: "short"], :secret},
+          {[ttl: @beat], :ttl},
+          {[url: "postgres://u:pw@/db?sslmode=bogus"], :url},
+          {[backend: :dynamodb], :backend}
+        ] do
+      assert {:error, %AWSCluster.Error{reason: :invalid_config} = e} =
+               Registry.start_link(topology: :cfg, config: config(ctx, extra)),
+             inspect(extra)
+
+      assert e.details.key == key, "#{inspect(extra)}: #{e.message}"
+      refute e.message =~ "pw@"
+    end
+  end
+
+  # A row's MAC as AWSCluster.Registry documents it: HMAC-SHA256 with the key
+  # HKDF-SHA256(salt = cluster, ikm = secret, info = "aws_cluster registry row v1"), over
+  # the length-prefixed fields (NULL as 0xFFFFFFFF).
+  defp mac(cluster, node, address) do
+    prk = :crypto.mac(:hmac, :sha256, cluster, @secret)
+    key = :crypto.mac(:hmac, :sha256, prk, "aws_cluster registry row v1" <> <<1>>)
+
+    field = fn
+      nil -> <<0xFFFFFFFF::32>>
+      text -> <<byte_size(text)::32, text::binary>>
+    end
+
+    data = Enum.map([cluster, node, address, nil, nil, nil, "b", "0.1.0"], field)
+    :crypto.mac(:hmac, :sha256, key, data) |> Base.encode16(case: :lower)
+  end
+end
