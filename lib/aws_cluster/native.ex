@@ -113,7 +113,11 @@ defmodule AWSCluster.Native do
 
   def registry_new(opts), do: retry(:registry_new, [opts])
   def registry_open(registry, ref), do: retry(:registry_open, [registry, ref])
-  def registry_heartbeat(registry, ref, row), do: retry(:registry_heartbeat, [registry, ref, row])
+
+  def registry_heartbeat(registry, ref, row, announce),
+    do: retry(:registry_heartbeat, [registry, ref, row, announce])
+
+  def registry_listen(registry, pid), do: retry(:registry_listen, [registry, pid])
 
   def registry_read(registry, ref, cluster, ttl_ms, limit),
     do: retry(:registry_read, [registry, ref, cluster, ttl_ms, limit])

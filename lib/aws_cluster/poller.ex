@@ -148,6 +148,17 @@ defmodule AWSCluster.Poller do
   def status(server), do: GenServer.call(server, :status)
 
   @doc """
+  Asks for a discovery round now, for a source that knows the answer changed (the
+  registry's NOTIFY). A round in flight is not doubled; the next one is scheduled from
+  this one as usual. A follower waits for its poller's answer instead.
+  """
+  @spec poll_now(pid()) :: :ok
+  def poll_now(poller) do
+    send(poller, :poll)
+    :ok
+  end
+
+  @doc """
   What each coordinated loop of `topology` on this node says about who polls: the
   `coordination` part of `status/1`. `mix aws_cluster.peers` asks every peer this over
   distribution.
@@ -384,6 +395,10 @@ defmodule AWSCluster.Poller do
     NameBudget.save(s.state.topology, s.membership.budget)
     if s.round, do: Process.exit(s.round.pid, :kill)
     if s.discovery, do: Process.exit(s.discovery.pid, :kill)
+
+    if s.strategy_state != nil and function_exported?(s.strategy, :stop, 1),
+      do: s.strategy.stop(s.strategy_state)
+
     # A crash keeps the table, which still admits every member, for the restart to take.
     if s.firewall && clean_stop?(reason), do: Firewall.stop(s.firewall)
     :ok

@@ -87,14 +87,27 @@ defmodule AWSCluster.Registry do
     with {:ok, true} <- Async.call(&Native.registry_open(r.resource, &1), wait(r)), do: :ok
   end
 
-  @doc "Writes this node's row (`cluster` is the registry's), stamped by the server."
-  @spec heartbeat(t(), map()) :: :ok | {:error, Error.t()}
-  def heartbeat(%__MODULE__{} = r, row) do
+  @doc """
+  Writes this node's row (`cluster` is the registry's), stamped by the server; with
+  `announce: true` also NOTIFYs the listeners (`listen/2`), so a join is seen at once.
+  """
+  @spec heartbeat(t(), map(), keyword()) :: :ok | {:error, Error.t()}
+  def heartbeat(%__MODULE__{} = r, row, opts \\ []) do
     row = Map.put(row, :cluster, r.cluster)
+    announce = Keyword.get(opts, :announce, false)
 
-    with {:ok, true} <- Async.call(&Native.registry_heartbeat(r.resource, &1, row), wait(r)),
+    with {:ok, true} <-
+           Async.call(&Native.registry_heartbeat(r.resource, &1, row, announce), wait(r)),
          do: :ok
   end
+
+  @doc """
+  Sends `pid` `{:aws_cluster_registry, :changed}` whenever a node announces a join to
+  this cluster (LISTEN/NOTIFY on a connection of its own, made again when it drops),
+  until the registry is garbage-collected. A hint only: the table stays the truth.
+  """
+  @spec listen(t(), pid()) :: :ok | {:error, Error.t()}
+  def listen(%__MODULE__{} = r, pid), do: Error.wrap(Native.registry_listen(r.resource, pid))
 
   @doc """
   The rows seen within `ttl` ms by the server's clock, at most `limit`, that verified;

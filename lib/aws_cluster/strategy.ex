@@ -20,6 +20,9 @@ defmodule AWSCluster.Strategy do
       page read): peers missing from it count towards pruning. `{:ok, peers, gone}`
       also names peers the source reports as going away (instance ids or nodes); they
       are pruned at once.
+    * `stop/1` (optional) - undoes what `init/2` started, when the topology stops
+      cleanly or crashes (the registry deletes this node's row). It runs in the poller's
+      `terminate/2`, so it must be quick and bounded.
     * `question/1` (optional, needed for `coordinate: true`) - what decides the answer,
       from the state `init/2` returned (filters, groups, region, naming): nodes whose
       question is equal share one poller (`AWSCluster.Poller.Coordination`). Leave out
@@ -54,8 +57,9 @@ defmodule AWSCluster.Strategy do
   @callback discover(strategy_state :: term()) ::
               {:ok, [peer()]} | {:ok, [peer()], [gone()]} | {:error, Error.t()}
   @callback question(strategy_state :: term()) :: term()
+  @callback stop(strategy_state :: term()) :: :ok
 
-  @optional_callbacks validate: 1, question: 1
+  @optional_callbacks validate: 1, question: 1, stop: 1
 
   @doc """
   Whether `module` declares `@behaviour AWSCluster.Strategy` (loading it if needed), so

@@ -4,8 +4,9 @@ defmodule AWSCluster.Registry.Heartbeat do
   (the poller may be another node's), and deletes it when it stops: a graceful stop
   leaves the table at once, a killed node's row ages out after the TTL.
 
-  Started by `AWSCluster.Strategy.Registry.init/2`, linked to the topology's poller, so
-  it ends with it. A failed write is logged when the outcome changes and tried again at
+  Started by `AWSCluster.Strategy.Registry.init/2`, linked to the topology's poller, and
+  stopped by its `terminate/2` (`stop/1`), so the delete is done before an application
+  shutdown kills what is left. A failed write is logged when the outcome changes and tried again at
   the next beat; it never stops the process.
   """
 
@@ -18,20 +19,42 @@ defmodule AWSCluster.Registry.Heartbeat do
   # A stop must not hang a shutdown on an unreachable database.
   @delete_timeout 2_000
 
-  @doc "Starts the heartbeat of `row`, linked to the caller."
+  @doc """
+  Starts the heartbeat of `row`, linked to the caller, which is the topology's poller:
+  a join another node announces makes it poll at once (`AWSCluster.Poller.poll_now/1`).
+  """
   @spec start_link(Registry.t(), map(), pos_integer(), atom()) :: GenServer.on_start()
   def start_link(registry, row, interval, topology),
-    do: GenServer.start_link(__MODULE__, {registry, row, interval, topology})
+    do: GenServer.start_link(__MODULE__, {registry, row, interval, topology, self()})
+
+  @doc "Stops the heartbeat, deleting this node's row (bounded by 2 s)."
+  @spec stop(pid()) :: :ok
+  def stop(pid) do
+    GenServer.stop(pid, :normal, 2 * @delete_timeout)
+  catch
+    :exit, _ -> :ok
+  end
 
   @doc "The last write's outcome: `:ok`, `{:error, %AWSCluster.Error{}}` or `nil` (none yet)."
   @spec last(pid()) :: :ok | {:error, AWSCluster.Error.t()} | nil
   def last(pid), do: GenServer.call(pid, :last)
 
   @impl true
-  def init({registry, row, interval, topology}) do
+  def init({registry, row, interval, topology, poller}) do
     Process.flag(:trap_exit, true)
+    :ok = Registry.listen(registry, self())
     send(self(), :beat)
-    {:ok, %{registry: registry, row: row, interval: interval, topology: topology, last: nil}}
+
+    {:ok,
+     %{
+       registry: registry,
+       row: row,
+       interval: interval,
+       topology: topology,
+       poller: poller,
+       last: nil,
+       announced: false
+     }}
   end
 
   @impl true
@@ -39,10 +62,16 @@ defmodule AWSCluster.Registry.Heartbeat do
 
   @impl true
   def handle_info(:beat, s) do
-    result = Registry.heartbeat(s.registry, s.row)
+    # Until the first write of this boot gets through, each one announces the join.
+    result = Registry.heartbeat(s.registry, s.row, announce: not s.announced)
     log_change(s, result)
     Process.send_after(self(), :beat, s.interval)
-    {:noreply, %{s | last: result}}
+    {:noreply, %{s | last: result, announced: s.announced or result == :ok}}
+  end
+
+  def handle_info({:aws_cluster_registry, :changed}, s) do
+    AWSCluster.Poller.poll_now(s.poller)
+    {:noreply, s}
   end
 
   def handle_info({:EXIT, _pid, reason}, s), do: {:stop, reason, s}

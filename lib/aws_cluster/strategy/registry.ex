@@ -153,6 +153,10 @@ defmodule AWSCluster.Strategy.Registry do
   @impl true
   def question(s), do: s.question
 
+  # A graceful stop deletes this node's row before the VM goes on shutting down.
+  @impl true
+  def stop(s), do: Heartbeat.stop(s.heartbeat)
+
   defp peer(row) do
     %{
       node: row.node,

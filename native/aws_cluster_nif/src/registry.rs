@@ -6,21 +6,25 @@ use crate::{error, runtime};
 use aws_cluster_core::registry::postgres::{PgConfig, PgRegistry, Reading};
 use aws_cluster_core::registry::{Row, RowKey};
 use aws_cluster_core::Error;
-use rustler::{Binary, Encoder, Env, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 mod keys {
     rustler::atoms! {
         url, table, secret, cluster, connect_timeout_ms, operation_timeout_ms,
         node, address, availability_zone, instance_id, group, boot_id, version,
-        rows, rejected, why,
+        rows, rejected, why, aws_cluster_registry, changed,
     }
 }
 
-/// One topology's registry connection; the secret lives only in its row key.
+/// One topology's registry connection; the secret lives only in its row key. Dropping
+/// it (the topology stopped) ends its listener too.
 pub struct RegistryResource {
     registry: Arc<PgRegistry>,
+    cluster: String,
+    listener: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 #[rustler::resource_impl]
@@ -32,10 +36,12 @@ impl rustler::Resource for RegistryResource {}
 #[rustler::nif]
 fn registry_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     match new(opts) {
-        Ok(registry) => (
+        Ok((registry, cluster)) => (
             crate::atoms::ok(),
             ResourceArc::new(RegistryResource {
                 registry: Arc::new(registry),
+                cluster,
+                listener: std::sync::Mutex::new(None),
             }),
         )
             .encode(env),
@@ -43,7 +49,7 @@ fn registry_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     }
 }
 
-fn new(opts: Term<'_>) -> Result<PgRegistry, Error> {
+fn new(opts: Term<'_>) -> Result<(PgRegistry, String), Error> {
     if !opts.is_map() {
         return Err(invalid("the registry options must be a map"));
     }
@@ -63,14 +69,15 @@ fn new(opts: Term<'_>) -> Result<PgRegistry, Error> {
             .map_err(|_| invalid("option secret must be a binary").with_detail("key", "secret"))?,
         Err(_) => return Err(invalid("option secret is required").with_detail("key", "secret")),
     };
-    let key = RowKey::new(secret.as_slice(), &text(keys::cluster(), "cluster")?)?;
+    let cluster = text(keys::cluster(), "cluster")?;
+    let key = RowKey::new(secret.as_slice(), &cluster)?;
     let cfg = PgConfig {
         url: text(keys::url(), "url")?,
         table: text(keys::table(), "table")?,
         connect_timeout: ms(keys::connect_timeout_ms(), "connect_timeout_ms")?,
         operation_timeout: ms(keys::operation_timeout_ms(), "operation_timeout_ms")?,
     };
-    PgRegistry::new(cfg, key)
+    Ok((PgRegistry::new(cfg, key)?, cluster))
 }
 
 /// `registry_open(registry, ref)`: replies `:ok`-like `{:ok, true}` once connected and the
@@ -89,21 +96,58 @@ fn registry_open<'a>(
     )
 }
 
-/// `registry_heartbeat(registry, ref, row)`: writes this node's row (a map with the
-/// `Row` fields as binaries or nil); replies `{:ok, true}`.
+/// `registry_listen(registry, pid)`: from now until the registry is dropped, `pid` gets
+/// `{:aws_cluster_registry, :changed}` whenever a node announces a join to this
+/// cluster (NOTIFY, a hint: the table stays the truth). Replies `:ok` at once; a second
+/// call replaces the first listener.
+#[rustler::nif]
+fn registry_listen<'a>(
+    env: Env<'a>,
+    registry: ResourceArc<RegistryResource>,
+    pid: LocalPid,
+) -> Term<'a> {
+    let rt = match runtime::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return error::error_tuple(env, &e),
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    if let Ok(mut slot) = registry.listener.lock() {
+        *slot = Some(stop_tx);
+    }
+    let reg = registry.registry.clone();
+    let cluster = registry.cluster.clone();
+    rt.spawn(async move {
+        let mut owned = OwnedEnv::new();
+        // A dead receiver ends the listener.
+        let on_change = move || {
+            owned
+                .send_and_clear(&pid, |env| {
+                    (keys::aws_cluster_registry(), keys::changed()).encode(env)
+                })
+                .is_ok()
+        };
+        reg.listen(cluster, on_change, stop_rx).await;
+    });
+    crate::atoms::ok().encode(env)
+}
+
+/// `registry_heartbeat(registry, ref, row, announce)`: writes this node's row (a map with
+/// the `Row` fields as binaries or nil) and, with `announce`, notifies the listeners;
+/// replies `{:ok, true}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn registry_heartbeat<'a>(
     env: Env<'a>,
     registry: ResourceArc<RegistryResource>,
     reference: Term<'a>,
     row: Term<'a>,
+    announce: bool,
 ) -> Term<'a> {
     let row = match decode_row(row) {
         Ok(r) => r,
         Err(e) => return error::error_tuple(env, &e),
     };
     let registry = registry.registry.clone();
-    let work = async move { registry.heartbeat(&row).await };
+    let work = async move { registry.heartbeat(&row, announce).await };
     runtime::started(
         env,
         runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),

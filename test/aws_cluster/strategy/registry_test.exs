@@ -209,6 +209,37 @@ defmodule AWSCluster.Strategy.RegistryTest do
     refute_received {:disconnect, _}
   end
 
+  test "NOTIFY brings a join long before the next poll (10 s interval)", ctx do
+    table = Nodes.table()
+    config = config(ctx, polling_interval: 10_000)
+
+    pid =
+      start_supervised!(
+        {Registry, [topology: :notify, config: config] ++ Nodes.mfas(self(), table)}
+      )
+
+    # Its first round (an empty table but for itself) is done: the next is 10 s away.
+    assert Wait.until(fn -> Poller.status(pid).polls >= 1 end, 10_000)
+    polls = Poller.status(pid).polls
+
+    [spec] = Fleet.plan(1, prefix: "regnotify", run: ctx.run, host_base: 93)
+    started = System.monotonic_time(:millisecond)
+    [peer] = boot(ctx, [spec])
+    on_exit(fn -> Fleet.halt(peer) end)
+    booted = System.monotonic_time(:millisecond) - started
+
+    # Without the hint it would come at the 10 s poll; 5 s leaves no doubt which it was.
+    assert_receive {:connect, node}, 5_000
+    assert node == peer.node
+    joined = System.monotonic_time(:millisecond) - started
+    assert (Poller.status(pid).polls - polls) in 1..2
+
+    IO.puts(
+      "registry: a join seen #{joined} ms after the node's boot began (the boot took " <>
+        "#{booted} ms; polling_interval 10 s)"
+    )
+  end
+
   test "bad credentials: the topology starts failing with an error naming url:, and no secret is logged",
        ctx do
     password = "not-the-password-#{ctx.run}"

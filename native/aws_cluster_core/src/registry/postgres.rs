@@ -11,9 +11,9 @@ use crate::{Error, Reason, Result};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
 /// How to reach the table.
 pub struct PgConfig {
@@ -34,6 +34,7 @@ pub struct Reading {
 pub struct PgRegistry {
     config: Config,
     table: String,
+    channel: String,
     key: RowKey,
     operation_timeout: Duration,
     client: Mutex<Option<Arc<Client>>>,
@@ -57,6 +58,7 @@ impl PgRegistry {
         Ok(PgRegistry {
             config,
             table: quoted_table(&cfg.table)?,
+            channel: cfg.table.clone(),
             key,
             operation_timeout: cfg.operation_timeout,
             client: Mutex::new(None),
@@ -68,8 +70,9 @@ impl PgRegistry {
         self.client().await.map(|_| ())
     }
 
-    /// Writes this node's row, stamped with the server's clock.
-    pub async fn heartbeat(&self, row: &Row) -> Result<()> {
+    /// Writes this node's row, stamped with the server's clock; with `announce`, also
+    /// tells the listeners (`listen`) that the cluster changed: a join is seen at once.
+    pub async fn heartbeat(&self, row: &Row, announce: bool) -> Result<()> {
         let mac = self.key.sign(row);
         let sql = format!(
             "INSERT INTO {t} (cluster, node, address, availability_zone, instance_id, grp, \
@@ -80,8 +83,9 @@ impl PgRegistry {
              mac = EXCLUDED.mac, beats = {t}.beats + 1, last_seen = now()",
             t = self.table
         );
+        let channel = self.channel.as_str();
         self.run("heartbeat", |client| async move {
-            client
+            let written = client
                 .execute(
                     sql.as_str(),
                     &[
@@ -97,9 +101,76 @@ impl PgRegistry {
                     ],
                 )
                 .await
-                .map(|_| ())
+                .map(|_| ());
+            if announce && written.is_ok() {
+                let notify = "SELECT pg_notify($1, $2)";
+                client.execute(notify, &[&channel, &row.cluster]).await?;
+            }
+            written
         })
         .await
+    }
+
+    /// Until `stop` fires or `on_change` returns false: LISTENs on the table's channel over
+    /// a connection of its own and calls `on_change` for every notification about
+    /// `cluster`. A dropped connection is made again with backoff (200 ms to 10 s).
+    pub async fn listen<F>(
+        &self,
+        cluster: String,
+        mut on_change: F,
+        mut stop: oneshot::Receiver<()>,
+    ) where
+        F: FnMut() -> bool + Send,
+    {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                go_on = self.listen_once(&cluster, &mut on_change) => {
+                    if !go_on {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// One LISTEN connection; false when `on_change` asked to stop.
+    async fn listen_once<F>(&self, cluster: &str, on_change: &mut F) -> bool
+    where
+        F: FnMut() -> bool + Send,
+    {
+        let Ok((client, mut connection)) = self.config.connect(NoTls).await else {
+            return true;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Connection's own Future drops notifications: drive it by hand to get them.
+        tokio::spawn(async move {
+            while let Some(Ok(message)) =
+                std::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let AsyncMessage::Notification(n) = message {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let listen = format!("LISTEN {}", self.table);
+        if client.batch_execute(&listen).await.is_err() {
+            return true;
+        }
+        while let Some(payload) = rx.recv().await {
+            if payload == cluster && !on_change() {
+                return false;
+            }
+        }
+        true
     }
 
     /// The rows of `cluster` seen within `ttl`, at most `limit`, each verified.
