@@ -48,6 +48,15 @@ defmodule AWSCluster.Registry do
 
   @schema [
     url: [type: :non_empty_string, required: true, doc: "PostgreSQL URL or key=value string."],
+    ssl: [
+      type: {:in, [nil, :disable, :prefer, :require, :verify_full]},
+      doc: "libpq's sslmode. Default: the URL's `sslmode`, else `:prefer`."
+    ],
+    ssl_ca_file: [
+      type: :non_empty_string,
+      doc:
+        "CA bundle (PEM) for `:verify_full`. Default: the URL's `sslrootcert`, else the system's roots."
+    ],
     table: [type: :non_empty_string, default: "aws_cluster_nodes", doc: "Table name."],
     cluster: [type: :non_empty_string, required: true, doc: "Which cluster's rows."],
     secret: [type: :non_empty_string, required: true, doc: "Row HMAC secret, 32+ bytes."],
@@ -69,6 +78,8 @@ defmodule AWSCluster.Registry do
            Error.wrap(
              Native.registry_new(%{
                url: o.url,
+               ssl: o.ssl && o.ssl |> Atom.to_string() |> String.replace("_", "-"),
+               ssl_ca_file: o.ssl_ca_file,
                table: o.table,
                cluster: o.cluster,
                secret: o.secret,

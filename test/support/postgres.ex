@@ -10,12 +10,21 @@ defmodule AWSCluster.Test.Postgres do
       Postgres.query!(pg, "SELECT 1")   # [["1"]]
       Postgres.stop(pg)
 
+  `start!(tls: true)` also turns TLS on with a certificate for IP 127.0.0.1 signed by a
+  CA made for the run (openssl); `pg.ca` is that CA's PEM file.
+
   `available/0` says why it cannot run (no PostgreSQL installed), for a printed skip.
   """
 
   @user "aws_cluster"
 
-  @type t :: %{dir: Path.t(), port: :inet.port_number(), password: String.t(), bin: Path.t()}
+  @type t :: %{
+          dir: Path.t(),
+          port: :inet.port_number(),
+          password: String.t(),
+          bin: Path.t(),
+          ca: Path.t() | nil
+        }
 
   @doc "`:ok`, or `{:error, why}` when no PostgreSQL server binaries are installed."
   @spec available() :: :ok | {:error, String.t()}
@@ -30,8 +39,8 @@ defmodule AWSCluster.Test.Postgres do
   end
 
   @doc "Creates and starts a server; raises with its log when it does not come up."
-  @spec start!() :: t()
-  def start! do
+  @spec start!(keyword()) :: t()
+  def start!(opts \\ []) do
     bin = bin_dir() || raise "no PostgreSQL installed: #{inspect(available())}"
     dir = Path.join(System.tmp_dir!(), "aws_cluster_pg_#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
@@ -53,7 +62,8 @@ defmodule AWSCluster.Test.Postgres do
     ])
 
     File.rm!(pwfile)
-    pg = %{dir: dir, port: free_port(), password: password, bin: bin}
+    ca = if Keyword.get(opts, :tls, false), do: certificates!(dir)
+    pg = %{dir: dir, port: free_port(), password: password, bin: bin, ca: ca}
     start_server!(pg)
     {_, 0} = psql(pg, "postgres", "CREATE DATABASE #{@user}")
     pg
@@ -132,13 +142,56 @@ defmodule AWSCluster.Test.Postgres do
   end
 
   defp start_server!(pg) do
-    options = "-p #{pg.port} -c listen_addresses=127.0.0.1 -k #{pg.dir} -c fsync=off"
+    tls =
+      if pg.ca,
+        do:
+          " -c ssl=on -c ssl_cert_file=#{pg.dir}/server.pem -c ssl_key_file=#{pg.dir}/server.key",
+        else: ""
+
+    options = "-p #{pg.port} -c listen_addresses=127.0.0.1 -k #{pg.dir} -c fsync=off" <> tls
     log = Path.join(pg.dir, "server.log")
 
     case pg_ctl(pg, ["start", "-w", "-t", "30", "-o", options, "-l", log]) do
       {_, 0} -> :ok
       {out, status} -> raise "pg_ctl start exited #{status}: #{out}\n#{File.read!(log)}"
     end
+  end
+
+  # A CA of the run and a server certificate for IP 127.0.0.1 signed by it; the key is
+  # the server user's alone, as PostgreSQL insists.
+  defp certificates!(dir) do
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    at = &Path.join(dir, &1)
+    ext = at.("server.ext")
+
+    File.write!(
+      ext,
+      "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+
+    for args <- [
+          ["req", "-x509"] ++
+            ec ++
+            ["-keyout", at.("ca.key"), "-out", at.("ca.pem")] ++
+            ["-days", "2", "-subj", "/CN=aws_cluster test CA"],
+          ["req"] ++
+            ec ++
+            ["-keyout", at.("server.key"), "-out", at.("server.csr")] ++
+            ["-subj", "/CN=127.0.0.1"],
+          ["x509", "-req", "-in", at.("server.csr"), "-CA", at.("ca.pem"), "-CAkey"] ++
+            [at.("ca.key"), "-CAcreateserial", "-out", at.("server.pem"), "-days", "2"] ++
+            ["-extfile", ext]
+        ] do
+      {out, status} = System.cmd("openssl", args, stderr_to_stdout: true)
+      status == 0 || raise "openssl #{hd(args)} exited #{status}: #{out}"
+    end
+
+    File.chmod!(at.("server.key"), 0o600)
+
+    if root?(),
+      do: {_, 0} = System.cmd("chown", ["postgres:", at.("server.key"), at.("server.pem")])
+
+    at.("ca.pem")
   end
 
   defp pg_ctl(pg, args), do: run(pg.bin, "pg_ctl", ["-D", Path.join(pg.dir, "data") | args])

@@ -12,6 +12,19 @@ defmodule AWSCluster.Strategy.Registry do
                 "PostgreSQL URL (`postgres://user:password@host:5432/db`) or key=value " <>
                   "string. A secret: never logged."
             ],
+            ssl: [
+              type: {:in, [:disable, :prefer, :require, :verify_full]},
+              doc:
+                "TLS, in libpq's terms: `:require` encrypts, `:verify_full` also checks the " <>
+                  "certificate against `ssl_ca_file` and the host name (RDS: use this). " <>
+                  "Default: the URL's `sslmode`, else `:prefer`."
+            ],
+            ssl_ca_file: [
+              type: :non_empty_string,
+              doc:
+                "The CA bundle (PEM) `:verify_full` trusts, e.g. RDS's global bundle. " <>
+                  "Default: the URL's `sslrootcert`, else the system's roots."
+            ],
             table: [
               type: :non_empty_string,
               default: "aws_cluster_nodes",
@@ -232,18 +245,29 @@ defmodule AWSCluster.Strategy.Registry do
   # Parsing the url and table connects nothing, so validate/1 runs it too: a bad one
   # fails the start.
   defp registry(config, cluster) do
-    Registry.new(
+    [
       url: config.url,
+      ssl: config.ssl,
+      ssl_ca_file: config.ssl_ca_file,
       table: config.table,
       cluster: cluster,
       secret: config.secret,
       connect_timeout: config.query_timeout,
       operation_timeout: config.query_timeout
-    )
+    ]
+    |> Enum.reject(fn {_key, value} -> value == nil end)
+    |> Registry.new()
     |> invalid_config()
   end
 
-  @option_keys %{"url" => :url, "table" => :table, "secret" => :secret, "cluster" => :cluster}
+  @option_keys %{
+    "url" => :url,
+    "table" => :table,
+    "secret" => :secret,
+    "cluster" => :cluster,
+    "ssl" => :ssl,
+    "ssl_ca_file" => :ssl_ca_file
+  }
 
   # What the NIF refuses in the options is bad config: it fails the start, naming the key.
   defp invalid_config({:error, %Error{reason: :invalid_argument, details: %{key: key}} = e})

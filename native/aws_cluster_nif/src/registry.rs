@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 mod keys {
     rustler::atoms! {
-        url, table, secret, cluster, connect_timeout_ms, operation_timeout_ms,
+        url, ssl, ssl_ca_file, table, secret, cluster, connect_timeout_ms, operation_timeout_ms,
         node, address, availability_zone, instance_id, group, boot_id, version,
         rows, rejected, why, aws_cluster_registry, changed,
     }
@@ -32,8 +32,9 @@ impl rustler::Resource for RegistryResource {}
 
 /// `registry_new(opts)`: `{:ok, registry}` or `{:error, e}` naming the bad option. `opts`
 /// is a map with `url`, `table`, `cluster` (binaries), `secret` (a binary of 32+ bytes)
-/// and `connect_timeout_ms`, `operation_timeout_ms`. Nothing is connected yet.
-#[rustler::nif]
+/// and `connect_timeout_ms`, `operation_timeout_ms`, and `ssl`, `ssl_ca_file` (binaries or
+/// nil). Nothing is connected yet; the CA file is read here, hence a dirty scheduler.
+#[rustler::nif(schedule = "DirtyIo")]
 fn registry_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     match new(opts) {
         Ok((registry, cluster)) => (
@@ -73,6 +74,8 @@ fn new(opts: Term<'_>) -> Result<(PgRegistry, String), Error> {
     let key = RowKey::new(secret.as_slice(), &cluster)?;
     let cfg = PgConfig {
         url: text(keys::url(), "url")?,
+        ssl: field(opts, keys::ssl(), "ssl", "a binary")?,
+        ssl_ca_file: field(opts, keys::ssl_ca_file(), "ssl_ca_file", "a binary")?,
         table: text(keys::table(), "table")?,
         connect_timeout: ms(keys::connect_timeout_ms(), "connect_timeout_ms")?,
         operation_timeout: ms(keys::operation_timeout_ms(), "operation_timeout_ms")?,

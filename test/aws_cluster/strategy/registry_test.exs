@@ -269,12 +269,55 @@ defmodule AWSCluster.Strategy.RegistryTest do
     refute log =~ ctx.pg.password
   end
 
+  test "TLS: verify_full with the server's CA works, without it fails saying so; require encrypts",
+       ctx do
+    tls = Postgres.start!(tls: true)
+    on_exit(fn -> Postgres.stop(tls) end)
+    ctx = %{ctx | pg: tls}
+    table = Nodes.table()
+
+    start = fn topology, extra ->
+      start_supervised!(
+        {Registry, [topology: topology, config: config(ctx, extra)] ++ Nodes.mfas(self(), table)},
+        id: topology
+      )
+    end
+
+    verified = start.(:verified, ssl: :verify_full, ssl_ca_file: tls.ca)
+    assert Wait.until(fn -> Poller.status(verified).health == :healthy end, 10_000)
+
+    # The server sees an encrypted connection from aws_cluster.
+    assert [["t" | _] | _] =
+             Postgres.query!(
+               tls,
+               "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) " <>
+                 "WHERE a.application_name = 'aws_cluster'"
+             )
+
+    # The system's roots do not know this CA.
+    untrusted = start.(:untrusted, ssl: :verify_full)
+    assert Wait.until(fn -> Poller.status(untrusted).failures >= 1 end, 10_000)
+    error = Poller.status(untrusted).last_error
+    assert error.message =~ "ssl_ca_file"
+    assert error.message =~ "certificate"
+
+    # In the URL, as RDS users write it.
+    url = Postgres.url(tls) <> "?sslmode=verify-full&sslrootcert=#{tls.ca}"
+    from_url = start.(:from_url, url: url)
+    assert Wait.until(fn -> Poller.status(from_url).health == :healthy end, 10_000)
+
+    required = start.(:required, ssl: :require)
+    assert Wait.until(fn -> Poller.status(required).health == :healthy end, 10_000)
+  end
+
   test "bad config fails the start, naming the key", ctx do
     for {extra, key} <- [
           {[table: "nodes; DROP TABLE x"], :table},
           {[secret: "short"], :secret},
           {[ttl: @beat], :ttl},
           {[url: "postgres://u:pw@/db?sslmode=bogus"], :url},
+          {[url: "postgres://u:pw@/db?connect_timeout=soon"], :url},
+          {[ssl: :verify_full, ssl_ca_file: "/nonexistent/ca.pem"], :ssl_ca_file},
           {[backend: :dynamodb], :backend}
         ] do
       assert {:error, %AWSCluster.Error{reason: :invalid_config} = e} =

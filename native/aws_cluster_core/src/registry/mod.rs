@@ -7,6 +7,7 @@
 //! name checked against its address, all before it leaves this crate.
 
 pub mod postgres;
+pub mod tls;
 
 use crate::{Error, Reason, Result};
 use aws_lc_rs::{hkdf, hmac};

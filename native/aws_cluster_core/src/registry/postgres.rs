@@ -6,6 +6,7 @@
 //! to be a plain identifier and quoted. A connection that breaks is dropped and made
 //! again on the next call; the caller keeps its last good answer meanwhile.
 
+use super::tls::{self, TlsMode};
 use super::{Rejected, Row, RowKey};
 use crate::{Error, Reason, Result};
 use std::str::FromStr;
@@ -13,11 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How to reach the table.
 pub struct PgConfig {
     pub url: String,
+    /// `sslmode` (libpq's words); `None`: the URL's, else `prefer`.
+    pub ssl: Option<String>,
+    /// The CA bundle for `verify-full`; `None`: the URL's `sslrootcert`, else the system's.
+    pub ssl_ca_file: Option<String>,
     pub table: String,
     pub connect_timeout: Duration,
     pub operation_timeout: Duration,
@@ -33,6 +39,7 @@ pub struct Reading {
 /// One topology's registry: the parsed config, the row key and the current connection.
 pub struct PgRegistry {
     config: Config,
+    tls: MakeRustlsConnect,
     table: String,
     channel: String,
     key: RowKey,
@@ -43,7 +50,18 @@ pub struct PgRegistry {
 impl PgRegistry {
     /// Checks the options; connects on first use.
     pub fn new(cfg: PgConfig, key: RowKey) -> Result<Self> {
-        let mut config = Config::from_str(&cfg.url).map_err(|e| {
+        let (url, url_mode, url_root) = tls::split_url(&cfg.url);
+        let in_url = cfg.ssl.is_none() && url_mode.is_some();
+        let mode =
+            TlsMode::parse(cfg.ssl.or(url_mode).as_deref().unwrap_or("prefer")).map_err(|e| {
+                if in_url {
+                    invalid("url", &e.message)
+                } else {
+                    e
+                }
+            })?;
+        let tls = tls::connector(mode, cfg.ssl_ca_file.or(url_root).as_deref())?;
+        let mut config = Config::from_str(&url).map_err(|e| {
             // Never the URL itself: it holds the password.
             invalid(
                 "url",
@@ -54,9 +72,11 @@ impl PgRegistry {
             return Err(invalid("url", "the url names no host"));
         }
         config.connect_timeout(cfg.connect_timeout);
+        config.ssl_mode(mode.ssl_mode());
         config.application_name("aws_cluster");
         Ok(PgRegistry {
             config,
+            tls,
             table: quoted_table(&cfg.table)?,
             channel: cfg.table.clone(),
             key,
@@ -145,7 +165,7 @@ impl PgRegistry {
     where
         F: FnMut() -> bool + Send,
     {
-        let Ok((client, mut connection)) = self.config.connect(NoTls).await else {
+        let Ok((client, mut connection)) = self.config.connect(self.tls.clone()).await else {
             return true;
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -269,7 +289,7 @@ impl PgRegistry {
         }
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| classify("connect", &e))?;
         tokio::spawn(async move {
@@ -356,6 +376,11 @@ pub fn classify(what: &str, e: &tokio_postgres::Error) -> Error {
             (Reason::NotFound, "; check the database in url:")
         }
         Some(_) => (Reason::BadResponse, ""),
+        None if format!("{e:?}").contains("Certificate") => (
+            Reason::Unreachable,
+            "; the server's certificate did not verify (sslmode verify-full): set \
+             ssl_ca_file: to the CA that signed it (for RDS, its regional or global bundle)",
+        ),
         None if e.is_closed() || std::error::Error::source(e).is_some() => (
             Reason::Unreachable,
             "; is the server up and the url's host and port right?",
@@ -396,7 +421,9 @@ mod tests {
     fn a_bad_url_names_the_key_without_echoing_it() {
         let key = RowKey::new(&[1u8; 32], "c").expect("key");
         let cfg = PgConfig {
-            url: "postgres://u:hunter2@/db?sslmode=bogus".into(),
+            url: "postgres://u:hunter2@/db?connect_timeout=bogus".into(),
+            ssl: None,
+            ssl_ca_file: None,
             table: "t".into(),
             connect_timeout: Duration::from_secs(1),
             operation_timeout: Duration::from_secs(1),
@@ -414,6 +441,8 @@ mod tests {
         };
         let cfg = PgConfig {
             url: format!("postgres://u:hunter2@127.0.0.1:{port}/db"),
+            ssl: None,
+            ssl_ca_file: None,
             table: "t".into(),
             connect_timeout: Duration::from_secs(1),
             operation_timeout: Duration::from_secs(2),
