@@ -20,7 +20,7 @@ defmodule Mix.Tasks.Compile.AwsClusterNif do
     * `AWS_CLUSTER_NIF_PATH` - load this library at run time instead; nothing is built.
     * `AWS_CLUSTER_NIF_SERVICES` (or `config :aws_cluster, nif_services:`) - the AWS
       services to build in, e.g. `ec2` or `ec2,ecs`; default all (`ec2`, `autoscaling`,
-      `ecs`). A strategy whose service is left out fails its start saying so.
+      `ecs`, `postgres`). A strategy whose service is left out fails its start saying so.
     * `AWS_CLUSTER_NIF_FEATURES` - more cargo features of the NIF crate; `bench` adds the
       deliberately blocking baseline `bench/schedulers.exs` compares against.
   """

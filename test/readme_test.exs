@@ -16,7 +16,14 @@ defmodule AWSCluster.ReadmeTest do
   setup_all do
     # What the examples read with System.fetch_env!/1.
     System.put_env("CLUSTER_SECRET", Base.encode64(:crypto.strong_rand_bytes(32)))
-    on_exit(fn -> System.delete_env("CLUSTER_SECRET") end)
+    System.put_env("DATABASE_URL", "postgres://chat:pw@127.0.0.1:5432/chat")
+    # Any PEM bundle: validation reads it.
+    System.put_env("RDS_CA_FILE", "/etc/ssl/certs/ca-certificates.crt")
+
+    on_exit(fn ->
+      Enum.each(~w(CLUSTER_SECRET DATABASE_URL RDS_CA_FILE), &System.delete_env/1)
+    end)
+
     :ok
   end
 
@@ -84,7 +91,7 @@ defmodule AWSCluster.ReadmeTest do
 
   test "every elixir block that configures topologies is a marked, tested example" do
     all = blocks()
-    assert length(config_examples()) == 7
+    assert length(config_examples()) == 8
 
     for {marker, code} <- all, code =~ "topologies" or code =~ ~r/^config :/m do
       assert marker in ["config-example", "app-example"],
@@ -100,7 +107,13 @@ defmodule AWSCluster.ReadmeTest do
       end
 
     assert Enum.sort(Enum.uniq(strategies)) ==
-             Enum.sort([EC2, AWSCluster.Strategy.AutoScaling, AWSCluster.Strategy.ECS, Gossip])
+             Enum.sort([
+               EC2,
+               AWSCluster.Strategy.AutoScaling,
+               AWSCluster.Strategy.ECS,
+               AWSCluster.Strategy.Registry,
+               Gossip
+             ])
 
     # The validation is real: a typo in an example would fail it.
     [ec2 | _] = config_examples()
@@ -193,6 +206,21 @@ defmodule AWSCluster.ReadmeTest do
       assert Wait.until(fn ->
                Map.keys(AWSCluster.Poller.status(poller).members) == [:"chat@127.0.1.80"]
              end)
+    end
+
+    test "the registry example connects over verify-full TLS and writes this node's row" do
+      pg = AWSCluster.Test.Postgres.start!(tls: true)
+      on_exit(fn -> AWSCluster.Test.Postgres.stop(pg) end)
+      System.put_env("DATABASE_URL", AWSCluster.Test.Postgres.url(pg))
+      System.put_env("RDS_CA_FILE", pg.ca)
+
+      example = Enum.find(config_examples(), &(&1 =~ "Strategy.Registry"))
+      [{:chat, spec}] = topologies(example)
+      pid = start_supervised!({spec[:strategy], topology: :chat, config: spec[:config]})
+      assert Wait.until(fn -> AWSCluster.Poller.status(pid).health == :healthy end)
+
+      assert AWSCluster.Test.Postgres.query!(pg, "SELECT cluster, node FROM aws_cluster_nodes") ==
+               [["chat", Atom.to_string(node())]]
     end
 
     test "the ECS example finds its own cluster's tasks of its own family through task metadata" do
