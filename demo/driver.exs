@@ -1,6 +1,6 @@
 # The driver behind script/demo: an embedded AWS (moto), real nodes, churn, a summary.
 #
-#   script/demo [--nodes N] [--strategy ec2|autoscaling|ecs|gossip] [--interval MS]
+#   script/demo [--nodes N] [--strategy ec2|autoscaling|ecs|registry|gossip] [--interval MS]
 #
 # Run through script/demo, which compiles MIX_ENV=demo (lib + the test harness), gives
 # this VM a run directory (DEMO_RUN_DIR) for logs and pids, and cleans up after it.
@@ -11,12 +11,13 @@ defmodule Demo do
   alias AWSCluster.Test.{Fleet, Moto, Ports}
 
   @usage """
-  usage: script/demo [--nodes N] [--strategy ec2|autoscaling|ecs|gossip] [--interval MS]
+  usage: script/demo [--nodes N] [--strategy ec2|autoscaling|ecs|registry|gossip] [--interval MS]
          script/demo --groups N [--interval MS]
 
     --nodes N        nodes to boot, 2..30 (default 6), spread over 3 AZs
-    --strategy S     ec2 (default), autoscaling, ecs (awsvpc tasks, one ENI each) or gossip
-                     (unicast to seeds, no AWS calls)
+    --strategy S     ec2 (default), autoscaling, ecs (awsvpc tasks, one ENI each), registry
+                     (a PostgreSQL table, started for the demo) or gossip (unicast to
+                     seeds, no AWS calls)
     --interval MS    polling (or gossip announce) interval, 100..30000 (default 1000)
     --groups N       meta-clustering instead: N groups (2..6) of 3 nodes joined by
                      gateways, a call across groups, a gateway killed and replaced
@@ -53,6 +54,7 @@ defmodule Demo do
     end
 
     if opts.strategy == :ecs, do: Moto.ecs_cluster!(@ecs_cluster)
+    if opts.strategy == :registry, do: start_postgres(run_dir)
     specs = launch(opts.strategy, Fleet.plan(opts.nodes, prefix: "demo", run: run, host_base: 51))
     cookie = :"demo_#{Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)}"
     ctx = opts |> context(specs, run) |> Map.put(:cookie, cookie)
@@ -93,12 +95,7 @@ defmodule Demo do
     victim = List.last(members)
     survivors = members -- [victim]
 
-    view =
-      Demo.View.event(
-        view,
-        "#{if opts.strategy == :ecs, do: "StopTask", else: "terminating"} " <>
-          "#{victim.instance_id} (#{victim.node}) and stopping its node"
-      )
+    view = Demo.View.event(view, churn_text(opts.strategy, victim))
 
     # Its last word on how many rounds it ran, for the summary.
     victim_snap = Fleet.snapshot(victim)
@@ -139,7 +136,10 @@ defmodule Demo do
     view =
       Demo.View.event(
         view,
-        "launched #{spec.instance_id} at #{spec.ip}; booting #{spec.basename}"
+        if(opts.strategy == :registry,
+          do: "booting #{spec.basename} at #{spec.ip}",
+          else: "launched #{spec.instance_id} at #{spec.ip}; booting #{spec.basename}"
+        )
       )
 
     view = Demo.View.watch(view, [spec])
@@ -170,7 +170,10 @@ defmodule Demo do
 
     pollers = for m <- all, %{poller: p} when p != nil <- [final[m.node]], uniq: true, do: p
     calls = Fleet.recorded_calls()
+    # Before the nodes stop, which deletes their rows.
+    table = table_text()
     all |> Task.async_stream(&Fleet.stop/1, timeout: 30_000) |> Stream.run()
+    stop_postgres()
     Moto.kill!()
     Demo.View.finish(view)
 
@@ -190,7 +193,8 @@ defmodule Demo do
       pollers: pollers,
       total: now() - started,
       cluster_time: now() - boot_started,
-      run_dir: run_dir
+      run_dir: run_dir,
+      table: table
     })
   end
 
@@ -220,6 +224,35 @@ defmodule Demo do
         ),
       setup_note: ", each with its own ENI (awsvpc, Fargate)"
     }
+
+  defp context(%{strategy: :registry} = opts, _specs, _run) do
+    pg = Process.get(:demo_postgres)
+    secret = Base.encode64(:crypto.strong_rand_bytes(32))
+
+    %{
+      opts: opts,
+      topology: fn spec ->
+        [
+          demo: [
+            strategy: AWSCluster.Strategy.Registry,
+            config: [
+              url: AWSCluster.Test.Postgres.url(pg),
+              secret: secret,
+              cluster: "demo",
+              heartbeat_interval: opts.interval,
+              polling_interval: opts.interval,
+              prune_after: @prune_after,
+              availability_zone: spec.az,
+              connect_timeout: 1_000
+            ]
+          ]
+        ]
+      end,
+      setup_note:
+        "; the nodes find each other in table aws_cluster_nodes of a PostgreSQL on " <>
+          "127.0.0.1:#{pg.port}, not through AWS"
+    }
+  end
 
   defp context(%{strategy: :autoscaling} = opts, specs, run) do
     group = "demo-asg-#{run}"
@@ -265,15 +298,52 @@ defmodule Demo do
   end
 
   defp terminate(:ecs, victim, _ctx), do: Moto.ecs_stop!(@ecs_cluster, [victim.instance_id])
+  # Its node's graceful stop deletes its row.
+  defp terminate(:registry, _victim, _ctx), do: :ok
   defp terminate(_strategy, victim, _ctx), do: Moto.terminate!([victim.instance_id])
 
   # Instances tagged app=demo, or with --strategy ecs awsvpc tasks, whose addresses moto
   # picks (the next free 127.0.x.100+ of each AZ's subnet).
   defp launch(:ecs, specs), do: Fleet.launch_tasks!(specs, @ecs_cluster, @ecs_family)
+  defp launch(:registry, specs), do: Enum.map(specs, &Map.put(&1, :instance_id, "-"))
 
   defp launch(_strategy, specs), do: Fleet.launch!(specs, %{"app" => "demo"})
 
   defp fleet_text(:ecs), do: "tasks of family #{@ecs_family} in ECS cluster #{@ecs_cluster}"
+  defp churn_text(:ecs, v), do: "StopTask #{v.instance_id} (#{v.node}) and stopping its node"
+  defp churn_text(:registry, v), do: "stopping #{v.node} gracefully (it deletes its row)"
+  defp churn_text(_, v), do: "terminating #{v.instance_id} (#{v.node}) and stopping its node"
+
+  defp fleet_text(:registry), do: "nodes planned (no instances needed)"
+
+  # The registry's database, stopped when the demo ends; cleanup knows its pid.
+  defp start_postgres(run_dir) do
+    pg = AWSCluster.Test.Postgres.start!()
+    [pid | _] = String.split(File.read!(Path.join([pg.dir, "data", "postmaster.pid"])), "\n")
+    record_pid(run_dir, "postgres", pid)
+    Process.put(:demo_postgres, pg)
+  end
+
+  defp stop_postgres do
+    if pg = Process.get(:demo_postgres), do: AWSCluster.Test.Postgres.stop(pg)
+  end
+
+  defp table_text do
+    case Process.get(:demo_postgres) do
+      nil ->
+        nil
+
+      pg ->
+        [[rows, beats]] =
+          AWSCluster.Test.Postgres.query!(
+            pg,
+            "SELECT count(*), coalesce(sum(beats), 0) FROM aws_cluster_nodes"
+          )
+
+        "table aws_cluster_nodes at the end: #{rows} rows; #{beats} heartbeats written by them"
+    end
+  end
+
   defp fleet_text(_strategy), do: "instances tagged app=demo"
 
   defp attach(:autoscaling, specs, ctx),
@@ -376,6 +446,7 @@ defmodule Demo do
       {"", "discovery rounds the nodes reported: #{r.polls}" <> rounds_note(r.opts)},
       {"", uncoordinated(r)},
       {"", "by the demo itself (seeding): #{seed_calls}"},
+      {"database", r.table || "-"},
       {"total", "#{secs(r.total)}"}
     ]
 
@@ -388,6 +459,7 @@ defmodule Demo do
 
   defp uncoordinated(r) do
     per_round = if r.opts.strategy in [:autoscaling, :ecs], do: 2, else: 1
+    calls = if r.opts.strategy == :registry, do: "reads", else: "calls"
     n = length(r.nodes)
     naive = Float.round(n * 60_000 / r.opts.interval * per_round, 1)
 
@@ -398,10 +470,15 @@ defmodule Demo do
       end
 
     "uncoordinated, #{n} nodes would make #{naive}/min (#{n} × 60 s / #{r.opts.interval} ms" <>
-      " × #{per_round} calls a round); #{who}"
+      " × #{per_round} #{calls} a round); #{who}"
   end
 
   defp prune_rule(%{strategy: :gossip}), do: "gossip: it said leave on shutdown"
+
+  defp prune_rule(%{strategy: :registry}),
+    do:
+      "registry: its row was deleted on its graceful stop, then #{@prune_after} answers without it"
+
   defp prune_rule(_), do: "#{@prune_after} complete answers without it"
   defp prune_note(%{strategy: :gossip}), do: ", peers forgotten on leave or silence"
   defp prune_note(_), do: ", prune after #{@prune_after} complete answers"
@@ -410,6 +487,7 @@ defmodule Demo do
     do: " (each: DescribeAutoScalingGroups + DescribeInstances)"
 
   defp rounds_note(%{strategy: :ecs}), do: " (each: ListTasks + DescribeTasks)"
+  defp rounds_note(%{strategy: :registry}), do: " (each: one SELECT of the live rows)"
   defp rounds_note(%{strategy: :gossip}), do: " (gossip: announces accepted, no AWS calls)"
 
   defp rounds_note(_),
@@ -454,11 +532,16 @@ defmodule Demo do
         "ecs" ->
           :ecs
 
+        "registry" ->
+          :registry
+
         "gossip" ->
           :gossip
 
         other ->
-          usage_error("--strategy must be ec2, autoscaling, ecs or gossip, got #{inspect(other)}")
+          usage_error(
+            "--strategy must be ec2, autoscaling, ecs, registry or gossip, got #{inspect(other)}"
+          )
       end
 
     nodes in 2..30 || usage_error("--nodes must be 2..30, got #{nodes}")
