@@ -118,6 +118,7 @@ defmodule AWSCluster.Native do
     do: retry(:registry_heartbeat, [registry, ref, row, announce])
 
   def registry_listen(registry, pid), do: retry(:registry_listen, [registry, pid])
+  def registry_check(registry, ref, ttl_ms), do: retry(:registry_check, [registry, ref, ttl_ms])
 
   def registry_read(registry, ref, cluster, ttl_ms, limit),
     do: retry(:registry_read, [registry, ref, cluster, ttl_ms, limit])

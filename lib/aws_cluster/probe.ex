@@ -69,7 +69,7 @@ defmodule AWSCluster.Probe do
          Error.new(
            :not_supported,
            "topology #{inspect(topology)} uses #{inspect(strategy)}, which is not an " <>
-             "aws_cluster polling strategy (EC2, AutoScaling or ECS); nothing to query",
+             "aws_cluster polling strategy (EC2, AutoScaling, ECS or Registry); nothing to query",
            %{topology: topology, strategy: strategy}
          )}
 
@@ -95,9 +95,13 @@ defmodule AWSCluster.Probe do
   @spec discover(atom(), keyword()) :: {:ok, result()} | {:error, Error.t()}
   def discover(topology, spec) do
     with {:ok, strategy, state, config} <- validate(topology, spec),
-         {:ok, strategy_state} <- init(strategy, config, state),
-         {:ok, peers, gone} <- run(strategy, strategy_state, config.discovery_timeout) do
-      {:ok, %{topology: topology, strategy: strategy, config: config, peers: peers, gone: gone}}
+         {:ok, strategy_state} <- init(strategy, config, %{state | probe: true}) do
+      result = run(strategy, strategy_state, config.discovery_timeout)
+      if function_exported?(strategy, :stop, 1), do: strategy.stop(strategy_state)
+
+      with {:ok, peers, gone} <- result do
+        {:ok, %{topology: topology, strategy: strategy, config: config, peers: peers, gone: gone}}
+      end
     end
   end
 

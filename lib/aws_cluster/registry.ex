@@ -130,6 +130,29 @@ defmodule AWSCluster.Registry do
     Async.call(&Native.registry_read(r.resource, &1, r.cluster, ttl, limit), wait(r))
   end
 
+  @typedoc "What `check/2` reports."
+  @type check :: %{
+          server_version: String.t(),
+          ssl_in_use: boolean(),
+          privileges: %{
+            select: boolean(),
+            insert: boolean(),
+            update: boolean(),
+            delete: boolean()
+          },
+          live_rows: non_neg_integer(),
+          host: String.t()
+        }
+
+  @doc """
+  Connects (creating the table if missing) and reports the server version, whether the
+  connection is encrypted, the user's privileges on the table and the live rows (within
+  `ttl` ms), for `mix aws_cluster.doctor`.
+  """
+  @spec check(t(), pos_integer()) :: {:ok, check()} | {:error, Error.t()}
+  def check(%__MODULE__{} = r, ttl),
+    do: Async.call(&Native.registry_check(r.resource, &1, ttl), wait(r))
+
   @doc "Deletes `node`'s row of boot `boot_id`; the number of rows deleted (0 or 1)."
   @spec delete(t(), String.t(), String.t()) :: {:ok, non_neg_integer()} | {:error, Error.t()}
   def delete(%__MODULE__{} = r, node, boot_id) do

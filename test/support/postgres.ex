@@ -88,11 +88,12 @@ defmodule AWSCluster.Test.Postgres do
   @spec resume!(t()) :: :ok
   def resume!(pg), do: start_server!(pg)
 
-  @doc "The connection URL, with the password."
+  @doc "The connection URL, with the password (options `:user`, `:password`)."
   @spec url(t(), keyword()) :: String.t()
   def url(pg, opts \\ []) do
     password = Keyword.get(opts, :password, pg.password)
-    "postgres://#{@user}:#{password}@127.0.0.1:#{pg.port}/#{@user}"
+    user = Keyword.get(opts, :user, @user)
+    "postgres://#{user}:#{password}@127.0.0.1:#{pg.port}/#{@user}"
   end
 
   @doc "Runs `sql` with psql; the rows, each a list of text fields (`nil` for NULL)."

@@ -35,6 +35,9 @@ defmodule AWSCluster.Doctor.Topology do
       strategy == AWSCluster.Strategy.Gossip ->
         {gossip_topology(name, spec), nil}
 
+      strategy == AWSCluster.Strategy.Registry ->
+        registry_topology(name, spec)
+
       true ->
         {[
            check(
@@ -157,6 +160,73 @@ defmodule AWSCluster.Doctor.Topology do
   defp discovery_fix(_), do: nil
 
   defp az(peer), do: Map.get(peer.instance, :availability_zone)
+
+  # The table: reachable, TLS, privileges, live rows; then one read as discovery.
+  defp registry_topology(name, spec) do
+    label = "registry [#{name}]"
+
+    with {:ok, strategy, state, config} <- Probe.validate(name, spec),
+         {:ok, s} <- strategy.init(config, %{state | probe: true}),
+         {:ok, c} <- AWSCluster.Registry.check(s.registry, s.ttl) do
+      strategy.stop(s)
+      {discovery_check, result} = discovery(name, spec, config)
+      {registry_checks(label, config, c) ++ [discovery_check], result}
+    else
+      {:error, %Error{reason: :invalid_config} = e} ->
+        {[check("config [#{name}]", :fail, e.message, "fix the topology's options")], nil}
+
+      {:error, %Error{} = e} ->
+        {[check(label, :fail, "#{e.reason}: #{e.message}", registry_fix(e))], nil}
+    end
+  end
+
+  defp registry_checks(label, config, c) do
+    missing =
+      for {p, false} <- Enum.sort(c.privileges), do: p |> Atom.to_string() |> String.upcase()
+
+    table =
+      "table #{config.table}: #{c.live_rows} live rows of cluster #{config.cluster || "(topology name)"}"
+
+    [
+      check(label, :pass, "PostgreSQL #{c.server_version} at #{c.host}; #{table}"),
+      if(c.ssl_in_use,
+        do:
+          check(
+            "#{label} tls",
+            :pass,
+            "encrypted (ssl: #{config.ssl || "from the url, or prefer"})"
+          ),
+        else:
+          check(
+            "#{label} tls",
+            :warn,
+            "the connection is not encrypted",
+            "set ssl: :verify_full and ssl_ca_file: (RDS: its CA bundle)"
+          )
+      ),
+      if(missing == [],
+        do:
+          check("#{label} privileges", :pass, "SELECT, INSERT, UPDATE, DELETE on #{config.table}"),
+        else:
+          check(
+            "#{label} privileges",
+            :fail,
+            "the user lacks #{Enum.join(missing, ", ")} on #{config.table}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON #{config.table} TO <the url's user>"
+          )
+      )
+    ]
+  end
+
+  defp registry_fix(%Error{reason: :unauthorized}),
+    do: "check the user and password in url: (and the user's grants, README)"
+
+  defp registry_fix(%Error{reason: reason}) when reason in [:unreachable, :timeout],
+    do:
+      "make the database reachable from this host (its security group must allow this " <>
+        "host on the port), or fix the url's host and port"
+
+  defp registry_fix(_), do: nil
 
   defp gossip_topology(name, spec) do
     gossip = AWSCluster.Strategy.Gossip

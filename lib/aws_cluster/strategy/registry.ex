@@ -138,11 +138,9 @@ defmodule AWSCluster.Strategy.Registry do
   def init(config, state) do
     cluster = config.cluster || Atom.to_string(state.topology)
 
-    with {:ok, row} <- own_row(config, cluster),
-         {:ok, registry} <- registry(config, cluster),
+    with {:ok, registry} <- registry(config, cluster),
          :ok <- Registry.open(registry),
-         {:ok, heartbeat} <-
-           Heartbeat.start_link(registry, row, config.heartbeat_interval, state.topology) do
+         {:ok, heartbeat} <- heartbeat(registry, config, cluster, state) do
       {:ok,
        %{
          registry: registry,
@@ -168,7 +166,16 @@ defmodule AWSCluster.Strategy.Registry do
 
   # A graceful stop deletes this node's row before the VM goes on shutting down.
   @impl true
+  def stop(%{heartbeat: nil}), do: :ok
   def stop(s), do: Heartbeat.stop(s.heartbeat)
+
+  # A diagnostic round (AWSCluster.Probe) only reads: it is not a member.
+  defp heartbeat(_registry, _config, _cluster, %{probe: true}), do: {:ok, nil}
+
+  defp heartbeat(registry, config, cluster, state) do
+    with {:ok, row} <- own_row(config, cluster),
+         do: Heartbeat.start_link(registry, row, config.heartbeat_interval, state.topology)
+  end
 
   defp peer(row) do
     %{

@@ -8,6 +8,10 @@ defmodule AWSCluster.Strategy.State do
   callers pass a map or keyword list with the same keys. Missing MFAs get libcluster's
   defaults, so a standalone topology connects through distribution like libcluster does.
 
+  `probe: true` marks a state the diagnostics (`AWSCluster.Probe`) use for one round
+  outside any poller: a strategy must not act as a member then (the registry writes no
+  row of its own).
+
   Each MFA is applied with the node appended: `apply(m, f, a ++ [node])`. A connect
   returns `true`, `false` or `:ignored` (distribution not started), like
   `:net_kernel.connect_node/1`.
@@ -25,7 +29,8 @@ defmodule AWSCluster.Strategy.State do
             list_nodes: @default_list_nodes,
             config: [],
             meta: nil,
-            libcluster: false
+            libcluster: false,
+            probe: false
 
   @type t :: %__MODULE__{
           topology: atom(),
@@ -34,7 +39,8 @@ defmodule AWSCluster.Strategy.State do
           list_nodes: mfa_tuple(),
           config: keyword(),
           meta: term(),
-          libcluster: boolean()
+          libcluster: boolean(),
+          probe: boolean()
         }
   @type mfa_tuple :: {module(), atom(), [term()]}
 

@@ -37,6 +37,9 @@ defmodule Mix.Tasks.AwsCluster.Peers do
   For ECS, INSTANCE is the task ARN; in a task, the cluster and family default to its
   own (task metadata v4).
 
+  For a registry topology (`AWSCluster.Strategy.Registry`) the peers are the table's
+  live rows that verify; the task only reads, it writes no row of its own.
+
   CONNECTED says whether this VM is connected to the peer (`self` for this node).
   With `group:` (`AWSCluster.Groups`), GROUP and GATEWAY are what a connected peer says
   of itself (GROUP is the topology's rule applied to the others): `yes (n links)` for a gateway,

@@ -3,7 +3,7 @@
 
 use crate::aws::{field, invalid, map};
 use crate::{error, runtime};
-use aws_cluster_core::registry::postgres::{PgConfig, PgRegistry, Reading};
+use aws_cluster_core::registry::postgres::{Check, PgConfig, PgRegistry, Reading};
 use aws_cluster_core::registry::{Row, RowKey};
 use aws_cluster_core::Error;
 use rustler::{Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
@@ -16,6 +16,8 @@ mod keys {
         url, ssl, ssl_ca_file, table, secret, cluster, connect_timeout_ms, operation_timeout_ms,
         node, address, availability_zone, instance_id, group, boot_id, version,
         rows, rejected, why, aws_cluster_registry, changed,
+        server_version, ssl_in_use, privileges, live_rows, host,
+        select, insert, update, delete,
     }
 }
 
@@ -185,6 +187,49 @@ fn registry_read<'a>(
                 .map(|r| map(env, &[(keys::node(), &r.node), (keys::why(), &r.why)]))
                 .collect();
             map(env, &[(keys::rows(), &rows), (keys::rejected(), &rejected)])
+        }),
+    )
+}
+
+/// `registry_check(registry, ref, ttl_ms)`: replies `{:ok, %{server_version, ssl_in_use,
+/// privileges: %{select, insert, update, delete}, live_rows, host}}` for the doctor.
+#[rustler::nif(schedule = "DirtyIo")]
+fn registry_check<'a>(
+    env: Env<'a>,
+    registry: ResourceArc<RegistryResource>,
+    reference: Term<'a>,
+    ttl_ms: u64,
+) -> Term<'a> {
+    let cluster = registry.cluster.clone();
+    let registry = registry.registry.clone();
+    let work = async move {
+        registry
+            .check(&cluster, Duration::from_millis(ttl_ms))
+            .await
+    };
+    runtime::started(
+        env,
+        runtime::spawn_reply(env, reference, work, |env, c: Check| {
+            let [select, insert, update, delete] = c.privileges;
+            let privileges = map(
+                env,
+                &[
+                    (keys::select(), &select),
+                    (keys::insert(), &insert),
+                    (keys::update(), &update),
+                    (keys::delete(), &delete),
+                ],
+            );
+            map(
+                env,
+                &[
+                    (keys::server_version(), &c.server_version),
+                    (keys::ssl_in_use(), &c.ssl),
+                    (keys::privileges(), &privileges),
+                    (keys::live_rows(), &c.live_rows),
+                    (keys::host(), &c.host),
+                ],
+            )
         }),
     )
 }

@@ -329,6 +329,68 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     refute out =~ "discovery [ecs]"
   end
 
+  test "registry: the table, TLS, the privileges and a read; a user without DELETE and a wrong password are named",
+       %{tag: tag} do
+    pg = AWSCluster.Test.Postgres.start!()
+    on_exit(fn -> AWSCluster.Test.Postgres.stop(pg) end)
+
+    registry = fn url ->
+      [
+        strategy: AWSCluster.Strategy.Registry,
+        config: [url: url, secret: String.duplicate("k", 32), cluster: tag]
+      ]
+    end
+
+    # A member's row, written by a topology of this VM (it is distributed).
+    start_supervised!(
+      {AWSCluster.Supervisor, topologies: [member: registry.(AWSCluster.Test.Postgres.url(pg))]}
+    )
+
+    me = Atom.to_string(node())
+    rows = fn -> AWSCluster.Test.Postgres.query!(pg, "SELECT node FROM aws_cluster_nodes") end
+    assert AWSCluster.Test.Wait.until(fn -> rows.() == [[me]] end)
+
+    Application.put_env(:aws_cluster, :topologies,
+      reg: registry.(AWSCluster.Test.Postgres.url(pg))
+    )
+
+    {_, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"PASS", text, nil} = line(out, "registry [reg]")
+
+    assert text =~
+             ~r/PostgreSQL 15\.\d+.* at 127\.0\.0\.1:#{pg.port}; table aws_cluster_nodes: 1 live rows/
+
+    assert {"WARN", _, fix} = line(out, "registry [reg] tls")
+    assert fix =~ "ssl: :verify_full"
+    assert {"PASS", _, nil} = line(out, "registry [reg] privileges")
+    assert {"PASS", text, nil} = line(out, "discovery [reg]")
+    assert text =~ "1 peers"
+    # The doctor only read: no row of its own.
+    assert rows.() == [[me]]
+
+    AWSCluster.Test.Postgres.query!(
+      pg,
+      "CREATE USER limited PASSWORD 'limited-pw'; " <>
+        "GRANT SELECT, INSERT, UPDATE ON aws_cluster_nodes TO limited"
+    )
+
+    limited = AWSCluster.Test.Postgres.url(pg, user: "limited", password: "limited-pw")
+    Application.put_env(:aws_cluster, :topologies, reg: registry.(limited))
+    {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"FAIL", text, fix} = line(out, "registry [reg] privileges")
+    assert text =~ "lacks DELETE"
+    assert fix =~ "GRANT"
+
+    wrong = AWSCluster.Test.Postgres.url(pg, password: "wrong-pw-#{tag}")
+    Application.put_env(:aws_cluster, :topologies, reg: registry.(wrong))
+    {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"FAIL", text, fix} = line(out, "registry [reg]")
+    assert text =~ "unauthorized"
+    assert fix =~ "password in url:"
+    refute out =~ "wrong-pw-#{tag}"
+    refute out =~ pg.password
+  end
+
   # ALIVE2_REQ (erl_dist_protocol): registers `name` at `port` for as long as the
   # socket stays open.
   defp register_in_epmd!(name, port) do

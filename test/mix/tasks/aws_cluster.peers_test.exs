@@ -263,6 +263,35 @@ defmodule Mix.Tasks.AwsCluster.PeersTest do
     assert out =~ ":address"
   end
 
+  test "a registry topology: the table's live nodes, without writing a row of its own", %{
+    tag: tag
+  } do
+    pg = AWSCluster.Test.Postgres.start!()
+    on_exit(fn -> AWSCluster.Test.Postgres.stop(pg) end)
+
+    topology = [
+      strategy: AWSCluster.Strategy.Registry,
+      config: [
+        url: AWSCluster.Test.Postgres.url(pg),
+        secret: String.duplicate("k", 32),
+        cluster: tag,
+        availability_zone: "us-east-1b"
+      ]
+    ]
+
+    # This VM is a member: its topology writes its row.
+    start_supervised!({AWSCluster.Supervisor, topologies: [member: topology]})
+    rows = fn -> AWSCluster.Test.Postgres.query!(pg, "SELECT node FROM aws_cluster_nodes") end
+    me = Atom.to_string(node())
+    assert AWSCluster.Test.Wait.until(fn -> rows.() == [[me]] end)
+
+    Application.put_env(:aws_cluster, :topologies, reg: topology)
+    {0, out, _} = run_task(["--topology", "reg", "--no-connect"])
+    assert out =~ "topology reg (AWSCluster.Strategy.Registry): 1 peer in 1 AZ"
+    assert [^me, "us-east-1b", "127.0.0.1", ^me | _] = row(out, me)
+    assert rows.() == [[me]]
+  end
+
   test "AccessDenied exits 1 and names the missing IAM action", %{tag: tag} do
     [id_a, id_b, _] = seed(tag)
     Moto.create_asg!("#{tag}-asg", [id_a, id_b])

@@ -36,6 +36,17 @@ pub struct Reading {
     pub rejected: Vec<Rejected>,
 }
 
+/// What the doctor reports of the table and the connection.
+#[derive(Debug, Default)]
+pub struct Check {
+    pub server_version: String,
+    pub ssl: bool,
+    /// SELECT, INSERT, UPDATE, DELETE on the table, in that order.
+    pub privileges: [bool; 4],
+    pub live_rows: i64,
+    pub host: String,
+}
+
 /// One topology's registry: the parsed config, the row key and the current connection.
 pub struct PgRegistry {
     config: Config,
@@ -233,6 +244,47 @@ impl PgRegistry {
         Ok(reading)
     }
 
+    /// Connects (creating the table if missing) and reports the server, TLS, the
+    /// privileges on the table and the live rows of `cluster`.
+    pub async fn check(&self, cluster: &str, ttl: Duration) -> Result<Check> {
+        let sql = format!(
+            "SELECT current_setting('server_version'), \
+             coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false), \
+             has_table_privilege($1, 'SELECT'), has_table_privilege($1, 'INSERT'), \
+             has_table_privilege($1, 'UPDATE'), has_table_privilege($1, 'DELETE'), \
+             (SELECT count(*) FROM {} WHERE cluster = $2 \
+              AND last_seen > now() - $3 * interval '1 millisecond')",
+            self.table
+        );
+        let table = self.table.as_str();
+        let ttl_ms = ttl.as_millis() as f64;
+        let row = self
+            .run("check", |client| async move {
+                client
+                    .query_one(sql.as_str(), &[&table, &cluster, &ttl_ms])
+                    .await
+            })
+            .await?;
+        Ok(Check {
+            server_version: row.try_get(0).unwrap_or_default(),
+            ssl: row.try_get(1).unwrap_or_default(),
+            privileges: [2, 3, 4, 5].map(|i| row.try_get(i).unwrap_or_default()),
+            live_rows: row.try_get(6).unwrap_or_default(),
+            host: self.host(),
+        })
+    }
+
+    /// `host:port` of the first host in the config, for messages (never the password).
+    pub fn host(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "?".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    }
+
     /// Deletes this node's row of this boot (a newer boot's row is left alone).
     pub async fn delete(&self, cluster: &str, node: &str, boot_id: &str) -> Result<u64> {
         let sql = format!(
@@ -308,7 +360,16 @@ enum Failed {
     Query(Arc<Client>, tokio_postgres::Error),
 }
 
+// A table made in a migration needs no CREATE privilege: CREATE TABLE IF NOT EXISTS
+// checks the schema's permission even when the table exists, so look first.
 async fn create_table(client: &Client, table: &str) -> Result<()> {
+    let exists = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(|e| classify("table lookup", &e))?;
+    if exists.try_get::<_, bool>(0).unwrap_or(false) {
+        return Ok(());
+    }
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {table} (\
          cluster text NOT NULL, node text NOT NULL, address text NOT NULL, \
@@ -387,7 +448,12 @@ pub fn classify(what: &str, e: &tokio_postgres::Error) -> Error {
         ),
         None => (Reason::Unreachable, ""),
     };
-    let mut err = Error::new(reason, format!("registry {what}: PostgreSQL: {e}{hint}"));
+    // A server error's Display is only "db error": its own message says what.
+    let text = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    };
+    let mut err = Error::new(reason, format!("registry {what}: PostgreSQL: {text}{hint}"));
     if let Some(code) = e.code() {
         err = err.with_detail("code", code.code());
     }
