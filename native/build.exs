@@ -126,7 +126,7 @@ defmodule AWSCluster.NativeBuild do
     end
   end
 
-  @services ~w(ec2 autoscaling ecs postgres)
+  @services ~w(ec2 autoscaling ecs postgres dynamodb)
 
   @doc """
   The AWS services to build in, from AWS_CLUSTER_NIF_SERVICES (comma-separated) or

@@ -159,15 +159,17 @@ defmodule AWSCluster.AWS do
     "ec2" => :ec2,
     "autoscaling" => :autoscaling,
     "ecs" => :ecs,
-    "postgres" => :postgres
+    "postgres" => :postgres,
+    "dynamodb" => :dynamodb
   }
 
   @doc """
   The services this build of the NIF can call: `:ec2` always, `:autoscaling`, `:ecs`
-  and `:postgres` (the registry) unless the build left them out (`AWS_CLUSTER_NIF_SERVICES` or
+  `:postgres` and `:dynamodb` (the registry) unless the build left them out (`AWS_CLUSTER_NIF_SERVICES` or
   `config :aws_cluster, nif_services:`, README).
   """
-  @spec services() :: {:ok, [:ec2 | :autoscaling | :ecs | :postgres]} | {:error, Error.t()}
+  @spec services() ::
+          {:ok, [:ec2 | :autoscaling | :ecs | :postgres | :dynamodb]} | {:error, Error.t()}
   def services do
     {:ok, for(name <- Native.aws_services(), service = @services[name], do: service)}
   rescue
@@ -179,7 +181,7 @@ defmodule AWSCluster.AWS do
   saying how to build it in. A NIF that did not load at all passes here: its first call
   returns the load error.
   """
-  @spec require_service(:autoscaling | :ecs | :postgres) :: :ok | {:error, Error.t()}
+  @spec require_service(:autoscaling | :ecs | :postgres | :dynamodb) :: :ok | {:error, Error.t()}
   def require_service(service) do
     case services() do
       {:ok, services} ->

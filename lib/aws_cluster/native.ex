@@ -112,6 +112,7 @@ defmodule AWSCluster.Native do
     do: retry(:ecs_metadata_fetch, [ref, uri, timeout_ms, attempts])
 
   def registry_new(opts), do: retry(:registry_new, [opts])
+  def registry_new_dynamodb(client, opts), do: retry(:registry_new_dynamodb, [client, opts])
   def registry_open(registry, ref), do: retry(:registry_open, [registry, ref])
 
   def registry_heartbeat(registry, ref, row, announce),

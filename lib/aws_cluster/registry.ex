@@ -1,7 +1,7 @@
 defmodule AWSCluster.Registry do
   @moduledoc """
-  The membership table of `AWSCluster.Strategy.Registry`, on PostgreSQL: one row per
-  node, written by that node and read by all.
+  The membership table of `AWSCluster.Strategy.Registry`, on PostgreSQL (`new/1`) or
+  DynamoDB (`new_dynamodb/2`): one row per node, written by that node and read by all.
 
   Each row carries an HMAC-SHA256 over its fields, with a key derived from the
   topology's secret and cluster name; `read/3` returns only rows whose MAC verifies and
@@ -92,7 +92,44 @@ defmodule AWSCluster.Registry do
     end
   end
 
-  @doc "Connects, and creates the table if it is missing."
+  @dynamodb_schema [
+    table: [type: :non_empty_string, default: "aws_cluster_nodes", doc: "Table name."],
+    cluster: [type: :non_empty_string, required: true, doc: "Which cluster's rows."],
+    secret: [type: :non_empty_string, required: true, doc: "Row HMAC secret, 32+ bytes."],
+    ttl: [type: :pos_integer, required: true, doc: "ms a written row stays live."]
+  ]
+
+  @doc """
+  The registry in a DynamoDB table keyed by `cluster` (partition) and `node` (sort),
+  both strings, called with `client` (`AWSCluster.AWS.client/1`). The table is not
+  created here (README). Each write sets `expires_at` (epoch seconds) for the table's
+  TTL, and `expires_ms`, which readers check themselves: DynamoDB returns expired items
+  until its TTL sweep deletes them, which can take days. Options:
+
+  #{Config.docs(@dynamodb_schema)}
+  """
+  @spec new_dynamodb(AWSCluster.AWS.t(), keyword()) :: {:ok, t()} | {:error, Error.t()}
+  def new_dynamodb(%AWSCluster.AWS{} = client, opts) do
+    with {:ok, o} <- Config.arguments(opts, @dynamodb_schema),
+         {:ok, resource} <-
+           Error.wrap(
+             Native.registry_new_dynamodb(client.resource, %{
+               table: o.table,
+               cluster: o.cluster,
+               secret: o.secret,
+               ttl_ms: o.ttl
+             })
+           ) do
+      {:ok,
+       %__MODULE__{
+         resource: resource,
+         cluster: o.cluster,
+         operation_timeout: client.operation_timeout
+       }}
+    end
+  end
+
+  @doc "Connects, and creates the table if it is missing (PostgreSQL); reads once (DynamoDB)."
   @spec open(t()) :: :ok | {:error, Error.t()}
   def open(%__MODULE__{} = r) do
     with {:ok, true} <- Async.call(&Native.registry_open(r.resource, &1), wait(r)), do: :ok

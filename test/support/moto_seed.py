@@ -373,6 +373,64 @@ def op_ecs_container_instance(req):
     return ci["containerInstance"]["containerInstanceArn"]
 
 
+def dynamodb_client(req):
+    key = ("dynamodb", req["endpoint"], req["region"])
+    if key not in _clients:
+        _clients[key] = boto3.client(
+            "dynamodb",
+            endpoint_url=req["endpoint"],
+            region_name=req["region"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+    return _clients[key]
+
+
+def op_dynamodb_table(req):
+    """Creates registry table `name` (cluster HASH, node RANGE; on demand) with TTL on expires_at."""
+    db = dynamodb_client(req)
+    db.create_table(
+        TableName=req["name"],
+        KeySchema=[
+            {"AttributeName": "cluster", "KeyType": "HASH"},
+            {"AttributeName": "node", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "cluster", "AttributeType": "S"},
+            {"AttributeName": "node", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    db.update_time_to_live(
+        TableName=req["name"],
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+    )
+    return req["name"]
+
+
+def op_dynamodb_items(req):
+    """Every item of table `name` (a Scan, every page), as {attribute: value} with plain values."""
+    db = dynamodb_client(req)
+    out, start = [], None
+    while True:
+        kw = {"TableName": req["name"]}
+        if start:
+            kw["ExclusiveStartKey"] = start
+        page = db.scan(**kw)
+        for item in page["Items"]:
+            out.append({k: list(v.values())[0] for k, v in item.items()})
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return out
+
+
+def op_dynamodb_put(req):
+    """Puts `item` ({attribute: string}) into table `name`, as any writer to the table could."""
+    item = {k: ({"N": v[1:]} if v.startswith("#") else {"S": v}) for k, v in req["item"].items()}
+    dynamodb_client(req).put_item(TableName=req["name"], Item=item)
+    return True
+
+
 def op_ping(req):
     return "pong"
 

@@ -1,16 +1,17 @@
 defmodule AWSCluster.Strategy.Registry do
   @schema [
             backend: [
-              type: {:in, [:postgres]},
+              type: {:in, [:postgres, :dynamodb]},
               default: :postgres,
-              doc: "Where the table lives: `:postgres` (DynamoDB is not built yet)."
+              doc:
+                "Where the table lives: `:postgres` (`url:`) or `:dynamodb` (the AWS " <>
+                  "options below; the table must exist, README)."
             ],
             url: [
               type: :non_empty_string,
-              required: true,
               doc:
                 "PostgreSQL URL (`postgres://user:password@host:5432/db`) or key=value " <>
-                  "string. A secret: never logged."
+                  "string; required for `:postgres`. A secret: never logged."
             ],
             ssl: [
               type: {:in, [:disable, :prefer, :require, :verify_full]},
@@ -28,7 +29,9 @@ defmodule AWSCluster.Strategy.Registry do
             table: [
               type: :non_empty_string,
               default: "aws_cluster_nodes",
-              doc: "The table, created if missing: 1-63 of `a-z 0-9 _`."
+              doc:
+                "The table. PostgreSQL: 1-63 of `a-z 0-9 _`, created if missing. DynamoDB: " <>
+                  "3-255 of `A-Z a-z 0-9 _ . -`, keyed by `cluster` and `node` (strings)."
             ],
             cluster: [
               type: :non_empty_string,
@@ -56,8 +59,13 @@ defmodule AWSCluster.Strategy.Registry do
             availability_zone: [type: :non_empty_string, doc: "This node's AZ, for its row."],
             instance_id: [type: :non_empty_string, doc: "This node's instance, for its row."],
             group: [type: :non_empty_string, doc: "This node's group, for its row."],
-            query_timeout: [type: :pos_integer, default: 5_000, doc: "ms per database call."]
-          ] ++ AWSCluster.Poller.Coordination.schema(true)
+            query_timeout: [
+              type: :pos_integer,
+              default: 5_000,
+              doc: "ms per PostgreSQL call (DynamoDB calls use `operation_timeout`)."
+            ]
+          ] ++
+            AWSCluster.Strategy.Client.schema() ++ AWSCluster.Poller.Coordination.schema(true)
 
   @moduledoc """
   Cluster membership kept in a database table, PostgreSQL for now: every node writes
@@ -108,7 +116,7 @@ defmodule AWSCluster.Strategy.Registry do
 
   @impl true
   def validate(config) do
-    ttl = config.ttl || 3 * config.heartbeat_interval
+    ttl = ttl(config)
 
     cond do
       ttl <= config.heartbeat_interval ->
@@ -119,6 +127,13 @@ defmodule AWSCluster.Strategy.Registry do
              "(#{config.heartbeat_interval} ms), or every row ages out between writes"
          )}
 
+      config.backend == :postgres and config.url == nil ->
+        {:error, AWSCluster.Config.error(:url, "backend: :postgres needs url:")}
+
+      config.backend == :dynamodb and not (config.table =~ ~r/\A[A-Za-z0-9_.-]{3,255}\z/) ->
+        {:error,
+         AWSCluster.Config.error(:table, "a DynamoDB table name is 3-255 of A-Z a-z 0-9 _ . -")}
+
       byte_size(config.secret) < 32 ->
         {:error,
          AWSCluster.Config.error(
@@ -126,6 +141,9 @@ defmodule AWSCluster.Strategy.Registry do
            "the secret is #{byte_size(config.secret)} bytes; at least 32 are required " <>
              "(generate one with `:crypto.strong_rand_bytes(32) |> Base.encode64()`)"
          )}
+
+      config.backend == :dynamodb ->
+        AWSCluster.AWS.require_service(:dynamodb)
 
       true ->
         with :ok <- AWSCluster.AWS.require_service(:postgres),
@@ -138,14 +156,14 @@ defmodule AWSCluster.Strategy.Registry do
   def init(config, state) do
     cluster = config.cluster || Atom.to_string(state.topology)
 
-    with {:ok, registry} <- registry(config, cluster),
+    with {:ok, registry} <- open_registry(config, cluster),
          :ok <- Registry.open(registry),
          {:ok, heartbeat} <- heartbeat(registry, config, cluster, state) do
       {:ok,
        %{
          registry: registry,
          heartbeat: heartbeat,
-         ttl: config.ttl || 3 * config.heartbeat_interval,
+         ttl: ttl(config),
          limit: config.max_peers + 1,
          topology: state.topology,
          question: {config.backend, config.table, cluster}
@@ -248,6 +266,21 @@ defmodule AWSCluster.Strategy.Registry do
         id
     end
   end
+
+  defp open_registry(%{backend: :dynamodb} = config, cluster) do
+    with {:ok, client, _config} <- AWSCluster.Strategy.Client.build(config) do
+      Registry.new_dynamodb(client,
+        table: config.table,
+        cluster: cluster,
+        secret: config.secret,
+        ttl: ttl(config)
+      )
+    end
+  end
+
+  defp open_registry(config, cluster), do: registry(config, cluster)
+
+  defp ttl(config), do: config.ttl || 3 * config.heartbeat_interval
 
   # Parsing the url and table connects nothing, so validate/1 runs it too: a bad one
   # fails the start.

@@ -9,7 +9,7 @@ pub mod error;
 pub mod gossip;
 pub mod imds;
 pub mod interface;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "dynamodb"))]
 pub mod registry;
 pub mod sched;
 

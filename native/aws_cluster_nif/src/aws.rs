@@ -35,7 +35,7 @@ mod keys {
 
 /// The AWS client of one topology, shared by every call made with it.
 pub struct ClientResource {
-    client: AwsClient,
+    pub(crate) client: AwsClient,
 }
 
 #[rustler::resource_impl]
@@ -144,6 +144,9 @@ fn aws_services() -> Vec<&'static str> {
     }
     if cfg!(feature = "postgres") {
         services.push("postgres");
+    }
+    if cfg!(feature = "dynamodb") {
+        services.push("dynamodb");
     }
     services
 }

@@ -12,7 +12,7 @@ mod error;
 mod gossip;
 mod imds;
 mod interface;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "dynamodb"))]
 mod registry;
 mod runtime;
 

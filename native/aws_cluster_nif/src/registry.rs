@@ -1,10 +1,12 @@
-//! `registry_*` NIFs over `aws_cluster_core::registry`: the membership table.
-//! `registry_new` only checks and parses (microseconds); every database call is async.
+//! `registry_*` NIFs over `aws_cluster_core::registry`: the membership table, on
+//! PostgreSQL or DynamoDB (`registry::Backend`). `registry_new*` only check and parse;
+//! every database call is async.
 
 use crate::aws::{field, invalid, map};
 use crate::{error, runtime};
-use aws_cluster_core::registry::postgres::{Check, PgConfig, PgRegistry, Reading};
-use aws_cluster_core::registry::{Row, RowKey};
+#[cfg(feature = "postgres")]
+use aws_cluster_core::registry::postgres::{PgConfig, PgRegistry};
+use aws_cluster_core::registry::{Backend, Check, Reading, Row, RowKey};
 use aws_cluster_core::Error;
 use rustler::{Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use std::sync::Arc;
@@ -17,14 +19,14 @@ mod keys {
         node, address, availability_zone, instance_id, group, boot_id, version,
         rows, rejected, why, aws_cluster_registry, changed,
         server_version, ssl_in_use, privileges, live_rows, host,
-        select, insert, update, delete,
+        select, insert, update, delete, ttl_ms,
     }
 }
 
 /// One topology's registry connection; the secret lives only in its row key. Dropping
 /// it (the topology stopped) ends its listener too.
 pub struct RegistryResource {
-    registry: Arc<PgRegistry>,
+    backend: Backend,
     cluster: String,
     listener: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -36,13 +38,42 @@ impl rustler::Resource for RegistryResource {}
 /// is a map with `url`, `table`, `cluster` (binaries), `secret` (a binary of 32+ bytes)
 /// and `connect_timeout_ms`, `operation_timeout_ms`, and `ssl`, `ssl_ca_file` (binaries or
 /// nil). Nothing is connected yet; the CA file is read here, hence a dirty scheduler.
+#[cfg(feature = "postgres")]
 #[rustler::nif(schedule = "DirtyIo")]
 fn registry_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
-    match new(opts) {
-        Ok((registry, cluster)) => (
+    let made = common(opts).and_then(|(cluster, key)| {
+        let pg = postgres(opts, key)?;
+        Ok((Backend::Postgres(Arc::new(pg)), cluster))
+    });
+    resource(env, made)
+}
+
+/// `registry_new_dynamodb(client, opts)`: the registry in DynamoDB table `table`, called
+/// with `client` (`aws_client_new`). `opts` has `table`, `cluster`, `secret` and `ttl_ms`
+/// (how long a written row stays live).
+#[cfg(feature = "dynamodb")]
+#[rustler::nif]
+fn registry_new_dynamodb<'a>(
+    env: Env<'a>,
+    client: ResourceArc<crate::aws::ClientResource>,
+    opts: Term<'a>,
+) -> Term<'a> {
+    use aws_cluster_core::registry::dynamo::DynamoRegistry;
+    let made = common(opts).and_then(|(cluster, key)| {
+        let table = required_text(opts, keys::table(), "table")?;
+        let ttl = positive_ms(opts, keys::ttl_ms(), "ttl_ms")?;
+        let dynamo = DynamoRegistry::new(client.client.clone(), &table, key, ttl)?;
+        Ok((Backend::Dynamo(Arc::new(dynamo)), cluster))
+    });
+    resource(env, made)
+}
+
+fn resource(env: Env<'_>, made: Result<(Backend, String), Error>) -> Term<'_> {
+    match made {
+        Ok((backend, cluster)) => (
             crate::atoms::ok(),
             ResourceArc::new(RegistryResource {
-                registry: Arc::new(registry),
+                backend,
                 cluster,
                 listener: std::sync::Mutex::new(None),
             }),
@@ -52,37 +83,45 @@ fn registry_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     }
 }
 
-fn new(opts: Term<'_>) -> Result<(PgRegistry, String), Error> {
+/// The cluster and the row key, whichever the backend.
+fn common(opts: Term<'_>) -> Result<(String, RowKey), Error> {
     if !opts.is_map() {
         return Err(invalid("the registry options must be a map"));
     }
-    let text = |key, name: &'static str| -> Result<String, Error> {
-        field::<String>(opts, key, name, "a binary")?
-            .ok_or_else(|| invalid(&format!("option {name} is required")).with_detail("key", name))
-    };
-    let ms = |key, name: &'static str| -> Result<Duration, Error> {
-        match field::<u64>(opts, key, name, "a positive integer (ms)")? {
-            Some(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-            _ => Err(invalid(&format!("option {name} must be positive")).with_detail("key", name)),
-        }
-    };
     let secret: Binary = match opts.map_get(keys::secret()) {
         Ok(v) => v
             .decode()
             .map_err(|_| invalid("option secret must be a binary").with_detail("key", "secret"))?,
         Err(_) => return Err(invalid("option secret is required").with_detail("key", "secret")),
     };
-    let cluster = text(keys::cluster(), "cluster")?;
+    let cluster = required_text(opts, keys::cluster(), "cluster")?;
     let key = RowKey::new(secret.as_slice(), &cluster)?;
+    Ok((cluster, key))
+}
+
+fn required_text(opts: Term<'_>, key: rustler::Atom, name: &'static str) -> Result<String, Error> {
+    field::<String>(opts, key, name, "a binary")?
+        .ok_or_else(|| invalid(&format!("option {name} is required")).with_detail("key", name))
+}
+
+fn positive_ms(opts: Term<'_>, key: rustler::Atom, name: &'static str) -> Result<Duration, Error> {
+    match field::<u64>(opts, key, name, "a positive integer (ms)")? {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(invalid(&format!("option {name} must be positive")).with_detail("key", name)),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn postgres(opts: Term<'_>, key: RowKey) -> Result<PgRegistry, Error> {
     let cfg = PgConfig {
-        url: text(keys::url(), "url")?,
+        url: required_text(opts, keys::url(), "url")?,
         ssl: field(opts, keys::ssl(), "ssl", "a binary")?,
         ssl_ca_file: field(opts, keys::ssl_ca_file(), "ssl_ca_file", "a binary")?,
-        table: text(keys::table(), "table")?,
-        connect_timeout: ms(keys::connect_timeout_ms(), "connect_timeout_ms")?,
-        operation_timeout: ms(keys::operation_timeout_ms(), "operation_timeout_ms")?,
+        table: required_text(opts, keys::table(), "table")?,
+        connect_timeout: positive_ms(opts, keys::connect_timeout_ms(), "connect_timeout_ms")?,
+        operation_timeout: positive_ms(opts, keys::operation_timeout_ms(), "operation_timeout_ms")?,
     };
-    Ok((PgRegistry::new(cfg, key)?, cluster))
+    PgRegistry::new(cfg, key)
 }
 
 /// `registry_open(registry, ref)`: replies `:ok`-like `{:ok, true}` once connected and the
@@ -93,8 +132,9 @@ fn registry_open<'a>(
     registry: ResourceArc<RegistryResource>,
     reference: Term<'a>,
 ) -> Term<'a> {
-    let registry = registry.registry.clone();
-    let work = async move { registry.open().await };
+    let backend = registry.backend.clone();
+    let cluster = registry.cluster.clone();
+    let work = async move { backend.open(&cluster).await };
     runtime::started(
         env,
         runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),
@@ -119,7 +159,7 @@ fn registry_listen<'a>(
     if let Ok(mut slot) = registry.listener.lock() {
         *slot = Some(stop_tx);
     }
-    let reg = registry.registry.clone();
+    let backend = registry.backend.clone();
     let cluster = registry.cluster.clone();
     rt.spawn(async move {
         let mut owned = OwnedEnv::new();
@@ -131,7 +171,7 @@ fn registry_listen<'a>(
                 })
                 .is_ok()
         };
-        reg.listen(cluster, on_change, stop_rx).await;
+        backend.listen(cluster, on_change, stop_rx).await;
     });
     crate::atoms::ok().encode(env)
 }
@@ -151,8 +191,8 @@ fn registry_heartbeat<'a>(
         Ok(r) => r,
         Err(e) => return error::error_tuple(env, &e),
     };
-    let registry = registry.registry.clone();
-    let work = async move { registry.heartbeat(&row, announce).await };
+    let backend = registry.backend.clone();
+    let work = async move { backend.heartbeat(&row, announce).await };
     runtime::started(
         env,
         runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),
@@ -171,9 +211,9 @@ fn registry_read<'a>(
     ttl_ms: u64,
     limit: i64,
 ) -> Term<'a> {
-    let registry = registry.registry.clone();
+    let backend = registry.backend.clone();
     let work = async move {
-        registry
+        backend
             .read(&cluster, Duration::from_millis(ttl_ms), limit)
             .await
     };
@@ -201,12 +241,8 @@ fn registry_check<'a>(
     ttl_ms: u64,
 ) -> Term<'a> {
     let cluster = registry.cluster.clone();
-    let registry = registry.registry.clone();
-    let work = async move {
-        registry
-            .check(&cluster, Duration::from_millis(ttl_ms))
-            .await
-    };
+    let backend = registry.backend.clone();
+    let work = async move { backend.check(&cluster, Duration::from_millis(ttl_ms)).await };
     runtime::started(
         env,
         runtime::spawn_reply(env, reference, work, |env, c: Check| {
@@ -235,7 +271,7 @@ fn registry_check<'a>(
 }
 
 /// `registry_delete(registry, ref, cluster, node, boot_id)`: deletes that row of that
-/// boot; replies `{:ok, deleted}`.
+/// boot; replies `{:ok, true}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn registry_delete<'a>(
     env: Env<'a>,
@@ -245,11 +281,11 @@ fn registry_delete<'a>(
     node: String,
     boot_id: String,
 ) -> Term<'a> {
-    let registry = registry.registry.clone();
-    let work = async move { registry.delete(&cluster, &node, &boot_id).await };
+    let backend = registry.backend.clone();
+    let work = async move { backend.delete(&cluster, &node, &boot_id).await };
     runtime::started(
         env,
-        runtime::spawn_reply(env, reference, work, |env, n: u64| n.encode(env)),
+        runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),
     )
 }
 

@@ -8,7 +8,7 @@ defmodule AWSCluster.Strategy.RegistryTest do
 
   alias AWSCluster.Poller
   alias AWSCluster.Strategy.Registry
-  alias AWSCluster.Test.{Fleet, Nodes, Postgres, Wait}
+  alias AWSCluster.Test.{Fleet, Nodes, Postgres, RegistryRows, Wait}
 
   @moduletag timeout: 300_000
   @secret Base.encode64(:binary.copy("s", 32))
@@ -343,19 +343,5 @@ defmodule AWSCluster.Strategy.RegistryTest do
     end
   end
 
-  # A row's MAC as AWSCluster.Registry documents it: HMAC-SHA256 with the key
-  # HKDF-SHA256(salt = cluster, ikm = secret, info = "aws_cluster registry row v1"), over
-  # the length-prefixed fields (NULL as 0xFFFFFFFF).
-  defp mac(cluster, node, address) do
-    prk = :crypto.mac(:hmac, :sha256, cluster, @secret)
-    key = :crypto.mac(:hmac, :sha256, prk, "aws_cluster registry row v1" <> <<1>>)
-
-    field = fn
-      nil -> <<0xFFFFFFFF::32>>
-      text -> <<byte_size(text)::32, text::binary>>
-    end
-
-    data = Enum.map([cluster, node, address, nil, nil, nil, "b", "0.1.0"], field)
-    :crypto.mac(:hmac, :sha256, key, data) |> Base.encode16(case: :lower)
-  end
+  defp mac(cluster, node, address), do: RegistryRows.mac(@secret, cluster, node, address)
 end

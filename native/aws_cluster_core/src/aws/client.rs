@@ -157,6 +157,8 @@ pub struct AwsClient {
     pub(super) autoscaling_endpoint: String,
     #[cfg_attr(not(feature = "ecs"), allow(dead_code))]
     pub(super) ecs_endpoint: String,
+    #[cfg_attr(not(feature = "dynamodb"), allow(dead_code))]
+    pub(super) dynamodb_endpoint: String,
     pub(super) operation_timeout: Duration,
 }
 
@@ -193,6 +195,7 @@ impl AwsClient {
             ec2_endpoint: endpoint("ec2"),
             autoscaling_endpoint: endpoint("autoscaling"),
             ecs_endpoint: endpoint("ecs"),
+            dynamodb_endpoint: endpoint("dynamodb"),
             operation_timeout: cfg.operation_timeout,
         })
     }
@@ -214,7 +217,10 @@ impl AwsClient {
             }
             Operation::ListTasks
             | Operation::DescribeTasks
-            | Operation::DescribeContainerInstances => {
+            | Operation::DescribeContainerInstances
+            | Operation::UpdateItem
+            | Operation::Query
+            | Operation::DeleteItem => {
                 return Err(Error::new(
                     Reason::Internal,
                     format!("{} is not a Query-protocol operation", op.name()),

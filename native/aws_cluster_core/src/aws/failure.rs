@@ -22,6 +22,9 @@ pub enum Operation {
     ListTasks,
     DescribeTasks,
     DescribeContainerInstances,
+    UpdateItem,
+    Query,
+    DeleteItem,
 }
 
 impl Operation {
@@ -32,6 +35,9 @@ impl Operation {
             Operation::ListTasks => "ListTasks",
             Operation::DescribeTasks => "DescribeTasks",
             Operation::DescribeContainerInstances => "DescribeContainerInstances",
+            Operation::UpdateItem => "UpdateItem",
+            Operation::Query => "Query",
+            Operation::DeleteItem => "DeleteItem",
         }
     }
 
@@ -43,6 +49,9 @@ impl Operation {
             Operation::ListTasks => "ecs:ListTasks",
             Operation::DescribeTasks => "ecs:DescribeTasks",
             Operation::DescribeContainerInstances => "ecs:DescribeContainerInstances",
+            Operation::UpdateItem => "dynamodb:UpdateItem",
+            Operation::Query => "dynamodb:Query",
+            Operation::DeleteItem => "dynamodb:DeleteItem",
         }
     }
 }

@@ -8,6 +8,8 @@
 #[cfg(feature = "autoscaling")]
 mod autoscaling;
 mod client;
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 mod ec2;
 #[cfg(feature = "ecs")]
 pub mod ecs;

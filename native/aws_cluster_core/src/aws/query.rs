@@ -9,9 +9,9 @@
 //! full-jitter exponential backoff up to `max_attempts`. Everything else, and the last
 //! failure, is returned as a [`Failure`] for `failure::classify`.
 
-// The awsJson1_1 half is protocol code, not a service: it stays in a build without the
-// `ecs` feature, unused there.
-#![cfg_attr(not(feature = "ecs"), allow(dead_code))]
+// The awsJson half is protocol code, not a service: it stays in a build without the
+// `ecs` and `dynamodb` features, unused there.
+#![cfg_attr(not(any(feature = "ecs", feature = "dynamodb")), allow(dead_code))]
 
 use super::failure::{causes, Failure};
 use super::xml;
@@ -69,16 +69,26 @@ pub struct Call<'a> {
     pub params: &'a [(String, String)],
 }
 
-/// An awsJson1_1 service: the SigV4 name and the `X-Amz-Target` prefix.
+/// An awsJson service: the SigV4 name, the `X-Amz-Target` prefix and its JSON version.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonService {
     pub signing_name: &'static str,
     pub target_prefix: &'static str,
+    pub content_type: &'static str,
 }
 
+#[cfg(feature = "ecs")]
 pub const ECS: JsonService = JsonService {
     signing_name: "ecs",
     target_prefix: "AmazonEC2ContainerServiceV20141113",
+    content_type: "application/x-amz-json-1.1",
+};
+
+#[cfg(feature = "dynamodb")]
+pub const DYNAMODB: JsonService = JsonService {
+    signing_name: "dynamodb",
+    target_prefix: "DynamoDB_20120810",
+    content_type: "application/x-amz-json-1.0",
 };
 
 /// One awsJson1_1 request: `operation` of `service`, at `endpoint`, with a JSON `body`.
@@ -124,7 +134,7 @@ impl JsonCall<'_> {
         Wire {
             signing_name: self.service.signing_name,
             endpoint: self.endpoint,
-            content_type: "application/x-amz-json-1.1",
+            content_type: self.service.content_type,
             target: Some(format!("{}.{}", self.service.target_prefix, self.operation)),
             body: self.body.to_owned(),
             protocol: Protocol::Json,

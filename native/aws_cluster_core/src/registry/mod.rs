@@ -6,11 +6,18 @@
 //! make a node dial anything: a row is size-checked, then its MAC verified, then its node
 //! name checked against its address, all before it leaves this crate.
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamo;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "postgres")]
 pub mod tls;
 
 use crate::{Error, Reason, Result};
 use aws_lc_rs::{hkdf, hmac};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// The longest field a row may carry (node names are at most 255 bytes in Erlang).
 pub const MAX_FIELD: usize = 255;
@@ -34,6 +41,118 @@ pub struct Row {
 pub struct Rejected {
     pub node: String,
     pub why: &'static str,
+}
+
+/// What a read found: verified live rows, and the rows refused.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub rows: Vec<Row>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// What the doctor reports of the table and the connection.
+#[derive(Debug, Default)]
+pub struct Check {
+    pub server_version: String,
+    pub ssl: bool,
+    /// SELECT, INSERT, UPDATE, DELETE on the table, in that order.
+    pub privileges: [bool; 4],
+    pub live_rows: i64,
+    pub host: String,
+}
+
+/// Where one topology's table lives; every call goes to its backend.
+#[derive(Clone)]
+pub enum Backend {
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<postgres::PgRegistry>),
+    #[cfg(feature = "dynamodb")]
+    Dynamo(Arc<dynamo::DynamoRegistry>),
+}
+
+impl Backend {
+    /// Connects (PostgreSQL: and creates the table) or reads once (DynamoDB), so a
+    /// start says at once what is wrong.
+    pub async fn open(&self, cluster: &str) -> Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(r) => {
+                let _ = cluster;
+                r.open().await
+            }
+            #[cfg(feature = "dynamodb")]
+            Backend::Dynamo(r) => r.read(cluster, 1).await.map(|_| ()),
+        }
+    }
+
+    /// Writes this node's row; `announce` NOTIFYs PostgreSQL listeners.
+    pub async fn heartbeat(&self, row: &Row, announce: bool) -> Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(r) => r.heartbeat(row, announce).await,
+            #[cfg(feature = "dynamodb")]
+            Backend::Dynamo(r) => {
+                let _ = announce;
+                r.heartbeat(row).await
+            }
+        }
+    }
+
+    /// The live rows of `cluster`, at most `limit`, verified. PostgreSQL judges liveness
+    /// by `ttl` on its own clock; DynamoDB by each row's expiry, on this host's clock.
+    pub async fn read(&self, cluster: &str, ttl: Duration, limit: i64) -> Result<Reading> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(r) => r.read(cluster, ttl, limit).await,
+            #[cfg(feature = "dynamodb")]
+            Backend::Dynamo(r) => {
+                let _ = ttl;
+                r.read(cluster, usize::try_from(limit).unwrap_or(0)).await
+            }
+        }
+    }
+
+    /// Deletes this boot's row of `node`.
+    pub async fn delete(&self, cluster: &str, node: &str, boot_id: &str) -> Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(r) => r.delete(cluster, node, boot_id).await.map(|_| ()),
+            #[cfg(feature = "dynamodb")]
+            Backend::Dynamo(r) => r.delete(cluster, node, boot_id).await,
+        }
+    }
+
+    /// PostgreSQL: LISTEN until `stop` (see `PgRegistry::listen`). DynamoDB has no
+    /// notifications: this only waits for `stop`.
+    pub async fn listen<F>(&self, cluster: String, on_change: F, stop: oneshot::Receiver<()>)
+    where
+        F: FnMut() -> bool + Send,
+    {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(r) => r.listen(cluster, on_change, stop).await,
+            #[cfg(feature = "dynamodb")]
+            Backend::Dynamo(_) => {
+                let _ = (cluster, on_change, stop.await);
+            }
+        }
+    }
+
+    /// The doctor's report (PostgreSQL only so far).
+    pub async fn check(&self, cluster: &str, ttl: Duration) -> Result<Check> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(r) => r.check(cluster, ttl).await,
+            #[cfg(feature = "dynamodb")]
+            Backend::Dynamo(_) => {
+                let _ = (cluster, ttl);
+                Err(Error::new(
+                    Reason::InvalidArgument,
+                    "the doctor's registry check supports PostgreSQL only",
+                ))
+            }
+        }
+    }
 }
 
 /// The HMAC key of one topology.

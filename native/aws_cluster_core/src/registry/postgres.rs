@@ -7,7 +7,7 @@
 //! again on the next call; the caller keeps its last good answer meanwhile.
 
 use super::tls::{self, TlsMode};
-use super::{Rejected, Row, RowKey};
+use super::{Check, Reading, Rejected, Row, RowKey};
 use crate::{Error, Reason, Result};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,24 +27,6 @@ pub struct PgConfig {
     pub table: String,
     pub connect_timeout: Duration,
     pub operation_timeout: Duration,
-}
-
-/// What a read found: verified live rows, and the rows refused.
-#[derive(Debug, Default)]
-pub struct Reading {
-    pub rows: Vec<Row>,
-    pub rejected: Vec<Rejected>,
-}
-
-/// What the doctor reports of the table and the connection.
-#[derive(Debug, Default)]
-pub struct Check {
-    pub server_version: String,
-    pub ssl: bool,
-    /// SELECT, INSERT, UPDATE, DELETE on the table, in that order.
-    pub privileges: [bool; 4],
-    pub live_rows: i64,
-    pub host: String,
 }
 
 /// One topology's registry: the parsed config, the row key and the current connection.
