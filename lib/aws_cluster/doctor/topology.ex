@@ -167,17 +167,42 @@ defmodule AWSCluster.Doctor.Topology do
 
     with {:ok, strategy, state, config} <- Probe.validate(name, spec),
          {:ok, s} <- strategy.init(config, %{state | probe: true}),
-         {:ok, c} <- AWSCluster.Registry.check(s.registry, s.ttl) do
+         {:ok, checks} <- backend_checks(label, config, s) do
       strategy.stop(s)
       {discovery_check, result} = discovery(name, spec, config)
-      {registry_checks(label, config, c) ++ [discovery_check], result}
+      {checks ++ [discovery_check], result}
     else
       {:error, %Error{reason: :invalid_config} = e} ->
         {[check("config [#{name}]", :fail, e.message, "fix the topology's options")], nil}
 
       {:error, %Error{} = e} ->
-        {[check(label, :fail, "#{e.reason}: #{e.message}", registry_fix(e))], nil}
+        {[check(label, :fail, "#{e.reason}: #{e.message}", registry_fix(e, spec))], nil}
     end
+  end
+
+  defp backend_checks(label, %{backend: :dynamodb} = config, s) do
+    with {:ok, %{rows: rows}} <- AWSCluster.Registry.read(s.registry, s.ttl, s.limit) do
+      {:ok,
+       [
+         check(
+           label,
+           :pass,
+           "DynamoDB table #{config.table} in #{config.region}: #{length(rows)} live rows; " <>
+             "dynamodb:Query allowed"
+         ),
+         check(
+           "#{label} writes",
+           :warn,
+           "dynamodb:UpdateItem and dynamodb:DeleteItem not checked (the doctor writes nothing)",
+           "allow them on the table for the nodes' role (README's DynamoDB policy)"
+         )
+       ]}
+    end
+  end
+
+  defp backend_checks(label, config, s) do
+    with {:ok, c} <- AWSCluster.Registry.check(s.registry, s.ttl),
+         do: {:ok, registry_checks(label, config, c)}
   end
 
   defp registry_checks(label, config, c) do
@@ -218,15 +243,19 @@ defmodule AWSCluster.Doctor.Topology do
     ]
   end
 
-  defp registry_fix(%Error{reason: :unauthorized}),
-    do: "check the user and password in url: (and the user's grants, README)"
+  defp registry_fix(%Error{reason: :unauthorized} = e, spec) do
+    if Doctor.spec_config(spec)[:backend] == :dynamodb,
+      do:
+        "allow #{e.details[:action] || "dynamodb:Query"} on the table (README's DynamoDB policy)",
+      else: "check the user and password in url: (and the user's grants, README)"
+  end
 
-  defp registry_fix(%Error{reason: reason}) when reason in [:unreachable, :timeout],
+  defp registry_fix(%Error{reason: reason}, _spec) when reason in [:unreachable, :timeout],
     do:
       "make the database reachable from this host (its security group must allow this " <>
         "host on the port), or fix the url's host and port"
 
-  defp registry_fix(_), do: nil
+  defp registry_fix(_error, _spec), do: nil
 
   defp gossip_topology(name, spec) do
     gossip = AWSCluster.Strategy.Gossip

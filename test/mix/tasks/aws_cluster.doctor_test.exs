@@ -391,6 +391,50 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     refute out =~ pg.password
   end
 
+  test "registry on DynamoDB: the table is read, writes are not probed, a denied Query is named",
+       %{tag: tag} do
+    table = "#{tag}-nodes"
+    Moto.seed!("dynamodb_table", %{name: table})
+
+    registry = fn extra ->
+      [
+        strategy: AWSCluster.Strategy.Registry,
+        config:
+          [
+            backend: :dynamodb,
+            table: table,
+            secret: String.duplicate("k", 32),
+            region: Moto.region(),
+            endpoint: Moto.endpoint(),
+            max_attempts: 1
+          ] ++ extra
+      ]
+    end
+
+    Application.put_env(:aws_cluster, :topologies,
+      dyn: registry.(access_key_id: "testing", secret_access_key: "testing")
+    )
+
+    {_, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"PASS", text, nil} = line(out, "registry [dyn]")
+    assert text =~ "DynamoDB table #{table} in us-east-1: 0 live rows"
+    assert {"WARN", _, _} = line(out, "registry [dyn] writes")
+
+    {key, secret} = MotoIAM.user!("#{tag}-dyn", ["dynamodb:UpdateItem"])
+    MotoIAM.enforce!()
+    on_exit(&MotoIAM.relax!/0)
+
+    Application.put_env(:aws_cluster, :topologies,
+      dyn: registry.(access_key_id: key, secret_access_key: secret)
+    )
+
+    {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"FAIL", text, fix} = line(out, "registry [dyn]")
+    assert text =~ "unauthorized"
+    assert fix =~ "dynamodb:Query"
+    refute out =~ secret
+  end
+
   # ALIVE2_REQ (erl_dist_protocol): registers `name` at `port` for as long as the
   # socket stays open.
   defp register_in_epmd!(name, port) do
