@@ -91,7 +91,7 @@ defmodule AWSCluster.ReadmeTest do
 
   test "every elixir block that configures topologies is a marked, tested example" do
     all = blocks()
-    assert length(config_examples()) == 8
+    assert length(config_examples()) == 9
 
     for {marker, code} <- all, code =~ "topologies" or code =~ ~r/^config :/m do
       assert marker in ["config-example", "app-example"],

@@ -68,11 +68,13 @@ defmodule AWSCluster.Strategy.Registry do
             AWSCluster.Strategy.Client.schema() ++ AWSCluster.Poller.Coordination.schema(true)
 
   @moduledoc """
-  Cluster membership kept in a database table, PostgreSQL for now: every node writes
-  its own row every `heartbeat_interval` and reads the live rows as its discovery
-  answer. The table is plain SQL, so dashboards, deploy scripts and people can see the
-  cluster (`SELECT node, availability_zone, last_seen FROM aws_cluster_nodes`). No AWS
-  API and no IAM permission are involved.
+  Cluster membership kept in a database table, on PostgreSQL or DynamoDB (`backend:`):
+  every node writes its own row every `heartbeat_interval` and reads the live rows as
+  its discovery answer. On PostgreSQL the table is plain SQL, so dashboards, deploy
+  scripts and people can see the cluster (`SELECT node, availability_zone, last_seen
+  FROM aws_cluster_nodes`), and no AWS API or IAM permission is involved. On DynamoDB
+  it takes the AWS options of the other strategies and `dynamodb:UpdateItem`, `Query`
+  and `DeleteItem` on the table (README).
 
       config :libcluster,
         topologies: [
@@ -87,8 +89,9 @@ defmodule AWSCluster.Strategy.Registry do
 
   Each row carries an HMAC over its fields, keyed by `secret`; a row that does not
   verify, or whose node name is not `basename@<its address>`, is never dialled and makes
-  no atom (`AWSCluster.Registry`). `last_seen` is the server's `now()` and a row is live
-  while `last_seen > now() - ttl` on the server. A graceful stop deletes the row; a
+  no atom (`AWSCluster.Registry`). On PostgreSQL `last_seen` is the server's `now()`
+  and a row is live while `last_seen > now() - ttl` on the server; on DynamoDB each row
+  carries its expiry, which readers check on their own clock. A graceful stop deletes the row; a
   killed node's row ages out after `ttl` and is then pruned by the poller's rules
   (`prune_after` complete answers without it). A stale row or a database outage never
   disconnects a peer whose link is up: an error keeps the last good set.
