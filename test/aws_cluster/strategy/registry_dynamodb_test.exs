@@ -181,6 +181,39 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
     refute_received {:disconnect, _}
   end
 
+  test "without NOTIFY a join is learned at the observer's next read", ctx do
+    table = Nodes.table()
+    interval = 2_000
+    config = config(ctx, polling_interval: interval)
+
+    pid =
+      start_supervised!(
+        {Registry, [topology: :observer, config: config] ++ Nodes.mfas(self(), table)}
+      )
+
+    assert Wait.until(fn -> Poller.status(pid).polls >= 1 end, 10_000)
+
+    [spec] = Fleet.plan(1, prefix: "dynjoin", run: ctx.run, host_base: 91)
+    started = System.monotonic_time(:millisecond)
+
+    [peer] =
+      Fleet.boot_all([spec], fn _spec ->
+        {[reg: [strategy: Registry, config: config(ctx)]],
+         cookie: Node.get_cookie(), log_dir: ctx.log_dir}
+      end)
+
+    on_exit(fn -> Fleet.halt(peer) end)
+    booted = System.monotonic_time(:millisecond) - started
+    assert_receive {:connect, node}, 3 * interval
+    assert node == peer.node
+    learned = System.monotonic_time(:millisecond) - started
+
+    IO.puts(
+      "registry (dynamodb, no NOTIFY): a join learned #{learned} ms after the boot began " <>
+        "(boot #{booted} ms, polling_interval #{interval} ms)"
+    )
+  end
+
   test "bad config names the key", ctx do
     for {extra, key} <- [{[table: "x"], :table}, {[secret: "short"], :secret}] do
       assert {:error, %AWSCluster.Error{reason: :invalid_config} = e} =
