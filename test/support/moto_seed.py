@@ -295,17 +295,26 @@ def op_recorded_calls(req):
     return counts
 
 
-def ecs_client(req):
-    key = ("ecs", req["endpoint"], req["region"])
+def service_client(service, req):
+    """A cached boto3 client of `service` for the request's endpoint and region."""
+    key = (service, req["endpoint"], req["region"])
     if key not in _clients:
         _clients[key] = boto3.client(
-            "ecs",
+            service,
             endpoint_url=req["endpoint"],
             region_name=req["region"],
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
     return _clients[key]
+
+
+def ecs_client(req):
+    return service_client("ecs", req)
+
+
+def dynamodb_client(req):
+    return service_client("dynamodb", req)
 
 
 def op_ecs_cluster(req):
@@ -371,19 +380,6 @@ def op_ecs_container_instance(req):
         cluster=req["cluster"], instanceIdentityDocument=doc
     )
     return ci["containerInstance"]["containerInstanceArn"]
-
-
-def dynamodb_client(req):
-    key = ("dynamodb", req["endpoint"], req["region"])
-    if key not in _clients:
-        _clients[key] = boto3.client(
-            "dynamodb",
-            endpoint_url=req["endpoint"],
-            region_name=req["region"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-    return _clients[key]
 
 
 def op_dynamodb_table(req):

@@ -187,17 +187,7 @@ impl RowKey {
     /// Checks a row read from the table: sizes, then the MAC (constant time), then the
     /// node name's shape against the address.
     pub fn verify(&self, row: &Row, mac: &str) -> std::result::Result<(), &'static str> {
-        let fields = [
-            Some(&row.cluster),
-            Some(&row.node),
-            Some(&row.address),
-            row.availability_zone.as_ref(),
-            row.instance_id.as_ref(),
-            row.group.as_ref(),
-            Some(&row.boot_id),
-            Some(&row.version),
-        ];
-        if fields.iter().flatten().any(|f| f.len() > MAX_FIELD) {
+        if fields(row).iter().flatten().any(|f| f.len() > MAX_FIELD) {
             return Err("a field is over 255 bytes");
         }
         let tag = unhex(mac).ok_or("the MAC is not 64 hex digits")?;
@@ -228,10 +218,9 @@ pub fn node_name_ok(node: &str, address: &str) -> std::result::Result<(), &'stat
     }
 }
 
-/// Length-prefixed fields: no two rows share an encoding.
-fn canonical(row: &Row) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let fields = [
+/// The signed fields, in their order (`None` is NULL).
+fn fields(row: &Row) -> [Option<&String>; 8] {
+    [
         Some(&row.cluster),
         Some(&row.node),
         Some(&row.address),
@@ -240,8 +229,13 @@ fn canonical(row: &Row) -> Vec<u8> {
         row.group.as_ref(),
         Some(&row.boot_id),
         Some(&row.version),
-    ];
-    for field in fields {
+    ]
+}
+
+/// Length-prefixed fields: no two rows share an encoding.
+fn canonical(row: &Row) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    for field in fields(row) {
         match field {
             Some(text) => {
                 out.extend_from_slice(&(text.len() as u32).to_be_bytes());
