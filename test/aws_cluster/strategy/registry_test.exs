@@ -332,7 +332,7 @@ defmodule AWSCluster.Strategy.RegistryTest do
           {[url: "postgres://u:pw@/db?sslmode=bogus"], :url},
           {[url: "postgres://u:pw@/db?connect_timeout=soon"], :url},
           {[ssl: :verify_full, ssl_ca_file: "/nonexistent/ca.pem"], :ssl_ca_file},
-          {[backend: :dynamodb], :backend}
+          {[backend: :mysql], :backend}
         ] do
       assert {:error, %AWSCluster.Error{reason: :invalid_config} = e} =
                Registry.start_link(topology: :cfg, config: config(ctx, extra)),
