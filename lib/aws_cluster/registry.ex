@@ -190,8 +190,8 @@ defmodule AWSCluster.Registry do
   def check(%__MODULE__{} = r, ttl),
     do: Async.call(&Native.registry_check(r.resource, &1, ttl), wait(r))
 
-  @doc "Deletes `node`'s row of boot `boot_id`; the number of rows deleted (0 or 1)."
-  @spec delete(t(), String.t(), String.t()) :: {:ok, non_neg_integer()} | {:error, Error.t()}
+  @doc "Deletes `node`'s row of boot `boot_id` (none there is fine): `{:ok, true}`."
+  @spec delete(t(), String.t(), String.t()) :: {:ok, true} | {:error, Error.t()}
   def delete(%__MODULE__{} = r, node, boot_id) do
     Async.call(&Native.registry_delete(r.resource, &1, r.cluster, node, boot_id), wait(r))
   end

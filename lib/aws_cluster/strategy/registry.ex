@@ -109,6 +109,8 @@ defmodule AWSCluster.Strategy.Registry do
 
   use AWSCluster.Strategy
 
+  require Logger
+
   alias AWSCluster.{Error, Registry}
   alias AWSCluster.Registry.Heartbeat
 
@@ -219,8 +221,6 @@ defmodule AWSCluster.Strategy.Registry do
   defp log_rejected(_topology, []), do: :ok
 
   defp log_rejected(topology, [first | _] = rejected) do
-    require Logger
-
     Logger.warning(
       "[aws_cluster:#{topology}] registry: #{length(rejected)} row(s) refused and not dialled " <>
         "(first: #{inspect(first.node)}: #{first.why}); a writer without the secret, or " <>
