@@ -211,6 +211,9 @@ defmodule AWSCluster.ReadmeTest do
     test "the registry example connects over verify-full TLS and writes this node's row" do
       pg = AWSCluster.Test.Postgres.start!(tls: true)
       on_exit(fn -> AWSCluster.Test.Postgres.stop(pg) end)
+      # The other tests read these too: give them back the setup_all values after.
+      saved = for var <- ~w(DATABASE_URL RDS_CA_FILE), do: {var, System.fetch_env!(var)}
+      on_exit(fn -> System.put_env(saved) end)
       System.put_env("DATABASE_URL", AWSCluster.Test.Postgres.url(pg))
       System.put_env("RDS_CA_FILE", pg.ca)
 
