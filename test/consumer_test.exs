@@ -321,7 +321,7 @@ defmodule AWSCluster.ConsumerTest do
     [id] = Moto.run_instances!([%{ip: "127.0.1.66", tags: %{"app" => tag}}])
 
     script = """
-    IO.puts("SERVICES \#{inspect(AWSCluster.AWS.services())}")
+    IO.puts("SERVICES \#{inspect(AWSCluster.NIF.services())}")
     base = [region: "us-east-1", node_basename: "x"]
     {:error, e} = AWSCluster.Strategy.ECS.start_link(topology: :t, config: base ++ [cluster: "c", family: "f"])
     IO.puts("ECS \#{e.reason} \#{e.message}")

@@ -94,7 +94,7 @@ defmodule AWSCluster.Native do
   def aws_describe_auto_scaling_groups(client, ref, names),
     do: retry(:aws_describe_auto_scaling_groups, [client, ref, names])
 
-  def aws_services, do: retry(:aws_services, [])
+  def nif_services, do: retry(:nif_services, [])
 
   def aws_describe_ecs_tasks(client, ref, query),
     do: retry(:aws_describe_ecs_tasks, [client, ref, query])
@@ -113,7 +113,7 @@ defmodule AWSCluster.Native do
 
   def registry_new(opts), do: retry(:registry_new, [opts])
   def registry_new_dynamodb(client, opts), do: retry(:registry_new_dynamodb, [client, opts])
-  def registry_open(registry, ref), do: retry(:registry_open, [registry, ref])
+  def registry_open(registry, ref, create), do: retry(:registry_open, [registry, ref, create])
 
   def registry_heartbeat(registry, ref, row, announce),
     do: retry(:registry_heartbeat, [registry, ref, row, announce])

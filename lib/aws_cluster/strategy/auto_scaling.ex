@@ -56,7 +56,7 @@ defmodule AWSCluster.Strategy.AutoScaling do
     do: {:error, AWSCluster.Config.error(:groups, "expected at least one group name, got []")}
 
   def validate(config) do
-    with :ok <- AWSCluster.AWS.require_service(:autoscaling),
+    with :ok <- AWSCluster.NIF.require_service(:autoscaling),
          do: AWSCluster.Groups.Options.for_source(config, :auto_scaling)
   end
 

@@ -113,7 +113,7 @@ defmodule AWSCluster.Strategy.ECS do
          )}
 
       _ ->
-        with :ok <- AWS.require_service(:ecs),
+        with :ok <- AWSCluster.NIF.require_service(:ecs),
              do: AWSCluster.Groups.Options.for_source(config, :ecs)
     end
   end

@@ -148,10 +148,10 @@ defmodule AWSCluster.Strategy.Registry do
          )}
 
       config.backend == :dynamodb ->
-        AWSCluster.AWS.require_service(:dynamodb)
+        AWSCluster.NIF.require_service(:dynamodb)
 
       true ->
-        with :ok <- AWSCluster.AWS.require_service(:postgres),
+        with :ok <- AWSCluster.NIF.require_service(:postgres),
              {:ok, _registry} <- registry(config, "options check"),
              do: :ok
     end

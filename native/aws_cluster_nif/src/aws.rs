@@ -130,27 +130,6 @@ fn listing_map<'a, T>(
     map(env, &[(key, &items), (keys::pages(), &listing.pages)])
 }
 
-/// `aws_services()`: the services this build can call, as binaries: EC2 always, the
-/// others (AutoScaling, ECS, the PostgreSQL registry) as cargo features
-/// (`AWS_CLUSTER_NIF_SERVICES`, native/build.exs).
-#[rustler::nif]
-fn aws_services() -> Vec<&'static str> {
-    let mut services = vec!["ec2"];
-    if cfg!(feature = "autoscaling") {
-        services.push("autoscaling");
-    }
-    if cfg!(feature = "ecs") {
-        services.push("ecs");
-    }
-    if cfg!(feature = "postgres") {
-        services.push("postgres");
-    }
-    if cfg!(feature = "dynamodb") {
-        services.push("dynamodb");
-    }
-    services
-}
-
 /// `aws_describe_auto_scaling_groups(client, ref, names)`: replies
 /// `{:ok, %{groups: [map], pages: n}}`; no names means every group.
 #[cfg(feature = "autoscaling")]

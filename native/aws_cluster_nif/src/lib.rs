@@ -12,6 +12,7 @@ mod error;
 mod gossip;
 mod imds;
 mod interface;
+mod nif;
 #[cfg(any(feature = "postgres", feature = "dynamodb"))]
 mod registry;
 mod runtime;
