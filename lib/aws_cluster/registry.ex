@@ -3,21 +3,24 @@ defmodule AWSCluster.Registry do
   The membership table of `AWSCluster.Strategy.Registry`, on PostgreSQL (`new/1`) or
   DynamoDB (`new_dynamodb/2`): one row per node, written by that node and read by all.
 
-  Each row carries an HMAC-SHA256 over its fields, with a key derived from the
-  topology's secret and cluster name; `read/3` returns only rows whose MAC verifies and
-  whose node name is `basename@address` for the row's own IP address, checked in the NIF
-  before any of it reaches Elixir. `last_seen` is the server's `now()` and liveness is
-  judged by the server, so the database's clock is the only one that matters.
+  Each row carries an HMAC-SHA256 over its fields and `stamp_ms`, the time it was
+  written, with a key derived from the topology's secret and cluster name. `read/3`
+  returns only rows whose MAC verifies, whose signed time is within the `ttl` (so a
+  copied old row cannot be kept alive by whoever can write the table) and whose node
+  name is `basename@address` for the row's own IP address, all checked in the NIF before
+  any of it reaches Elixir. On PostgreSQL `last_seen` is the server's `now()`, liveness
+  is judged by the server, and a writer's `stamp_ms` is its estimate of the server's
+  clock (measured on each connect and write), so the database's clock is the only one
+  that matters.
 
-  The table (created when missing):
+  The PostgreSQL table (created when missing):
 
       CREATE TABLE aws_cluster_nodes (
         cluster text NOT NULL, node text NOT NULL, address text NOT NULL,
         availability_zone text, instance_id text, grp text, boot_id text NOT NULL,
-        version text NOT NULL, mac text NOT NULL, beats bigint NOT NULL DEFAULT 1,
-        first_seen timestamptz NOT NULL DEFAULT now(),
-        last_seen timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (cluster, node))
+        version text NOT NULL, stamp_ms bigint NOT NULL, mac text NOT NULL,
+        beats bigint NOT NULL DEFAULT 1, first_seen timestamptz NOT NULL DEFAULT now(),
+        last_seen timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (cluster, node))
   """
 
   alias AWSCluster.{Async, Config, Error, Native}
@@ -103,8 +106,9 @@ defmodule AWSCluster.Registry do
   The registry in a DynamoDB table keyed by `cluster` (partition) and `node` (sort),
   both strings, called with `client` (`AWSCluster.AWS.client/1`). The table is not
   created here (README). Each write sets `expires_at` (epoch seconds) for the table's
-  TTL, and `expires_ms`, which readers check themselves: DynamoDB returns expired items
-  until its TTL sweep deletes them, which can take days. Options:
+  TTL and the signed `stamp_ms`, which readers check against `ttl` on their own clock:
+  DynamoDB returns expired items until its TTL sweep deletes them, which can take days.
+  Options:
 
   #{Config.docs(@dynamodb_schema)}
   """
@@ -129,10 +133,16 @@ defmodule AWSCluster.Registry do
     end
   end
 
-  @doc "Connects, and creates the table if it is missing (PostgreSQL); reads once (DynamoDB)."
-  @spec open(t()) :: :ok | {:error, Error.t()}
-  def open(%__MODULE__{} = r) do
-    with {:ok, true} <- Async.call(&Native.registry_open(r.resource, &1), wait(r)), do: :ok
+  @doc """
+  Connects and checks the table exists (PostgreSQL; with `create: true`, the default,
+  creates it if missing, else a missing table is `:not_found`); reads once (DynamoDB).
+  """
+  @spec open(t(), keyword()) :: :ok | {:error, Error.t()}
+  def open(%__MODULE__{} = r, opts \\ []) do
+    create = Keyword.get(opts, :create, true)
+
+    with {:ok, true} <- Async.call(&Native.registry_open(r.resource, &1, create), wait(r)),
+         do: :ok
   end
 
   @doc """
@@ -158,11 +168,13 @@ defmodule AWSCluster.Registry do
   def listen(%__MODULE__{} = r, pid), do: Error.wrap(Native.registry_listen(r.resource, pid))
 
   @doc """
-  The rows seen within `ttl` ms by the server's clock, at most `limit`, that verified;
-  and the ones refused.
+  The live rows (within `ttl` ms) that verified, at most `limit`; the first 16 refused
+  (`rejected`) and how many were (`refused`). Refused rows do not count towards `limit`;
+  over 10,000 of them fail the read (`:bad_response`), as its answer would be incomplete.
   """
   @spec read(t(), pos_integer(), pos_integer()) ::
-          {:ok, %{rows: [row()], rejected: [rejected()]}} | {:error, Error.t()}
+          {:ok, %{rows: [row()], rejected: [rejected()], refused: non_neg_integer()}}
+          | {:error, Error.t()}
   def read(%__MODULE__{} = r, ttl, limit) do
     Async.call(&Native.registry_read(r.resource, &1, r.cluster, ttl, limit), wait(r))
   end
@@ -182,18 +194,26 @@ defmodule AWSCluster.Registry do
         }
 
   @doc """
-  Connects (creating the table if missing) and reports the server version, whether the
-  connection is encrypted, the user's privileges on the table and the live rows (within
-  `ttl` ms), for `mix aws_cluster.doctor`.
+  Connects and reports the server version, whether the connection is encrypted, the
+  user's privileges on the table and the live rows (within `ttl` ms), for
+  `mix aws_cluster.doctor` (PostgreSQL). It writes nothing: a missing table is `:not_found`.
   """
   @spec check(t(), pos_integer()) :: {:ok, check()} | {:error, Error.t()}
   def check(%__MODULE__{} = r, ttl),
     do: Async.call(&Native.registry_check(r.resource, &1, ttl), wait(r))
 
-  @doc "Deletes `node`'s row of boot `boot_id` (none there is fine): `{:ok, true}`."
-  @spec delete(t(), String.t(), String.t()) :: {:ok, true} | {:error, Error.t()}
-  def delete(%__MODULE__{} = r, node, boot_id) do
-    Async.call(&Native.registry_delete(r.resource, &1, r.cluster, node, boot_id), wait(r))
+  @doc """
+  Deletes `node`'s row of boot `boot_id` (none there is fine): `{:ok, true}`. Waits at
+  most `timeout` ms (default: as long as a first call may take); past that it is a
+  `:timeout` error, and the delete may still land.
+  """
+  @spec delete(t(), String.t(), String.t(), pos_integer() | nil) ::
+          {:ok, true} | {:error, Error.t()}
+  def delete(%__MODULE__{} = r, node, boot_id, timeout \\ nil) do
+    Async.call(
+      &Native.registry_delete(r.resource, &1, r.cluster, node, boot_id),
+      timeout || wait(r)
+    )
   end
 
   # A first call may connect first (connect timeout) and then query.

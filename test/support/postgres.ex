@@ -88,6 +88,10 @@ defmodule AWSCluster.Test.Postgres do
   @spec resume!(t()) :: :ok
   def resume!(pg), do: start_server!(pg)
 
+  @doc "The user (and database) the tests connect as."
+  @spec user() :: String.t()
+  def user, do: @user
+
   @doc "The connection URL, with the password (options `:user`, `:password`)."
   @spec url(t(), keyword()) :: String.t()
   def url(pg, opts \\ []) do

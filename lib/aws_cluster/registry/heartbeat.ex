@@ -6,8 +6,10 @@ defmodule AWSCluster.Registry.Heartbeat do
 
   Started by `AWSCluster.Strategy.Registry.init/2`, linked to the topology's poller, and
   stopped by its `terminate/2` (`stop/1`), so the delete is done before an application
-  shutdown kills what is left. A failed write is logged when the outcome changes and tried again at
-  the next beat; it never stops the process.
+  shutdown kills what is left. A failed write is logged when the outcome changes and
+  tried again at the next beat; it never stops the process. A join another node
+  announces (PostgreSQL's NOTIFY, at most two a second however many come) makes the
+  poller read at once; without the listener, the poller's interval still finds it.
   """
 
   use GenServer
@@ -27,7 +29,7 @@ defmodule AWSCluster.Registry.Heartbeat do
   def start_link(registry, row, interval, topology),
     do: GenServer.start_link(__MODULE__, {registry, row, interval, topology, self()})
 
-  @doc "Stops the heartbeat, deleting this node's row (bounded by 2 s)."
+  @doc "Stops the heartbeat, deleting this node's row (waiting for it at most 2 s)."
   @spec stop(pid()) :: :ok
   def stop(pid) do
     GenServer.stop(pid, :normal, 2 * @delete_timeout)
@@ -42,7 +44,14 @@ defmodule AWSCluster.Registry.Heartbeat do
   @impl true
   def init({registry, row, interval, topology, poller}) do
     Process.flag(:trap_exit, true)
-    :ok = Registry.listen(registry, self())
+
+    with {:error, e} <- Registry.listen(registry, self()) do
+      Logger.warning(
+        "[aws_cluster:#{topology}] registry: cannot listen for joins (#{e.reason}: " <>
+          "#{e.message}); new nodes are found at the next poll"
+      )
+    end
+
     send(self(), :beat)
 
     {:ok,
@@ -81,12 +90,7 @@ defmodule AWSCluster.Registry.Heartbeat do
 
   @impl true
   def terminate(_reason, s) do
-    registry = %{
-      s.registry
-      | operation_timeout: min(s.registry.operation_timeout, @delete_timeout)
-    }
-
-    _ = Registry.delete(registry, s.row.node, s.row.boot_id)
+    _ = Registry.delete(s.registry, s.row.node, s.row.boot_id, @delete_timeout)
     :ok
   end
 

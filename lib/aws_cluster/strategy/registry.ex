@@ -87,11 +87,12 @@ defmodule AWSCluster.Strategy.Registry do
           ]
         ]
 
-  Each row carries an HMAC over its fields, keyed by `secret`; a row that does not
-  verify, or whose node name is not `basename@<its address>`, is never dialled and makes
-  no atom (`AWSCluster.Registry`). On PostgreSQL `last_seen` is the server's `now()`
-  and a row is live while `last_seen > now() - ttl` on the server; on DynamoDB each row
-  carries its expiry, which readers check on their own clock. A graceful stop deletes the row; a
+  Each row carries an HMAC over its fields and the time it was written, keyed by
+  `secret`; a row that does not verify, was signed longer than `ttl` ago, or whose node
+  name is not `basename@<its address>`, is never dialled and makes no atom
+  (`AWSCluster.Registry`). On PostgreSQL `last_seen` is the server's `now()`
+  and a row is live while `last_seen > now() - ttl` on the server; on DynamoDB readers
+  judge each row's signed time on their own clock. A graceful stop deletes the row; a
   killed node's row ages out after `ttl` and is then pruned by the poller's rules
   (`prune_after` complete answers without it). A stale row or a database outage never
   disconnects a peer whose link is up: an error keeps the last good set.
@@ -135,10 +136,6 @@ defmodule AWSCluster.Strategy.Registry do
       config.backend == :postgres and config.url == nil ->
         {:error, AWSCluster.Config.error(:url, "backend: :postgres needs url:")}
 
-      config.backend == :dynamodb and not (config.table =~ ~r/\A[A-Za-z0-9_.-]{3,255}\z/) ->
-        {:error,
-         AWSCluster.Config.error(:table, "a DynamoDB table name is 3-255 of A-Z a-z 0-9 _ . -")}
-
       byte_size(config.secret) < 32 ->
         {:error,
          AWSCluster.Config.error(
@@ -147,12 +144,20 @@ defmodule AWSCluster.Strategy.Registry do
              "(generate one with `:crypto.strong_rand_bytes(32) |> Base.encode64()`)"
          )}
 
+      # init/2 checks the name too (the NIF), but only after the poller has started:
+      # here a bad one fails start_link itself, as every other bad option does.
+      config.backend == :dynamodb and not (config.table =~ ~r/\A[A-Za-z0-9_.-]{3,255}\z/) ->
+        {:error,
+         AWSCluster.Config.error(:table, "a DynamoDB table name is 3-255 of A-Z a-z 0-9 _ . -")}
+
       config.backend == :dynamodb ->
         AWSCluster.NIF.require_service(:dynamodb)
 
+      # Parsing the url and reading the CA file connect nothing, so they run here too,
+      # for the same reason; init/2 parses again, which costs microseconds.
       true ->
         with :ok <- AWSCluster.NIF.require_service(:postgres),
-             {:ok, _registry} <- registry(config, "options check"),
+             {:ok, _registry} <- config |> registry("options check") |> invalid_config(),
              do: :ok
     end
   end
@@ -161,8 +166,9 @@ defmodule AWSCluster.Strategy.Registry do
   def init(config, state) do
     cluster = config.cluster || Atom.to_string(state.topology)
 
-    with {:ok, registry} <- open_registry(config, cluster),
-         :ok <- Registry.open(registry),
+    # A diagnostic round (AWSCluster.Probe) writes nothing, not even the table.
+    with {:ok, registry} <- config |> registry(cluster) |> invalid_config(),
+         :ok <- Registry.open(registry, create: not state.probe),
          {:ok, heartbeat} <- heartbeat(registry, config, cluster, state) do
       {:ok,
        %{
@@ -178,8 +184,8 @@ defmodule AWSCluster.Strategy.Registry do
 
   @impl true
   def discover(s) do
-    with {:ok, %{rows: rows, rejected: rejected}} <- Registry.read(s.registry, s.ttl, s.limit) do
-      log_rejected(s.topology, rejected)
+    with {:ok, %{rows: rows} = reading} <- Registry.read(s.registry, s.ttl, s.limit) do
+      log_rejected(s.topology, reading)
       {:ok, Enum.map(rows, &peer/1)}
     end
   end
@@ -218,11 +224,11 @@ defmodule AWSCluster.Strategy.Registry do
 
   # Refused rows are someone writing to the table without the secret, or a node with
   # another secret: worth a warning each round they are there.
-  defp log_rejected(_topology, []), do: :ok
+  defp log_rejected(_topology, %{rejected: []}), do: :ok
 
-  defp log_rejected(topology, [first | _] = rejected) do
+  defp log_rejected(topology, %{rejected: [first | _], refused: refused}) do
     Logger.warning(
-      "[aws_cluster:#{topology}] registry: #{length(rejected)} row(s) refused and not dialled " <>
+      "[aws_cluster:#{topology}] registry: #{refused} row(s) refused and not dialled " <>
         "(first: #{inspect(first.node)}: #{first.why}); a writer without the secret, or " <>
         "a node with another secret"
     )
@@ -270,7 +276,11 @@ defmodule AWSCluster.Strategy.Registry do
     end
   end
 
-  defp open_registry(%{backend: :dynamodb} = config, cluster) do
+  defp ttl(config), do: config.ttl || 3 * config.heartbeat_interval
+
+  # Checks the options and parses the url, connecting nothing: what the NIF refuses
+  # fails the start (invalid_config/1).
+  defp registry(%{backend: :dynamodb} = config, cluster) do
     with {:ok, client, _config} <- AWSCluster.Strategy.Client.build(config) do
       Registry.new_dynamodb(client,
         table: config.table,
@@ -281,12 +291,6 @@ defmodule AWSCluster.Strategy.Registry do
     end
   end
 
-  defp open_registry(config, cluster), do: registry(config, cluster)
-
-  defp ttl(config), do: config.ttl || 3 * config.heartbeat_interval
-
-  # Parsing the url and table connects nothing, so validate/1 runs it too: a bad one
-  # fails the start.
   defp registry(config, cluster) do
     [
       url: config.url,
@@ -300,7 +304,6 @@ defmodule AWSCluster.Strategy.Registry do
     ]
     |> Enum.reject(fn {_key, value} -> value == nil end)
     |> Registry.new()
-    |> invalid_config()
   end
 
   @option_keys %{

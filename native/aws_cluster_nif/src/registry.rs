@@ -17,7 +17,7 @@ mod keys {
     rustler::atoms! {
         url, ssl, ssl_ca_file, table, secret, cluster, connect_timeout_ms, operation_timeout_ms,
         node, address, availability_zone, instance_id, group, boot_id, version,
-        rows, rejected, why, aws_cluster_registry, changed,
+        rows, rejected, refused, why, aws_cluster_registry, changed,
         server_version, ssl_in_use, privileges, live_rows, host,
         select, insert, update, delete, ttl_ms,
     }
@@ -124,17 +124,18 @@ fn postgres(opts: Term<'_>, key: RowKey) -> Result<PgRegistry, Error> {
     PgRegistry::new(cfg, key)
 }
 
-/// `registry_open(registry, ref)`: replies `:ok`-like `{:ok, true}` once connected and the
-/// table exists (created if missing).
+/// `registry_open(registry, ref, create)`: replies `{:ok, true}` once connected and the
+/// table exists (with `create`, made if missing).
 #[rustler::nif(schedule = "DirtyIo")]
 fn registry_open<'a>(
     env: Env<'a>,
     registry: ResourceArc<RegistryResource>,
     reference: Term<'a>,
+    create: bool,
 ) -> Term<'a> {
     let backend = registry.backend.clone();
     let cluster = registry.cluster.clone();
-    let work = async move { backend.open(&cluster).await };
+    let work = async move { backend.open(&cluster, create).await };
     runtime::started(
         env,
         runtime::spawn_reply(env, reference, work, |env, ()| true.encode(env)),
@@ -200,8 +201,8 @@ fn registry_heartbeat<'a>(
 }
 
 /// `registry_read(registry, ref, cluster, ttl_ms, limit)`: replies `{:ok, %{rows: [map],
-/// rejected: [%{node, why}]}}`: the verified rows seen within `ttl_ms` by the server's
-/// clock, and the refused ones.
+/// rejected: [%{node, why}], refused: n}}`: the verified rows live within `ttl_ms`, at
+/// most `limit`, the first refused ones and how many were refused.
 #[rustler::nif(schedule = "DirtyIo")]
 fn registry_read<'a>(
     env: Env<'a>,
@@ -226,7 +227,14 @@ fn registry_read<'a>(
                 .iter()
                 .map(|r| map(env, &[(keys::node(), &r.node), (keys::why(), &r.why)]))
                 .collect();
-            map(env, &[(keys::rows(), &rows), (keys::rejected(), &rejected)])
+            map(
+                env,
+                &[
+                    (keys::rows(), &rows),
+                    (keys::rejected(), &rejected),
+                    (keys::refused(), &reading.refused),
+                ],
+            )
         }),
     )
 }
@@ -312,6 +320,8 @@ fn decode_row(row: Term<'_>) -> Result<Row, Error> {
         group: field(row, keys::group(), "group", "a binary")?,
         boot_id: required(keys::boot_id(), "boot_id")?,
         version: required(keys::version(), "version")?,
+        // The backend stamps it as it writes.
+        stamp_ms: 0,
     })
 }
 

@@ -98,11 +98,14 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
   end
 
   test "an item without the right MAC is never dialled; one signed with the secret is", ctx do
-    far = "##{System.os_time(:millisecond) + 600_000}"
+    far = RegistryRows.far_ahead()
+    # Signed with the secret 10 s before the TTL: a copy of an old item, replayed.
+    old = System.os_time(:millisecond) - @ttl - 10_000
     good = "#{ctx.run}good@127.0.1.91"
     forged = "#{ctx.run}forged@127.0.1.92"
+    replayed = "#{ctx.run}replayed@127.0.1.90"
 
-    put = fn node, address, mac ->
+    put = fn node, address, stamp, mac ->
       item = %{
         "cluster" => ctx.run,
         "node" => node,
@@ -110,14 +113,22 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
         "boot_id" => "b",
         "version" => "0.1.0",
         "mac" => mac,
-        "expires_ms" => far
+        "stamp_ms" => "##{stamp}"
       }
 
       Moto.seed!("dynamodb_put", %{name: ctx.table, item: item})
     end
 
-    put.(good, "127.0.1.91", RegistryRows.mac(@secret, ctx.run, good, "127.0.1.91"))
-    put.(forged, "127.0.1.92", String.duplicate("00", 32))
+    put.(good, "127.0.1.91", far, RegistryRows.mac(@secret, ctx.run, good, "127.0.1.91", far))
+    put.(forged, "127.0.1.92", far, String.duplicate("00", 32))
+
+    put.(
+      replayed,
+      "127.0.1.90",
+      old,
+      RegistryRows.mac(@secret, ctx.run, replayed, "127.0.1.90", old)
+    )
+
     table = Nodes.table()
 
     log =
@@ -136,12 +147,44 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
 
     refute_received {:connect, _}
     assert_raise ArgumentError, fn -> String.to_existing_atom(forged) end
+    assert_raise ArgumentError, fn -> String.to_existing_atom(replayed) end
     assert log =~ "row(s) refused and not dialled"
+  end
+
+  test "a topology started again in the same VM (same boot id) writes over the row its last life left",
+       ctx do
+    table = Nodes.table()
+    me = Atom.to_string(node())
+    mine = fn -> Enum.find(items(ctx), &(&1["node"] == me)) end
+    child = {Registry, [topology: :again, config: config(ctx)] ++ Nodes.mfas(self(), table)}
+
+    start_supervised!(child, id: :again)
+
+    assert Wait.until(
+             fn -> mine.() != nil and String.to_integer(mine.()["beats"]) >= 2 end,
+             10_000
+           )
+
+    left = mine.()
+    # A graceful stop deletes the row; put it back, as a delete lost at a crash would leave it.
+    stop_supervised!(:again)
+    assert mine.() == nil
+    Moto.seed!("dynamodb_put", %{name: ctx.table, item: Map.new(left, &typed/1)})
+
+    start_supervised!(child, id: :again)
+
+    assert Wait.until(
+             fn -> String.to_integer(mine.()["beats"]) > String.to_integer(left["beats"]) end,
+             10_000
+           ),
+           "the restarted topology's writes were refused: #{inspect(mine.())}"
+
+    assert String.to_integer(mine.()["seq"]) > String.to_integer(left["seq"])
   end
 
   test "throttling and a refused endpoint keep the set, name dynamodb:Query, and recover", ctx do
     proxy = start_supervised!({FaultProxy, upstream: Moto.port()})
-    far = "##{System.os_time(:millisecond) + 600_000}"
+    far = RegistryRows.far_ahead()
     peer = "#{ctx.run}peer@127.0.1.93"
 
     Moto.seed!("dynamodb_put", %{
@@ -152,8 +195,8 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
         "address" => "127.0.1.93",
         "boot_id" => "b",
         "version" => "0.1.0",
-        "mac" => RegistryRows.mac(@secret, ctx.run, peer, "127.0.1.93"),
-        "expires_ms" => far
+        "mac" => RegistryRows.mac(@secret, ctx.run, peer, "127.0.1.93", far),
+        "stamp_ms" => "##{far}"
       }
     })
 
@@ -213,6 +256,11 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
         "(boot #{booted} ms, polling_interval #{interval} ms)"
     )
   end
+
+  # dynamodb_items gives every attribute as text; dynamodb_put reads "#..." as a number.
+  @numbers ~w(beats seq expires_at stamp_ms)
+  defp typed({key, value}) when key in @numbers, do: {key, "#" <> value}
+  defp typed(pair), do: pair
 
   test "bad config names the key", ctx do
     for {extra, key} <- [{[table: "x"], :table}, {[secret: "short"], :secret}] do

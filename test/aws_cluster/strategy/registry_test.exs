@@ -130,7 +130,7 @@ defmodule AWSCluster.Strategy.RegistryTest do
     assert Fleet.mesh?(survivors, Fleet.snapshots(survivors))
   end
 
-  test "rows without the right MAC, overlong or hostile are never dialled and make no atom",
+  test "rows without the right MAC, replayed, overlong or hostile are never dialled and make no atom, however many sort first",
        ctx do
     name = fn tag -> "#{ctx.run}#{tag}" end
     good = "#{name.("good")}@127.0.1.97"
@@ -138,33 +138,49 @@ defmodule AWSCluster.Strategy.RegistryTest do
     overlong = "#{String.duplicate("x", 300)}@127.0.1.99"
     hostile = "#{name.("evil")}@evil.example"
     wrong_host = "#{name.("moved")}@127.0.2.99"
+    replayed = "#{name.("replayed")}@127.0.1.95"
+    far = RegistryRows.far_ahead()
 
-    insert = fn node, address, mac ->
+    # last_seen is now(): a writer to the table can always make a row look fresh.
+    insert = fn node, address, stamp, mac ->
       Postgres.query!(
         ctx.pg,
-        "INSERT INTO aws_cluster_nodes (cluster, node, address, boot_id, version, mac) " <>
-          "VALUES ('#{ctx.run}', '#{node}', '#{address}', 'b', '0.1.0', '#{mac}')"
+        "INSERT INTO aws_cluster_nodes (cluster, node, address, boot_id, version, stamp_ms, mac) " <>
+          "VALUES ('#{ctx.run}', '#{node}', '#{address}', 'b', '0.1.0', #{stamp}, '#{mac}')"
       )
     end
 
     table = Nodes.table()
 
+    # max_peers 3 reads at most 4 verified rows: the 600 forged rows that sort before the
+    # good one (more than a page) must not crowd it out.
     pid =
       start_supervised!(
-        {Registry, [topology: :macs, config: config(ctx)] ++ Nodes.mfas(self(), table)}
+        {Registry,
+         [topology: :macs, config: config(ctx, max_peers: 3)] ++ Nodes.mfas(self(), table)}
       )
 
     # The table exists once this node's row is in.
     assert Wait.until(fn -> rows(ctx) != [] end, 10_000)
 
     # A row signed here with the secret (HKDF + HMAC as documented): it verifies.
-    insert.(good, "127.0.1.97", mac(ctx.run, good, "127.0.1.97"))
+    insert.(good, "127.0.1.97", far, mac(ctx.run, good, "127.0.1.97", far))
     # Forged: a MAC made without the secret.
-    insert.(forged, "127.0.1.98", String.duplicate("ab", 32))
+    insert.(forged, "127.0.1.98", far, String.duplicate("ab", 32))
     # Signed with the secret but not a name to dial: too long, not an IP, not its address.
-    insert.(overlong, "127.0.1.99", mac(ctx.run, overlong, "127.0.1.99"))
-    insert.(hostile, "evil.example", mac(ctx.run, hostile, "evil.example"))
-    insert.(wrong_host, "127.0.1.96", mac(ctx.run, wrong_host, "127.0.1.96"))
+    insert.(overlong, "127.0.1.99", far, mac(ctx.run, overlong, "127.0.1.99", far))
+    insert.(hostile, "evil.example", far, mac(ctx.run, hostile, "evil.example", far))
+    insert.(wrong_host, "127.0.1.96", far, mac(ctx.run, wrong_host, "127.0.1.96", far))
+    # Signed with the secret 10 s before the TTL: a copy of an old row, replayed.
+    old = System.os_time(:millisecond) - @ttl - 10_000
+    insert.(replayed, "127.0.1.95", old, mac(ctx.run, replayed, "127.0.1.95", old))
+
+    Postgres.query!(
+      ctx.pg,
+      "INSERT INTO aws_cluster_nodes (cluster, node, address, boot_id, version, stamp_ms, mac) " <>
+        "SELECT '#{ctx.run}', '#{ctx.run}a' || lpad(i::text, 4, '0') || '@127.0.1.94', " <>
+        "'127.0.1.94', 'b', '0.1.0', #{far}, repeat('ab', 32) FROM generate_series(1, 600) i"
+    )
 
     log =
       capture_log(fn ->
@@ -178,11 +194,11 @@ defmodule AWSCluster.Strategy.RegistryTest do
     refute_received {:connect, _}
     assert Map.keys(Poller.status(pid).members) == [String.to_existing_atom(good)]
 
-    for bad <- [forged, overlong, hostile, wrong_host] do
+    for bad <- [forged, overlong, hostile, wrong_host, replayed, "#{ctx.run}a0001@127.0.1.94"] do
       assert_raise ArgumentError, fn -> String.to_existing_atom(bad) end
     end
 
-    assert log =~ "row(s) refused and not dialled"
+    assert log =~ "605 row(s) refused and not dialled"
   end
 
   test "PostgreSQL restarted mid-run: the set is kept, reads and heartbeats resume", ctx do
@@ -287,6 +303,7 @@ defmodule AWSCluster.Strategy.RegistryTest do
        ctx do
     tls = Postgres.start!(tls: true)
     on_exit(fn -> Postgres.stop(tls) end)
+    plain_pg = ctx.pg
     ctx = %{ctx | pg: tls}
     table = Nodes.table()
 
@@ -322,6 +339,21 @@ defmodule AWSCluster.Strategy.RegistryTest do
 
     required = start.(:required, ssl: :require)
     assert Wait.until(fn -> Poller.status(required).health == :healthy end, 10_000)
+
+    # A key=value string as libpq reads it, spaces around = and a quoted value.
+    key_value = fn pg, tls_part ->
+      "host=127.0.0.1 port=#{pg.port} user=#{Postgres.user()} password='#{pg.password}' " <>
+        "dbname=#{Postgres.user()} #{tls_part}"
+    end
+
+    spaced = key_value.(tls, "sslmode = verify-full sslrootcert = '#{tls.ca}'")
+    from_key_value = start.(:from_key_value, url: spaced)
+    assert Wait.until(fn -> Poller.status(from_key_value).health == :healthy end, 10_000)
+
+    # Read, not dropped to prefer: require refuses the server without TLS.
+    plain = start.(:plain, url: key_value.(plain_pg, "sslmode = require"))
+    assert Wait.until(fn -> Poller.status(plain).failures >= 1 end, 10_000)
+    assert Poller.status(plain).last_error.reason == :unreachable
   end
 
   test "bad config fails the start, naming the key", ctx do
@@ -343,5 +375,6 @@ defmodule AWSCluster.Strategy.RegistryTest do
     end
   end
 
-  defp mac(cluster, node, address), do: RegistryRows.mac(@secret, cluster, node, address)
+  defp mac(cluster, node, address, stamp),
+    do: RegistryRows.mac(@secret, cluster, node, address, stamp)
 end

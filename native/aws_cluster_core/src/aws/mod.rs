@@ -18,7 +18,7 @@ mod query;
 mod xml;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 
 #[cfg(feature = "autoscaling")]
 pub use autoscaling::{Group, GroupInstance};

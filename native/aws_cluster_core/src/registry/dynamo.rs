@@ -1,19 +1,21 @@
 //! The registry on DynamoDB: one table keyed by (`cluster`, `node`), both strings.
 //!
-//! A heartbeat is an `UpdateItem` that sets the row's fields, bumps `beats` and moves
-//! `expires_at` (epoch seconds, for the table's TTL, which deletes expired items days
-//! later at best) and `expires_ms` forward. It is conditional on a monotonic `seq` per
-//! boot, so a retried write can never put an older row back over a newer one. Readers
-//! filter on `expires_ms` themselves, by their own clock: DynamoDB keeps returning
-//! expired items until its TTL sweep gets to them.
+//! A heartbeat is an `UpdateItem` that sets the row's fields and its signed `stamp_ms`
+//! (the writer's clock), bumps `beats` and moves `expires_at` (epoch seconds, for the
+//! table's TTL, which deletes expired items days later at best) forward. It is
+//! conditional on a `seq` per boot that only grows, seeded from the clock, so a retried
+//! write can never put an older row back over a newer one, and a restarted topology in
+//! the same VM (same boot id) still writes. Readers judge liveness themselves, by the
+//! signed stamp and their own clock: DynamoDB keeps returning expired items until its
+//! TTL sweep gets to them.
 
-use super::{Reading, Rejected, Row, RowKey};
+use super::{now_ms, Reading, Row, RowKey, CLOCK_SLACK_MS};
 use crate::aws::dynamodb::{n, number, s, text};
 use crate::aws::AwsClient;
 use crate::{Error, Reason, Result};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// One topology's registry table on DynamoDB.
 pub struct DynamoRegistry {
@@ -47,15 +49,20 @@ impl DynamoRegistry {
         })
     }
 
-    /// Writes this node's row; a write the condition refuses (an older retry) is dropped.
+    /// Writes this node's row. A write the condition refuses (this boot's row already
+    /// holds a later `seq`: another writer with this node's name and boot) is an error.
     pub async fn heartbeat(&self, row: &Row) -> Result<()> {
         let now = now_ms();
+        let row = Row {
+            stamp_ms: now,
+            ..row.clone()
+        };
         let expires = now + self.ttl.as_millis() as i64;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = self.next_seq(now);
         let mut values = json!({
             ":address": s(&row.address), ":boot": s(&row.boot_id), ":version": s(&row.version),
-            ":mac": s(&self.key.sign(row)), ":seq": n(seq), ":one": n(1),
-            ":exp_ms": n(expires), ":exp": n(expires / 1000), ":seen": n(now),
+            ":mac": s(&self.key.sign(&row)), ":seq": n(seq), ":one": n(1),
+            ":exp": n(expires / 1000), ":stamp": n(now),
         });
         let mut set = vec![
             "address = :address",
@@ -63,9 +70,8 @@ impl DynamoRegistry {
             "version = :version",
             "mac = :mac",
             "seq = :seq",
-            "expires_ms = :exp_ms",
             "expires_at = :exp",
-            "last_seen_ms = :seen",
+            "stamp_ms = :stamp",
         ];
         let mut remove = Vec::new();
         for (attr, value) in [
@@ -96,41 +102,53 @@ impl DynamoRegistry {
             "ConditionExpression": "attribute_not_exists(seq) OR boot_id <> :boot OR seq < :seq",
             "ExpressionAttributeValues": values,
         });
-        self.client.dynamodb_update(request).await.map(|_| ())
+        match self.client.dynamodb_update(request).await? {
+            true => Ok(()),
+            false => Err(Error::new(
+                Reason::BadResponse,
+                format!(
+                    "registry heartbeat: DynamoDB refused the write of {}: its row already \
+                     holds a later write of this boot (seq {seq} or more); is another node \
+                     running with this name?",
+                    row.node
+                ),
+            )
+            .with_detail("code", "ConditionalCheckFailedException")),
+        }
     }
 
-    /// The unexpired rows of `cluster` (every page, consistent reads), each verified.
+    /// This boot's next `seq`: past the last one and at least the clock (ms), so a
+    /// registry made again in this VM starts above what the one before wrote.
+    fn next_seq(&self, now: i64) -> i64 {
+        let step = |last: i64| Some(now.max(last + 1));
+        let last = self
+            .seq
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+            .unwrap_or(now);
+        now.max(last + 1)
+    }
+
+    /// The live rows of `cluster` (every page, consistent reads), each verified
+    /// (`Reading::offer`) on this host's clock, until `limit` are kept.
     pub async fn read(&self, cluster: &str, limit: usize) -> Result<Reading> {
+        let now = now_ms();
+        let cutoff = now - self.ttl.as_millis() as i64 - CLOCK_SLACK_MS;
         let request = json!({
             "TableName": self.table,
             "KeyConditionExpression": "#c = :c",
-            "FilterExpression": "expires_ms > :now",
+            "FilterExpression": "stamp_ms > :cutoff",
             "ExpressionAttributeNames": {"#c": "cluster"},
-            "ExpressionAttributeValues": {":c": s(cluster), ":now": n(now_ms())},
+            "ExpressionAttributeValues": {":c": s(cluster), ":cutoff": n(cutoff)},
             "ConsistentRead": true,
         });
         let items = self.client.dynamodb_query(request).await?;
         let mut reading = Reading::default();
-        // Our own filter too: the expiry is the reader's to judge.
-        let now = now_ms();
-        for item in items
-            .iter()
-            .filter(|i| number(i, "expires_ms").is_some_and(|e| e > now))
-        {
+        for item in &items {
             if reading.rows.len() >= limit {
                 break;
             }
-            let row = row_of(item);
-            match self
-                .key
-                .verify(&row, &text(item, "mac").unwrap_or_default())
-            {
-                Ok(()) => reading.rows.push(row),
-                Err(why) => reading.rejected.push(Rejected {
-                    node: row.node.chars().take(64).collect(),
-                    why,
-                }),
-            }
+            let mac = text(item, "mac").unwrap_or_default();
+            reading.offer(&self.key, row_of(item), &mac, now, self.ttl)?;
         }
         Ok(reading)
     }
@@ -157,12 +175,42 @@ fn row_of(item: &Map<String, Value>) -> Row {
         group: text(item, "grp"),
         boot_id: text(item, "boot_id").unwrap_or_default(),
         version: text(item, "version").unwrap_or_default(),
+        stamp_ms: number(item, "stamp_ms").unwrap_or_default(),
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::fake::{client_for, Fake, Reply};
+
+    #[tokio::test]
+    async fn seq_grows_from_the_clock_and_a_refused_condition_is_an_error() {
+        let fake = Fake::start(|_| {
+            Reply::status(
+                400,
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"no"}"#,
+            )
+        })
+        .await;
+        let client = client_for(&fake.endpoint(), 5_000).await;
+        let key = RowKey::new(&[3u8; 32], "c").expect("key");
+        let reg = DynamoRegistry::new(client, "nodes", key, Duration::from_secs(15)).expect("new");
+        // The clock seeds it; within one ms it still grows.
+        assert_eq!(reg.next_seq(1_000), 1_000);
+        assert_eq!(reg.next_seq(1_000), 1_001);
+        assert_eq!(reg.next_seq(5_000), 5_000);
+        let row = Row {
+            cluster: "c".into(),
+            node: "n@127.0.1.5".into(),
+            address: "127.0.1.5".into(),
+            boot_id: "b".into(),
+            version: "0.1.0".into(),
+            ..Row::default()
+        };
+        let e = reg.heartbeat(&row).await.expect_err("refused");
+        assert_eq!(e.reason, Reason::BadResponse);
+        assert_eq!(e.detail("code"), Some("ConditionalCheckFailedException"));
+        assert!(e.message.contains("n@127.0.1.5"), "{}", e.message);
+    }
 }

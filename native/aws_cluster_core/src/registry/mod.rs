@@ -1,10 +1,12 @@
 //! The membership registry: every node writes its own row to a shared table and reads
 //! the live rows as its discovery answer (`postgres`).
 //!
-//! A row authenticates itself: an HMAC-SHA256 over its fields, with a key derived from
-//! the topology's secret. Whoever can write to the table but lacks the secret cannot
-//! make a node dial anything: a row is size-checked, then its MAC verified, then its node
-//! name checked against its address, all before it leaves this crate.
+//! A row authenticates itself: an HMAC-SHA256 over its fields and the time it was
+//! written, with a key derived from the topology's secret. Whoever can write to the
+//! table but lacks the secret cannot make a node dial anything: a row is size-checked,
+//! then its MAC verified, then its signed time checked against the reader's `ttl` (so a
+//! copy of an old row cannot be kept alive by moving its unsigned `last_seen`), then its
+//! node name checked against its address, all before it leaves this crate.
 
 #[cfg(feature = "dynamodb")]
 pub mod dynamo;
@@ -21,7 +23,15 @@ use tokio::sync::oneshot;
 
 /// The longest field a row may carry (node names are at most 255 bytes in Erlang).
 pub const MAX_FIELD: usize = 255;
-const MAC_INFO: &[u8] = b"aws_cluster registry row v1";
+const MAC_INFO: &[u8] = b"aws_cluster registry row v2";
+/// How far a row's signed time may trail the reader's clock beyond the `ttl`: the
+/// writer's estimate of the database's clock (PostgreSQL) or two hosts' NTP (DynamoDB).
+pub const CLOCK_SLACK_MS: i64 = 1_000;
+/// Refused rows a read goes through before it gives up: past this, the answer would be
+/// incomplete, so it is an error and the caller keeps its last good set.
+pub const MAX_REFUSED: usize = 10_000;
+/// Refused rows a reading keeps by name (the rest are only counted).
+const REJECTED_KEPT: usize = 16;
 
 /// One node's row, as written and as read back (verified).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -34,6 +44,9 @@ pub struct Row {
     pub group: Option<String>,
     pub boot_id: String,
     pub version: String,
+    /// When the writer wrote it, ms since the epoch by the backend's clock (PostgreSQL:
+    /// the writer's estimate of the server's; DynamoDB: the writer's own). Signed.
+    pub stamp_ms: i64,
 }
 
 /// A row that was read but refused, and why (its node name cut to 64 bytes, as text).
@@ -43,11 +56,51 @@ pub struct Rejected {
     pub why: &'static str,
 }
 
-/// What a read found: verified live rows, and the rows refused.
+/// What a read found: verified live rows, and the rows refused (the first few by name,
+/// all of them counted).
 #[derive(Debug, Default)]
 pub struct Reading {
     pub rows: Vec<Row>,
     pub rejected: Vec<Rejected>,
+    pub refused: usize,
+}
+
+impl Reading {
+    /// Takes one row read from the table: kept if `key` admits it at `now_ms`, else
+    /// refused. Too many refused rows fail the read (`MAX_REFUSED`).
+    pub fn offer(
+        &mut self,
+        key: &RowKey,
+        row: Row,
+        mac: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<()> {
+        match key.admit(&row, mac, now_ms, ttl) {
+            Ok(()) => self.rows.push(row),
+            Err(why) => {
+                self.refused += 1;
+                if self.rejected.len() < REJECTED_KEPT {
+                    self.rejected.push(Rejected {
+                        node: row.node.chars().take(64).collect(),
+                        why,
+                    });
+                }
+                if self.refused > MAX_REFUSED {
+                    return Err(Error::new(
+                        Reason::BadResponse,
+                        format!(
+                            "registry read: over {MAX_REFUSED} rows of cluster {:?} do not \
+                             verify (a writer without the secret?); the answer would be \
+                             incomplete, so the last good set is kept",
+                            row.cluster.chars().take(64).collect::<String>()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the doctor reports of the table and the connection.
@@ -71,17 +124,20 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Connects (PostgreSQL: and creates the table) or reads once (DynamoDB), so a
-    /// start says at once what is wrong.
-    pub async fn open(&self, cluster: &str) -> Result<()> {
+    /// Connects and checks the table is there (PostgreSQL: with `create`, creates it if
+    /// missing), or reads once (DynamoDB), so a start says at once what is wrong.
+    pub async fn open(&self, cluster: &str, create: bool) -> Result<()> {
         match self {
             #[cfg(feature = "postgres")]
             Backend::Postgres(r) => {
                 let _ = cluster;
-                r.open().await
+                r.open(create).await
             }
             #[cfg(feature = "dynamodb")]
-            Backend::Dynamo(r) => r.read(cluster, 1).await.map(|_| ()),
+            Backend::Dynamo(r) => {
+                let _ = create;
+                r.read(cluster, 1).await.map(|_| ())
+            }
         }
     }
 
@@ -184,14 +240,25 @@ impl RowKey {
         hex(hmac::sign(&self.0, &canonical(row)).as_ref())
     }
 
-    /// Checks a row read from the table: sizes, then the MAC (constant time), then the
-    /// node name's shape against the address.
-    pub fn verify(&self, row: &Row, mac: &str) -> std::result::Result<(), &'static str> {
+    /// Checks a row read from the table at `now_ms` (the backend's clock): sizes, then
+    /// the MAC (constant time), then that it was signed within `ttl`, then the node
+    /// name's shape against the address.
+    pub fn admit(
+        &self,
+        row: &Row,
+        mac: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> std::result::Result<(), &'static str> {
         if fields(row).iter().flatten().any(|f| f.len() > MAX_FIELD) {
             return Err("a field is over 255 bytes");
         }
         let tag = unhex(mac).ok_or("the MAC is not 64 hex digits")?;
         hmac::verify(&self.0, &canonical(row), &tag).map_err(|_| "the MAC does not match")?;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        if row.stamp_ms < now_ms.saturating_sub(ttl_ms).saturating_sub(CLOCK_SLACK_MS) {
+            return Err("its signed time is older than the ttl (a stale or replayed row)");
+        }
         node_name_ok(&row.node, &row.address)
     }
 }
@@ -232,7 +299,8 @@ fn fields(row: &Row) -> [Option<&String>; 8] {
     ]
 }
 
-/// Length-prefixed fields: no two rows share an encoding.
+/// Length-prefixed fields, then the stamp (8 bytes, big-endian): no two rows share an
+/// encoding.
 fn canonical(row: &Row) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     for field in fields(row) {
@@ -244,7 +312,16 @@ fn canonical(row: &Row) -> Vec<u8> {
             None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
         }
     }
+    out.extend_from_slice(&row.stamp_ms.to_be_bytes());
     out
+}
+
+/// This host's clock, ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -274,7 +351,15 @@ mod tests {
             group: None,
             boot_id: "b1".into(),
             version: "0.1.0".into(),
+            stamp_ms: NOW,
         }
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+    const TTL: Duration = Duration::from_secs(15);
+
+    fn verify(key: &RowKey, row: &Row, mac: &str) -> std::result::Result<(), &'static str> {
+        key.admit(row, mac, NOW, TTL)
     }
 
     fn key() -> RowKey {
@@ -284,31 +369,75 @@ mod tests {
     #[test]
     fn a_signed_row_verifies_and_any_change_breaks_it() {
         let mac = key().sign(&row());
-        assert_eq!(key().verify(&row(), &mac), Ok(()));
+        assert_eq!(verify(&key(), &row(), &mac), Ok(()));
         let mut moved = row();
         moved.availability_zone = Some("us-east-1b".into());
-        assert_eq!(key().verify(&moved, &mac), Err("the MAC does not match"));
+        assert_eq!(verify(&key(), &moved, &mac), Err("the MAC does not match"));
         // None and "" are different rows.
         let mut empty = row();
         empty.instance_id = Some(String::new());
         assert_ne!(key().sign(&empty), mac);
         // Another cluster's key, or another secret, does not open it.
         let other = RowKey::new(&[7u8; 32], "other").expect("key");
-        assert!(other.verify(&row(), &mac).is_err());
+        assert!(verify(&other, &row(), &mac).is_err());
         let other = RowKey::new(&[8u8; 32], "chat").expect("key");
-        assert!(other.verify(&row(), &mac).is_err());
+        assert!(verify(&other, &row(), &mac).is_err());
+    }
+
+    #[test]
+    fn the_signed_time_bounds_a_replay() {
+        let mut old = row();
+        old.stamp_ms = NOW - 15_000 - CLOCK_SLACK_MS - 1;
+        let mac = key().sign(&old);
+        assert_eq!(
+            verify(&key(), &old, &mac),
+            Err("its signed time is older than the ttl (a stale or replayed row)")
+        );
+        // Within the ttl and the slack it is live; a moved stamp breaks the MAC.
+        old.stamp_ms += 1;
+        let mac = key().sign(&old);
+        assert_eq!(verify(&key(), &old, &mac), Ok(()));
+        let mut moved = old.clone();
+        moved.stamp_ms = NOW;
+        assert_eq!(verify(&key(), &moved, &mac), Err("the MAC does not match"));
+    }
+
+    #[test]
+    fn a_reading_keeps_a_few_refused_by_name_and_gives_up_past_the_cap() {
+        let mut reading = Reading::default();
+        for i in 0..MAX_REFUSED {
+            let forged = Row {
+                node: format!("f{i}@127.0.1.5"),
+                ..row()
+            };
+            reading
+                .offer(&key(), forged, "00", NOW, TTL)
+                .expect("under the cap");
+        }
+        reading
+            .offer(&key(), row(), &key().sign(&row()), NOW, TTL)
+            .expect("a good row");
+        assert_eq!((reading.rows.len(), reading.refused), (1, MAX_REFUSED));
+        assert_eq!(reading.rejected.len(), REJECTED_KEPT);
+        let e = reading
+            .offer(&key(), row(), "00", NOW, TTL)
+            .expect_err("over the cap");
+        assert_eq!(e.reason, Reason::BadResponse);
     }
 
     #[test]
     fn bad_macs_sizes_and_names_are_refused() {
         assert_eq!(
-            key().verify(&row(), "zz"),
+            verify(&key(), &row(), "zz"),
             Err("the MAC is not 64 hex digits")
         );
         let mut long = row();
         long.group = Some("g".repeat(256));
         let mac = key().sign(&long);
-        assert_eq!(key().verify(&long, &mac), Err("a field is over 255 bytes"));
+        assert_eq!(
+            verify(&key(), &long, &mac),
+            Err("a field is over 255 bytes")
+        );
         for (node, address) in [
             ("chat@127.0.1.6", "127.0.1.5"),
             ("chat127.0.1.5", "127.0.1.5"),
@@ -322,7 +451,7 @@ mod tests {
                 ..row()
             };
             let mac = key().sign(&r);
-            assert!(key().verify(&r, &mac).is_err(), "{node}");
+            assert!(verify(&key(), &r, &mac).is_err(), "{node}");
         }
     }
 

@@ -1,15 +1,18 @@
 //! The registry on PostgreSQL (tokio-postgres): one table, one row per node.
 //!
 //! `last_seen` is stamped by the server's `now()` and liveness is judged by the server
-//! too (`last_seen > now() - ttl`), so only the database's clock matters. Every query is
+//! too (`last_seen > now() - ttl`), so only the database's clock matters. The signed
+//! `stamp_ms` is the writer's estimate of that clock (its offset, measured on every
+//! connect and write), checked against the server's `now()` on every read. Every query is
 //! parameterized; the table name, the one thing that cannot be a parameter, is checked
 //! to be a plain identifier and quoted. A connection that breaks is dropped and made
 //! again on the next call; the caller keeps its last good answer meanwhile.
 
 use super::tls::{self, TlsMode};
-use super::{Check, Reading, Rejected, Row, RowKey};
+use super::{now_ms, Check, Reading, Row, RowKey};
 use crate::{Error, Reason, Result};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -38,6 +41,21 @@ pub struct PgRegistry {
     key: RowKey,
     operation_timeout: Duration,
     client: Mutex<Option<Arc<Client>>>,
+    /// The server's clock minus this host's, ms.
+    offset_ms: AtomicI64,
+}
+
+/// Rows per page of a read: keyset pages by node, so a flood of forged rows costs pages,
+/// not one huge result.
+const PAGE: i64 = 500;
+/// After a notification, further ones wait this long: a NOTIFY flood polls at most twice
+/// a second.
+const NOTIFY_GAP: Duration = Duration::from_millis(500);
+
+/// How a LISTEN connection ended.
+enum Listened {
+    Stopped,
+    Dropped { was_listening: bool },
 }
 
 impl PgRegistry {
@@ -65,6 +83,12 @@ impl PgRegistry {
             return Err(invalid("url", "the url names no host"));
         }
         config.connect_timeout(cfg.connect_timeout);
+        // A peer that vanished (a failover, a cut route) is noticed in about a minute,
+        // not the kernel's two hours: the listener depends on it.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
         config.ssl_mode(mode.ssl_mode());
         config.application_name("aws_cluster");
         Ok(PgRegistry {
@@ -75,31 +99,64 @@ impl PgRegistry {
             key,
             operation_timeout: cfg.operation_timeout,
             client: Mutex::new(None),
+            offset_ms: AtomicI64::new(0),
         })
     }
 
-    /// Connects (if not connected) and creates the table if it is missing.
-    pub async fn open(&self) -> Result<()> {
-        self.client().await.map(|_| ())
+    /// Connects (if not connected) and checks the table exists; with `create`, creates
+    /// it if it is missing. Diagnostics open without `create`: they write nothing.
+    pub async fn open(&self, create: bool) -> Result<()> {
+        let table = self.table.as_str();
+        let exists = self
+            .run("table lookup", |client| async move {
+                client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                    .await
+            })
+            .await?;
+        if exists.try_get::<_, bool>(0).unwrap_or(false) {
+            return Ok(());
+        }
+        if !create {
+            return Err(Error::new(
+                Reason::NotFound,
+                format!(
+                    "registry: table {table} does not exist yet; a node creates it when it \
+                     starts (its user needs CREATE on the schema once), or create it with \
+                     the README's SQL"
+                ),
+            ));
+        }
+        self.run("create table", |client| async move {
+            create_table(&client, table).await
+        })
+        .await
     }
 
     /// Writes this node's row, stamped with the server's clock; with `announce`, also
     /// tells the listeners (`listen`) that the cluster changed: a join is seen at once.
     pub async fn heartbeat(&self, row: &Row, announce: bool) -> Result<()> {
-        let mac = self.key.sign(row);
         let sql = format!(
             "INSERT INTO {t} (cluster, node, address, availability_zone, instance_id, grp, \
-             boot_id, version, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             boot_id, version, stamp_ms, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (cluster, node) DO UPDATE SET address = EXCLUDED.address, \
              availability_zone = EXCLUDED.availability_zone, instance_id = EXCLUDED.instance_id, \
              grp = EXCLUDED.grp, boot_id = EXCLUDED.boot_id, version = EXCLUDED.version, \
-             mac = EXCLUDED.mac, beats = {t}.beats + 1, last_seen = now()",
+             stamp_ms = EXCLUDED.stamp_ms, mac = EXCLUDED.mac, beats = {t}.beats + 1, \
+             last_seen = now() RETURNING {SERVER_MS}",
             t = self.table
         );
         let channel = self.channel.as_str();
         self.run("heartbeat", |client| async move {
+            // After client(): the offset is this connection's.
+            let sent = now_ms();
+            let row = Row {
+                stamp_ms: sent + self.offset_ms.load(Ordering::Relaxed),
+                ..row.clone()
+            };
+            let mac = self.key.sign(&row);
             let written = client
-                .execute(
+                .query_one(
                     sql.as_str(),
                     &[
                         &row.cluster,
@@ -110,23 +167,34 @@ impl PgRegistry {
                         &row.group,
                         &row.boot_id,
                         &row.version,
+                        &row.stamp_ms,
                         &mac,
                     ],
                 )
-                .await
-                .map(|_| ());
-            if announce && written.is_ok() {
+                .await?;
+            self.measured(sent, written.try_get(0).ok());
+            if announce {
                 let notify = "SELECT pg_notify($1, $2)";
                 client.execute(notify, &[&channel, &row.cluster]).await?;
             }
-            written
+            Ok(())
         })
         .await
     }
 
+    /// Takes the server's clock `server_ms`, read by a query sent at `sent` (this host's
+    /// ms), as the offset: the server read it about halfway through the round trip.
+    fn measured(&self, sent: i64, server_ms: Option<i64>) {
+        if let Some(server_ms) = server_ms {
+            let midway = sent + (now_ms() - sent) / 2;
+            self.offset_ms.store(server_ms - midway, Ordering::Relaxed);
+        }
+    }
+
     /// Until `stop` fires or `on_change` returns false: LISTENs on the table's channel over
-    /// a connection of its own and calls `on_change` for every notification about
-    /// `cluster`. A dropped connection is made again with backoff (200 ms to 10 s).
+    /// a connection of its own and calls `on_change` when a notification about `cluster`
+    /// came, at most once per `NOTIFY_GAP`. A dropped connection is made again with
+    /// backoff (200 ms doubling to 10 s, from 200 ms again after a connection listened).
     pub async fn listen<F>(
         &self,
         cluster: String,
@@ -135,14 +203,15 @@ impl PgRegistry {
     ) where
         F: FnMut() -> bool + Send,
     {
-        let mut backoff = Duration::from_millis(200);
+        const FIRST: Duration = Duration::from_millis(200);
+        let mut backoff = FIRST;
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                go_on = self.listen_once(&cluster, &mut on_change) => {
-                    if !go_on {
-                        return;
-                    }
+                ended = self.listen_once(&cluster, &mut on_change) => match ended {
+                    Listened::Stopped => return,
+                    Listened::Dropped { was_listening: true } => backoff = FIRST,
+                    Listened::Dropped { was_listening: false } => {}
                 }
             }
             tokio::select! {
@@ -153,22 +222,27 @@ impl PgRegistry {
         }
     }
 
-    /// One LISTEN connection; false when `on_change` asked to stop.
-    async fn listen_once<F>(&self, cluster: &str, on_change: &mut F) -> bool
+    /// One LISTEN connection, until it drops or `on_change` asks to stop.
+    async fn listen_once<F>(&self, cluster: &str, on_change: &mut F) -> Listened
     where
         F: FnMut() -> bool + Send,
     {
-        let Ok((client, mut connection)) = self.config.connect(self.tls.clone()).await else {
-            return true;
+        let dropped = Listened::Dropped {
+            was_listening: false,
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let Ok((client, mut connection)) = self.config.connect(self.tls.clone()).await else {
+            return dropped;
+        };
+        // One pending wake-up at most: a flood of notifications queues nothing.
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let ours = cluster.to_owned();
         // Connection's own Future drops notifications: drive it by hand to get them.
         tokio::spawn(async move {
             while let Some(Ok(message)) =
                 std::future::poll_fn(|cx| connection.poll_message(cx)).await
             {
                 if let AsyncMessage::Notification(n) = message {
-                    if tx.send(n.payload().to_owned()).is_err() {
+                    if n.payload() == ours && tx.try_send(()).is_err() && tx.is_closed() {
                         return;
                     }
                 }
@@ -176,58 +250,71 @@ impl PgRegistry {
         });
         let listen = format!("LISTEN {}", self.table);
         if client.batch_execute(&listen).await.is_err() {
-            return true;
+            return dropped;
         }
-        while let Some(payload) = rx.recv().await {
-            if payload == cluster && !on_change() {
-                return false;
+        while rx.recv().await.is_some() {
+            if !on_change() {
+                return Listened::Stopped;
             }
+            tokio::time::sleep(NOTIFY_GAP).await;
         }
-        true
+        Listened::Dropped {
+            was_listening: true,
+        }
     }
 
-    /// The rows of `cluster` seen within `ttl`, at most `limit`, each verified.
+    /// The rows of `cluster` seen within `ttl`, each verified (`Reading::offer`) against
+    /// the server's clock, until `limit` are kept; refused rows do not count towards it.
     pub async fn read(&self, cluster: &str, ttl: Duration, limit: i64) -> Result<Reading> {
         let sql = format!(
             "SELECT cluster, node, address, availability_zone, instance_id, grp, boot_id, \
-             version, mac FROM {} WHERE cluster = $1 \
-             AND last_seen > now() - $2 * interval '1 millisecond' ORDER BY node LIMIT $3",
+             version, stamp_ms, mac, {SERVER_MS} FROM {} WHERE cluster = $1 \
+             AND last_seen > now() - $2 * interval '1 millisecond' AND node > $3 \
+             ORDER BY node LIMIT $4",
             self.table
         );
         let ttl_ms = ttl.as_millis() as f64;
-        let rows = self
-            .run("read", |client| async move {
-                client
-                    .query(sql.as_str(), &[&cluster, &ttl_ms, &limit])
-                    .await
-            })
-            .await?;
-        let mut reading = Reading::default();
-        for r in rows {
-            let row = Row {
-                cluster: r.try_get(0).unwrap_or_default(),
-                node: r.try_get(1).unwrap_or_default(),
-                address: r.try_get(2).unwrap_or_default(),
-                availability_zone: r.try_get(3).unwrap_or_default(),
-                instance_id: r.try_get(4).unwrap_or_default(),
-                group: r.try_get(5).unwrap_or_default(),
-                boot_id: r.try_get(6).unwrap_or_default(),
-                version: r.try_get(7).unwrap_or_default(),
-            };
-            let mac: String = r.try_get(8).unwrap_or_default();
-            match self.key.verify(&row, &mac) {
-                Ok(()) => reading.rows.push(row),
-                Err(why) => reading.rejected.push(Rejected {
-                    node: row.node.chars().take(64).collect(),
-                    why,
-                }),
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let pages = |client: Arc<Client>| async move {
+            let mut reading = Reading::default();
+            let mut after = String::new();
+            loop {
+                let rows = client
+                    .query(sql.as_str(), &[&cluster, &ttl_ms, &after, &PAGE])
+                    .await?;
+                let last_page = (rows.len() as i64) < PAGE;
+                for r in rows {
+                    let row = Row {
+                        cluster: r.try_get(0).unwrap_or_default(),
+                        node: r.try_get(1).unwrap_or_default(),
+                        address: r.try_get(2).unwrap_or_default(),
+                        availability_zone: r.try_get(3).unwrap_or_default(),
+                        instance_id: r.try_get(4).unwrap_or_default(),
+                        group: r.try_get(5).unwrap_or_default(),
+                        boot_id: r.try_get(6).unwrap_or_default(),
+                        version: r.try_get(7).unwrap_or_default(),
+                        stamp_ms: r.try_get(8).unwrap_or_default(),
+                    };
+                    let mac: String = r.try_get(9).unwrap_or_default();
+                    let server_ms: i64 = r.try_get(10).unwrap_or_default();
+                    after.clone_from(&row.node);
+                    if let Err(e) = reading.offer(&self.key, row, &mac, server_ms, ttl) {
+                        return Ok(Err(e));
+                    }
+                    if reading.rows.len() >= limit {
+                        return Ok(Ok(reading));
+                    }
+                }
+                if last_page {
+                    return Ok(Ok(reading));
+                }
             }
-        }
-        Ok(reading)
+        };
+        self.run("read", pages).await?
     }
 
-    /// Connects (creating the table if missing) and reports the server, TLS, the
-    /// privileges on the table and the live rows of `cluster`.
+    /// Connects and reports the server, TLS, the privileges on the table and the live
+    /// rows of `cluster`. Creates nothing: a missing table is `:not_found`.
     pub async fn check(&self, cluster: &str, ttl: Duration) -> Result<Check> {
         let sql = format!(
             "SELECT current_setting('server_version'), \
@@ -330,7 +417,12 @@ impl PgRegistry {
             // Ends when the server or the network closes it; the next call reconnects.
             let _ = connection.await;
         });
-        create_table(&client, &self.table).await?;
+        let sent = now_ms();
+        let clock = client
+            .query_one(&format!("SELECT {SERVER_MS}"), &[])
+            .await
+            .map_err(|e| classify("connect", &e))?;
+        self.measured(sent, clock.try_get(0).ok());
         let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
@@ -342,26 +434,24 @@ enum Failed {
     Query(Arc<Client>, tokio_postgres::Error),
 }
 
-// A table made in a migration needs no CREATE privilege: CREATE TABLE IF NOT EXISTS
-// checks the schema's permission even when the table exists, so look first.
-async fn create_table(client: &Client, table: &str) -> Result<()> {
-    let exists = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await
-        .map_err(|e| classify("table lookup", &e))?;
-    if exists.try_get::<_, bool>(0).unwrap_or(false) {
-        return Ok(());
-    }
+/// The server's clock, ms since the epoch, as a select expression.
+const SERVER_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+// Only called when the table is missing (`open`): a table made in a migration needs no
+// CREATE privilege, but CREATE TABLE IF NOT EXISTS checks it even when the table exists.
+async fn create_table(
+    client: &Client,
+    table: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {table} (\
          cluster text NOT NULL, node text NOT NULL, address text NOT NULL, \
          availability_zone text, instance_id text, grp text, boot_id text NOT NULL, \
-         version text NOT NULL, mac text NOT NULL, beats bigint NOT NULL DEFAULT 1, \
-         first_seen timestamptz NOT NULL DEFAULT now(), \
+         version text NOT NULL, stamp_ms bigint NOT NULL, mac text NOT NULL, \
+         beats bigint NOT NULL DEFAULT 1, first_seen timestamptz NOT NULL DEFAULT now(), \
          last_seen timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (cluster, node))"
     );
     match client.batch_execute(&sql).await {
-        Ok(()) => Ok(()),
         // Two nodes creating it at once: the loser's IF NOT EXISTS can still collide.
         Err(e)
             if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -369,7 +459,7 @@ async fn create_table(client: &Client, table: &str) -> Result<()> {
         {
             Ok(())
         }
-        Err(e) => Err(classify("create table", &e)),
+        other => other,
     }
 }
 
@@ -418,6 +508,10 @@ pub fn classify(what: &str, e: &tokio_postgres::Error) -> Error {
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
             (Reason::NotFound, "; check the database in url:")
         }
+        Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => (
+            Reason::NotFound,
+            "; the table is missing or older than this version (README: the table's schema)",
+        ),
         Some(_) => (Reason::BadResponse, ""),
         None if format!("{e:?}").contains("Certificate") => (
             Reason::Unreachable,
@@ -496,7 +590,7 @@ mod tests {
             operation_timeout: Duration::from_secs(2),
         };
         let reg = PgRegistry::new(cfg, RowKey::new(&[1u8; 32], "c").expect("key")).expect("new");
-        let e = reg.open().await.expect_err("refused");
+        let e = reg.open(true).await.expect_err("refused");
         assert_eq!(e.reason, Reason::Unreachable);
         assert!(!e.message.contains("hunter2"), "{}", e.message);
     }

@@ -51,7 +51,9 @@ impl TlsMode {
 }
 
 /// The URL without `sslmode` and `sslrootcert`, and their values. Both URL
-/// (`postgres://...?sslmode=verify-full`) and key=value (`host=... sslmode=...`) forms.
+/// (`postgres://...?sslmode=verify-full`, values percent-decoded) and key=value
+/// (`host=... sslmode = 'verify-full'`, as libpq reads it) forms. A key=value string
+/// that does not parse is returned whole, for tokio-postgres to refuse.
 pub fn split_url(url: &str) -> (String, Option<String>, Option<String>) {
     let mut mode = None;
     let mut root = None;
@@ -71,7 +73,7 @@ pub fn split_url(url: &str) -> (String, Option<String>, Option<String>) {
             .split('&')
             .filter(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                !take(k, v)
+                !take(k, &percent_decoded(v))
             })
             .collect();
         if kept.is_empty() {
@@ -82,15 +84,100 @@ pub fn split_url(url: &str) -> (String, Option<String>, Option<String>) {
     } else if url.contains("://") {
         url.to_owned()
     } else {
-        url.split_whitespace()
-            .filter(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                !take(k, v)
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        match conninfo_pairs(url) {
+            Some(pairs) => {
+                let mut rest = String::with_capacity(url.len());
+                let mut from = 0;
+                for (key, value, span) in pairs {
+                    if take(key, &value) {
+                        rest.push_str(&url[from..span.start]);
+                        from = span.end;
+                    }
+                }
+                rest.push_str(&url[from..]);
+                rest.split_whitespace().collect::<Vec<_>>().join(" ")
+            }
+            None => url.to_owned(),
+        }
     };
     (rest, mode, root)
+}
+
+/// libpq's `key = value` pairs (spaces around `=` allowed; a value single-quoted, with
+/// `\` escapes), each with its value unescaped and its span in `text`.
+fn conninfo_pairs(text: &str) -> Option<Vec<(&str, String, std::ops::Range<usize>)>> {
+    let bytes = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let mut pairs = Vec::new();
+    let mut i = skip_ws(0);
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'=' {
+            i += 1;
+        }
+        let key = &text[start..i];
+        i = skip_ws(i);
+        if key.is_empty() || bytes.get(i) != Some(&b'=') {
+            return None;
+        }
+        i = skip_ws(i + 1);
+        let quoted = bytes.get(i) == Some(&b'\'');
+        if quoted {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        loop {
+            match bytes.get(i) {
+                None if quoted => return None,
+                None => break,
+                Some(b'\'') if quoted => {
+                    i += 1;
+                    break;
+                }
+                Some(b) if !quoted && b.is_ascii_whitespace() => break,
+                Some(b'\\') => {
+                    value.push(*bytes.get(i + 1)?);
+                    i += 2;
+                }
+                Some(b) => {
+                    value.push(*b);
+                    i += 1;
+                }
+            }
+        }
+        pairs.push((key, String::from_utf8(value).ok()?, start..i));
+        i = skip_ws(i);
+    }
+    Some(pairs)
+}
+
+/// `%XX` escapes decoded, as libpq reads URL parameters; a bad escape is kept as is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
 }
 
 /// The connector for `mode`; `ca_file` (PEM) is the trust for verify-full, else the
@@ -216,6 +303,21 @@ mod tests {
             (Some("verify-full"), Some("/c"))
         );
         assert_eq!(split_url("postgres://h/db").0, "postgres://h/db");
+    }
+
+    #[test]
+    fn key_value_strings_are_read_as_libpq_reads_them() {
+        let (url, mode, root) =
+            split_url("host=h password='p w\\'d' sslmode = require  sslrootcert='/a b.pem' port=5");
+        assert_eq!(url, "host=h password='p w\\'d' port=5");
+        assert_eq!(
+            (mode.as_deref(), root.as_deref()),
+            (Some("require"), Some("/a b.pem"))
+        );
+        // Unparseable: left whole, for tokio-postgres to refuse.
+        assert_eq!(split_url("host=h sslmode").0, "host=h sslmode");
+        let (_, _, root) = split_url("postgres://h/db?sslrootcert=%2Fetc%2Fca.pem");
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
     }
 
     #[test]
