@@ -149,8 +149,9 @@ defmodule AWSCluster.Poller do
 
   @doc """
   Asks for a discovery round now, for a source that knows the answer changed (the
-  registry's NOTIFY). A round in flight is not doubled; the next one is scheduled from
-  this one as usual. A follower waits for its poller's answer instead.
+  registry's NOTIFY). Asked while a round is in flight, one more runs as soon as it
+  ends (the news may be newer than its read), however often it was asked. A follower
+  waits for its poller's answer instead.
   """
   @spec poll_now(pid()) :: :ok
   def poll_now(poller) do
@@ -208,6 +209,7 @@ defmodule AWSCluster.Poller do
       polls: 0,
       next_delay: nil,
       discovery: nil,
+      poll_again: false,
       round: nil,
       round_pending: false,
       to_prune: [],
@@ -302,7 +304,12 @@ defmodule AWSCluster.Poller do
 
   def handle_call(request, _from, s), do: {:reply, Loop.unknown_call(request), s}
 
+  # A poll asked for (poll_now/1) while one runs may be about news the running one
+  # started too early to see: it runs next, at once.
   @impl true
+  def handle_info(:poll, %{discovery: d} = s) when d != nil,
+    do: {:noreply, %{s | poll_again: true}}
+
   def handle_info(:poll, s) do
     if following?(s),
       do: {:noreply, schedule(s, s.follow_until - now())},
@@ -559,7 +566,14 @@ defmodule AWSCluster.Poller do
       end
     end
 
-    %{s | next_delay: delay, poll_timer: Process.send_after(self(), :poll, delay)}
+    delay = if s.poll_again, do: 0, else: delay
+
+    %{
+      s
+      | next_delay: delay,
+        poll_again: false,
+        poll_timer: Process.send_after(self(), :poll, delay)
+    }
   end
 
   # ── coordination (AWSCluster.Poller.Coordination) ──────────────────────────────────

@@ -96,12 +96,20 @@ defmodule AWSCluster.Probe do
   def discover(topology, spec) do
     with {:ok, strategy, state, config} <- validate(topology, spec),
          {:ok, strategy_state} <- init(strategy, config, %{state | probe: true}) do
-      result = run(strategy, strategy_state, config.discovery_timeout)
+      result = round(topology, strategy, config, strategy_state)
       if function_exported?(strategy, :stop, 1), do: strategy.stop(strategy_state)
+      result
+    end
+  end
 
-      with {:ok, peers, gone} <- result do
-        {:ok, %{topology: topology, strategy: strategy, config: config, peers: peers, gone: gone}}
-      end
+  @doc """
+  One `discover/1` of a strategy already initialized (with `probe: true`), bounded by
+  the topology's `:discovery_timeout`: for a caller that checked more on the same state.
+  """
+  @spec round(atom(), module(), map(), term()) :: {:ok, result()} | {:error, Error.t()}
+  def round(topology, strategy, config, strategy_state) do
+    with {:ok, peers, gone} <- run(strategy, strategy_state, config.discovery_timeout) do
+      {:ok, %{topology: topology, strategy: strategy, config: config, peers: peers, gone: gone}}
     end
   end
 

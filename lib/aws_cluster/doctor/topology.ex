@@ -131,7 +131,11 @@ defmodule AWSCluster.Doctor.Topology do
     known = for {key, value} <- filled, value != nil, do: {key, value}
     spec = Keyword.update(spec, :config, [], &Keyword.merge(&1, known))
 
-    case Probe.discover(name, spec) do
+    discovery_check(name, Probe.discover(name, spec))
+  end
+
+  defp discovery_check(name, probed) do
+    case probed do
       {:ok, result} ->
         azs = result.peers |> Enum.map(&az/1) |> Enum.uniq() |> length()
         status = if result.peers == [], do: :warn, else: :pass
@@ -165,18 +169,27 @@ defmodule AWSCluster.Doctor.Topology do
   defp registry_topology(name, spec) do
     label = "registry [#{name}]"
 
-    with {:ok, strategy, state, config} <- Probe.validate(name, spec),
-         {:ok, s} <- strategy.init(config, %{state | probe: true}),
-         {:ok, checks} <- backend_checks(label, config, s) do
-      strategy.stop(s)
-      {discovery_check, result} = discovery(name, spec, config)
-      {checks ++ [discovery_check], result}
-    else
+    case registry_round(name, spec, label) do
+      {:ok, checks, probed} ->
+        {discovery_check, result} = discovery_check(name, probed)
+        {checks ++ [discovery_check], result}
+
       {:error, %Error{reason: :invalid_config} = e} ->
         {[check("config [#{name}]", :fail, e.message, "fix the topology's options")], nil}
 
       {:error, %Error{} = e} ->
         {[check(label, :fail, "#{e.reason}: #{e.message}", registry_fix(e, spec))], nil}
+    end
+  end
+
+  # One connection for the checks and the discovery round.
+  defp registry_round(name, spec, label) do
+    with {:ok, strategy, state, config} <- Probe.validate(name, spec),
+         {:ok, s} <- strategy.init(config, %{state | probe: true}) do
+      checks = backend_checks(label, config, s)
+      probed = Probe.round(name, strategy, config, s)
+      strategy.stop(s)
+      with {:ok, checks} <- checks, do: {:ok, checks, probed}
     end
   end
 
@@ -254,6 +267,11 @@ defmodule AWSCluster.Doctor.Topology do
     do:
       "make the database reachable from this host (its security group must allow this " <>
         "host on the port), or fix the url's host and port"
+
+  defp registry_fix(%Error{reason: :not_found}, _spec),
+    do:
+      "start one node (it creates the table; its user needs CREATE once), or run the " <>
+        "README's CREATE TABLE"
 
   defp registry_fix(_error, _spec), do: nil
 

@@ -341,6 +341,18 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
       ]
     end
 
+    # Before any node ran: the doctor writes nothing, not even the table.
+    Application.put_env(:aws_cluster, :topologies,
+      reg: registry.(AWSCluster.Test.Postgres.url(pg))
+    )
+
+    {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"FAIL", text, fix} = line(out, "registry [reg]")
+    assert text =~ "not_found" and text =~ "does not exist"
+    assert fix =~ "CREATE TABLE"
+    no_table = "SELECT to_regclass('aws_cluster_nodes') IS NULL"
+    assert AWSCluster.Test.Postgres.query!(pg, no_table) == [["t"]]
+
     # A member's row, written by a topology of this VM (it is distributed).
     start_supervised!(
       {AWSCluster.Supervisor, topologies: [member: registry.(AWSCluster.Test.Postgres.url(pg))]}
