@@ -150,12 +150,13 @@ defmodule AWSCluster.Poller do
   @doc """
   Asks for a discovery round now, for a source that knows the answer changed (the
   registry's NOTIFY). Asked while a round is in flight, one more runs as soon as it
-  ends (the news may be newer than its read), however often it was asked. A follower
-  waits for its poller's answer instead.
+  ends with an answer (the news may be newer than its read), however often it was
+  asked; a failing round keeps its backoff. A follower waits for its poller's answer
+  instead.
   """
   @spec poll_now(pid()) :: :ok
   def poll_now(poller) do
-    send(poller, :poll)
+    send(poller, :poll_now)
     :ok
   end
 
@@ -304,11 +305,14 @@ defmodule AWSCluster.Poller do
 
   def handle_call(request, _from, s), do: {:reply, Loop.unknown_call(request), s}
 
-  # A poll asked for (poll_now/1) while one runs may be about news the running one
-  # started too early to see: it runs next, at once.
+  # Its own message, not the timer's :poll, which schedule/2 may drop from the mailbox.
+  # Asked while a round runs, it may be about news that round started too early to
+  # see: one more runs next.
   @impl true
-  def handle_info(:poll, %{discovery: d} = s) when d != nil,
+  def handle_info(:poll_now, %{discovery: d} = s) when d != nil,
     do: {:noreply, %{s | poll_again: true}}
+
+  def handle_info(:poll_now, s), do: handle_info(:poll, s)
 
   def handle_info(:poll, s) do
     if following?(s),
@@ -566,7 +570,7 @@ defmodule AWSCluster.Poller do
       end
     end
 
-    delay = if s.poll_again, do: 0, else: delay
+    delay = if s.poll_again and s.health == :healthy, do: 0, else: delay
 
     %{
       s

@@ -146,7 +146,8 @@ defmodule AWSCluster.Registry do
   end
 
   @doc """
-  Writes this node's row (`cluster` is the registry's), stamped by the server; with
+  Writes this node's row (`cluster` is the registry's), stamped and signed with the
+  time (PostgreSQL: the server's `last_seen` too); with
   `announce: true` also NOTIFYs the listeners (`listen/2`), so a join is seen at once.
   """
   @spec heartbeat(t(), map(), keyword()) :: :ok | {:error, Error.t()}

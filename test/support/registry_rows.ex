@@ -27,8 +27,4 @@ defmodule AWSCluster.Test.RegistryRows do
     :crypto.mac(:hmac, :sha256, key, [data, <<stamp_ms::signed-64>>])
     |> Base.encode16(case: :lower)
   end
-
-  @doc "A signed time far enough ahead that a hand-written row stays live through a test."
-  @spec far_ahead() :: integer()
-  def far_ahead, do: System.os_time(:millisecond) + 600_000
 end

@@ -186,10 +186,12 @@ defmodule AWSCluster.Doctor.Topology do
   defp registry_round(name, spec, label) do
     with {:ok, strategy, state, config} <- Probe.validate(name, spec),
          {:ok, s} <- strategy.init(config, %{state | probe: true}) do
-      checks = backend_checks(label, config, s)
-      probed = Probe.round(name, strategy, config, s)
+      outcome =
+        with {:ok, checks} <- backend_checks(label, config, s),
+             do: {:ok, checks, Probe.round(name, strategy, config, s)}
+
       strategy.stop(s)
-      with {:ok, checks} <- checks, do: {:ok, checks, probed}
+      outcome
     end
   end
 

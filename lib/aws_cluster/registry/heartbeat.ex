@@ -5,7 +5,7 @@ defmodule AWSCluster.Registry.Heartbeat do
   leaves the table at once, a killed node's row ages out after the TTL.
 
   Started by `AWSCluster.Strategy.Registry.init/2`, linked to the topology's poller, and
-  stopped by its `terminate/2` (`stop/1`), so the delete is done before an application
+  stopped by its `terminate/2` (`stop/3`), so the delete is done before an application
   shutdown kills what is left. A failed write is logged when the outcome changes and
   tried again at the next beat; it never stops the process. A join another node
   announces (PostgreSQL's NOTIFY, at most two a second however many come) makes the
@@ -29,12 +29,18 @@ defmodule AWSCluster.Registry.Heartbeat do
   def start_link(registry, row, interval, topology),
     do: GenServer.start_link(__MODULE__, {registry, row, interval, topology, self()})
 
-  @doc "Stops the heartbeat, deleting this node's row (waiting for it at most 2 s)."
-  @spec stop(pid()) :: :ok
-  def stop(pid) do
-    GenServer.stop(pid, :normal, 2 * @delete_timeout)
-  catch
-    :exit, _ -> :ok
+  @doc """
+  Stops the heartbeat `pid` and deletes `row` from `registry`, waiting for the delete at
+  most 2 s. The process is killed, not asked: a write in flight would hold it for up to
+  the query timeout. On PostgreSQL the delete queues behind that write on the same
+  connection, so the write cannot bring the row back.
+  """
+  @spec stop(pid(), Registry.t(), map()) :: :ok
+  def stop(pid, registry, row) do
+    Process.unlink(pid)
+    Process.exit(pid, :kill)
+    _ = Registry.delete(registry, row.node, row.boot_id, @delete_timeout)
+    :ok
   end
 
   @doc "The last write's outcome: `:ok`, `{:error, %AWSCluster.Error{}}` or `nil` (none yet)."

@@ -53,8 +53,8 @@ defmodule AWSCluster.Strategy.Registry do
             ttl: [
               type: :pos_integer,
               doc:
-                "A row older than this (by the database's clock) is not live. Default: 3 " <>
-                  "heartbeat intervals."
+                "A row written longer ago than this is not live (PostgreSQL: by the " <>
+                  "database's clock; DynamoDB: by the reader's). Default: 3 heartbeat intervals."
             ],
             availability_zone: [type: :non_empty_string, doc: "This node's AZ, for its row."],
             instance_id: [type: :non_empty_string, doc: "This node's instance, for its row."],
@@ -196,14 +196,16 @@ defmodule AWSCluster.Strategy.Registry do
   # A graceful stop deletes this node's row before the VM goes on shutting down.
   @impl true
   def stop(%{heartbeat: nil}), do: :ok
-  def stop(s), do: Heartbeat.stop(s.heartbeat)
+  def stop(%{heartbeat: {pid, row}} = s), do: Heartbeat.stop(pid, s.registry, row)
 
   # A diagnostic round (AWSCluster.Probe) only reads: it is not a member.
   defp heartbeat(_registry, _config, _cluster, %{probe: true}), do: {:ok, nil}
 
   defp heartbeat(registry, config, cluster, state) do
     with {:ok, row} <- own_row(config, cluster),
-         do: Heartbeat.start_link(registry, row, config.heartbeat_interval, state.topology)
+         {:ok, pid} <-
+           Heartbeat.start_link(registry, row, config.heartbeat_interval, state.topology),
+         do: {:ok, {pid, row}}
   end
 
   defp peer(row) do

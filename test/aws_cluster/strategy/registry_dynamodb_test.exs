@@ -98,9 +98,11 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
   end
 
   test "an item without the right MAC is never dialled; one signed with the secret is", ctx do
-    far = RegistryRows.far_ahead()
+    # A minute's ttl keeps the hand-written items live through the test.
+    ttl = 60_000
+    now = System.os_time(:millisecond)
     # Signed with the secret 10 s before the TTL: a copy of an old item, replayed.
-    old = System.os_time(:millisecond) - @ttl - 10_000
+    old = now - ttl - 10_000
     good = "#{ctx.run}good@127.0.1.91"
     forged = "#{ctx.run}forged@127.0.1.92"
     replayed = "#{ctx.run}replayed@127.0.1.90"
@@ -119,8 +121,8 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
       Moto.seed!("dynamodb_put", %{name: ctx.table, item: item})
     end
 
-    put.(good, "127.0.1.91", far, RegistryRows.mac(@secret, ctx.run, good, "127.0.1.91", far))
-    put.(forged, "127.0.1.92", far, String.duplicate("00", 32))
+    put.(good, "127.0.1.91", now, RegistryRows.mac(@secret, ctx.run, good, "127.0.1.91", now))
+    put.(forged, "127.0.1.92", now, String.duplicate("00", 32))
 
     put.(
       replayed,
@@ -135,7 +137,8 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
       capture_log(fn ->
         pid =
           start_supervised!(
-            {Registry, [topology: :macs, config: config(ctx)] ++ Nodes.mfas(self(), table)}
+            {Registry,
+             [topology: :macs, config: config(ctx, ttl: ttl)] ++ Nodes.mfas(self(), table)}
           )
 
         assert_receive {:connect, node}, 10_000
@@ -184,7 +187,7 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
 
   test "throttling and a refused endpoint keep the set, name dynamodb:Query, and recover", ctx do
     proxy = start_supervised!({FaultProxy, upstream: Moto.port()})
-    far = RegistryRows.far_ahead()
+    now = System.os_time(:millisecond)
     peer = "#{ctx.run}peer@127.0.1.93"
 
     Moto.seed!("dynamodb_put", %{
@@ -195,13 +198,14 @@ defmodule AWSCluster.Strategy.RegistryDynamoDBTest do
         "address" => "127.0.1.93",
         "boot_id" => "b",
         "version" => "0.1.0",
-        "mac" => RegistryRows.mac(@secret, ctx.run, peer, "127.0.1.93", far),
-        "stamp_ms" => "##{far}"
+        "mac" => RegistryRows.mac(@secret, ctx.run, peer, "127.0.1.93", now),
+        "stamp_ms" => "##{now}"
       }
     })
 
     table = Nodes.table()
-    config = config(ctx, endpoint: FaultProxy.endpoint(proxy), max_backoff: 1_000)
+    # The peer's hand-written item stays live through every fault for 10 minutes.
+    config = config(ctx, endpoint: FaultProxy.endpoint(proxy), max_backoff: 1_000, ttl: 600_000)
 
     pid =
       start_supervised!(

@@ -139,7 +139,9 @@ defmodule AWSCluster.Strategy.RegistryTest do
     hostile = "#{name.("evil")}@evil.example"
     wrong_host = "#{name.("moved")}@127.0.2.99"
     replayed = "#{name.("replayed")}@127.0.1.95"
-    far = RegistryRows.far_ahead()
+    # A minute's ttl keeps the hand-written rows live through the test.
+    ttl = 60_000
+    now = System.os_time(:millisecond)
 
     # last_seen is now(): a writer to the table can always make a row look fresh.
     insert = fn node, address, stamp, mac ->
@@ -157,29 +159,30 @@ defmodule AWSCluster.Strategy.RegistryTest do
     pid =
       start_supervised!(
         {Registry,
-         [topology: :macs, config: config(ctx, max_peers: 3)] ++ Nodes.mfas(self(), table)}
+         [topology: :macs, config: config(ctx, max_peers: 3, ttl: ttl)] ++
+           Nodes.mfas(self(), table)}
       )
 
     # The table exists once this node's row is in.
     assert Wait.until(fn -> rows(ctx) != [] end, 10_000)
 
     # A row signed here with the secret (HKDF + HMAC as documented): it verifies.
-    insert.(good, "127.0.1.97", far, mac(ctx.run, good, "127.0.1.97", far))
+    insert.(good, "127.0.1.97", now, mac(ctx.run, good, "127.0.1.97", now))
     # Forged: a MAC made without the secret.
-    insert.(forged, "127.0.1.98", far, String.duplicate("ab", 32))
+    insert.(forged, "127.0.1.98", now, String.duplicate("ab", 32))
     # Signed with the secret but not a name to dial: too long, not an IP, not its address.
-    insert.(overlong, "127.0.1.99", far, mac(ctx.run, overlong, "127.0.1.99", far))
-    insert.(hostile, "evil.example", far, mac(ctx.run, hostile, "evil.example", far))
-    insert.(wrong_host, "127.0.1.96", far, mac(ctx.run, wrong_host, "127.0.1.96", far))
+    insert.(overlong, "127.0.1.99", now, mac(ctx.run, overlong, "127.0.1.99", now))
+    insert.(hostile, "evil.example", now, mac(ctx.run, hostile, "evil.example", now))
+    insert.(wrong_host, "127.0.1.96", now, mac(ctx.run, wrong_host, "127.0.1.96", now))
     # Signed with the secret 10 s before the TTL: a copy of an old row, replayed.
-    old = System.os_time(:millisecond) - @ttl - 10_000
+    old = now - ttl - 10_000
     insert.(replayed, "127.0.1.95", old, mac(ctx.run, replayed, "127.0.1.95", old))
 
     Postgres.query!(
       ctx.pg,
       "INSERT INTO aws_cluster_nodes (cluster, node, address, boot_id, version, stamp_ms, mac) " <>
         "SELECT '#{ctx.run}', '#{ctx.run}a' || lpad(i::text, 4, '0') || '@127.0.1.94', " <>
-        "'127.0.1.94', 'b', '0.1.0', #{far}, repeat('ab', 32) FROM generate_series(1, 600) i"
+        "'127.0.1.94', 'b', '0.1.0', #{now}, repeat('ab', 32) FROM generate_series(1, 600) i"
     )
 
     log =

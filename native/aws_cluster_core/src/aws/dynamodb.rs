@@ -31,11 +31,14 @@ impl AwsClient {
         }
     }
 
-    /// Every item `Query` returns for `request`, page after page (`LastEvaluatedKey`),
-    /// within the operation timeout; a repeated key fails rather than loops.
-    pub async fn dynamodb_query(&self, request: Value) -> Result<Vec<Map<String, Value>>> {
+    /// `Query` for `request`, page after page (`LastEvaluatedKey`), each page's items
+    /// handed to `on_page` until it returns false or the last page is read, all within
+    /// the operation timeout; a repeated key fails rather than loops.
+    pub async fn dynamodb_query<F>(&self, request: Value, mut on_page: F) -> Result<()>
+    where
+        F: FnMut(Vec<Map<String, Value>>) -> Result<bool>,
+    {
         let all = async {
-            let mut items = Vec::new();
             let mut request = request;
             let mut seen = Vec::new();
             loop {
@@ -46,9 +49,12 @@ impl AwsClient {
                     .get("Items")
                     .and_then(Value::as_array)
                     .ok_or_else(|| bad("the Query answer has no Items list"))?;
-                items.extend(page_items.iter().filter_map(|i| i.as_object().cloned()));
+                let items = page_items.iter().filter_map(|i| i.as_object().cloned());
+                if !on_page(items.collect())? {
+                    return Ok(());
+                }
                 match page.get("LastEvaluatedKey").filter(|k| k.is_object()) {
-                    None => return Ok(items),
+                    None => return Ok(()),
                     Some(key) if seen.contains(key) => {
                         return Err(bad("a Query page repeats an earlier LastEvaluatedKey"))
                     }
@@ -130,13 +136,22 @@ mod tests {
         })
         .await;
         let client = client_for(&fake.endpoint(), 5_000).await;
-        let items = client
-            .dynamodb_query(json!({"TableName": "t"}))
+        let mut nodes = Vec::new();
+        client
+            .dynamodb_query(json!({"TableName": "t"}), |items| {
+                nodes.extend(items.iter().filter_map(|i| text(i, "node")));
+                Ok(true)
+            })
             .await
             .expect("items");
-        let nodes: Vec<_> = items.iter().filter_map(|i| text(i, "node")).collect();
         assert_eq!(nodes, ["a", "b"]);
         assert_eq!(fake.requests().len(), 2);
+        // Told to stop after the first page, it asks for no second.
+        client
+            .dynamodb_query(json!({"TableName": "t"}), |_| Ok(false))
+            .await
+            .expect("stopped");
+        assert_eq!(fake.requests().len(), 3);
         assert!(fake.requests()[0].contains("application/x-amz-json-1.0"));
         assert!(!client.dynamodb_update(json!({})).await.expect("no error"));
     }
@@ -146,7 +161,10 @@ mod tests {
         let fake =
             Fake::start(|_| Reply::ok(r#"{"Items":[],"LastEvaluatedKey":{"k":{"S":"x"}}}"#)).await;
         let client = client_for(&fake.endpoint(), 5_000).await;
-        let e = client.dynamodb_query(json!({})).await.expect_err("loops");
+        let e = client
+            .dynamodb_query(json!({}), |_| Ok(true))
+            .await
+            .expect_err("loops");
         assert_eq!(e.reason, Reason::BadResponse);
         let fake = Fake::start(|_| {
             Reply::status(
@@ -157,7 +175,7 @@ mod tests {
         .await;
         let client = client_for(&fake.endpoint(), 5_000).await;
         let e = client
-            .dynamodb_query(json!({}))
+            .dynamodb_query(json!({}), |_| Ok(true))
             .await
             .expect_err("throttled");
         assert_eq!(e.reason, Reason::Throttled);

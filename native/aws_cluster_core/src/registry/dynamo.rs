@@ -99,22 +99,29 @@ impl DynamoRegistry {
             "TableName": self.table,
             "Key": {"cluster": s(&row.cluster), "node": s(&row.node)},
             "UpdateExpression": update,
-            "ConditionExpression": "attribute_not_exists(seq) OR boot_id <> :boot OR seq < :seq",
+            // `mac = :mac`: a retry of a write that landed (its reply lost) is no conflict.
+            "ConditionExpression":
+                "attribute_not_exists(seq) OR boot_id <> :boot OR seq < :seq OR mac = :mac",
             "ExpressionAttributeValues": values,
         });
-        match self.client.dynamodb_update(request).await? {
-            true => Ok(()),
-            false => Err(Error::new(
-                Reason::BadResponse,
-                format!(
-                    "registry heartbeat: DynamoDB refused the write of {}: its row already \
-                     holds a later write of this boot (seq {seq} or more); is another node \
-                     running with this name?",
-                    row.node
-                ),
-            )
-            .with_detail("code", "ConditionalCheckFailedException")),
+        if self.client.dynamodb_update(request).await? {
+            return Ok(());
         }
+        Err(Error::new(
+            Reason::BadResponse,
+            format!(
+                "registry heartbeat: DynamoDB refused the write of {}: its row already \
+                 holds a later write of this boot (seq {seq} or more); is another node \
+                 running with this name, or did this host's clock step back?",
+                row.node
+            ),
+        )
+        .with_detail("code", "ConditionalCheckFailedException"))
+    }
+
+    /// Reads once, so a start says at once whether the table is there and readable.
+    pub async fn open(&self, cluster: &str) -> Result<()> {
+        self.read(cluster, self.ttl, 1).await.map(|_| ())
     }
 
     /// This boot's next `seq`: past the last one and at least the clock (ms), so a
@@ -128,11 +135,11 @@ impl DynamoRegistry {
         now.max(last + 1)
     }
 
-    /// The live rows of `cluster` (every page, consistent reads), each verified
-    /// (`Reading::offer`) on this host's clock, until `limit` are kept.
-    pub async fn read(&self, cluster: &str, limit: usize) -> Result<Reading> {
+    /// The live rows of `cluster` (consistent reads, page after page), each verified
+    /// (`Reading::offer`) on this host's clock as its page comes, until `limit` are kept.
+    pub async fn read(&self, cluster: &str, ttl: Duration, limit: usize) -> Result<Reading> {
         let now = now_ms();
-        let cutoff = now - self.ttl.as_millis() as i64 - CLOCK_SLACK_MS;
+        let cutoff = now - ttl.as_millis() as i64 - CLOCK_SLACK_MS;
         let request = json!({
             "TableName": self.table,
             "KeyConditionExpression": "#c = :c",
@@ -141,15 +148,18 @@ impl DynamoRegistry {
             "ExpressionAttributeValues": {":c": s(cluster), ":cutoff": n(cutoff)},
             "ConsistentRead": true,
         });
-        let items = self.client.dynamodb_query(request).await?;
         let mut reading = Reading::default();
-        for item in &items {
-            if reading.rows.len() >= limit {
-                break;
+        let on_page = |items: Vec<Map<String, Value>>| {
+            for item in &items {
+                if reading.rows.len() >= limit {
+                    return Ok(false);
+                }
+                let mac = text(item, "mac").unwrap_or_default();
+                reading.offer(&self.key, row_of(item), &mac, now, ttl)?;
             }
-            let mac = text(item, "mac").unwrap_or_default();
-            reading.offer(&self.key, row_of(item), &mac, now, self.ttl)?;
-        }
+            Ok(true)
+        };
+        self.client.dynamodb_query(request, on_page).await?;
         Ok(reading)
     }
 

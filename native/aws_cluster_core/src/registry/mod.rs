@@ -24,8 +24,9 @@ use tokio::sync::oneshot;
 /// The longest field a row may carry (node names are at most 255 bytes in Erlang).
 pub const MAX_FIELD: usize = 255;
 const MAC_INFO: &[u8] = b"aws_cluster registry row v2";
-/// How far a row's signed time may trail the reader's clock beyond the `ttl`: the
-/// writer's estimate of the database's clock (PostgreSQL) or two hosts' NTP (DynamoDB).
+/// How far a row's signed time may trail the reader's clock beyond the `ttl`, or lead
+/// it: the writer's estimate of the database's clock (PostgreSQL) or two hosts' NTP
+/// (DynamoDB).
 pub const CLOCK_SLACK_MS: i64 = 1_000;
 /// Refused rows a read goes through before it gives up: past this, the answer would be
 /// incomplete, so it is an error and the caller keeps its last good set.
@@ -136,7 +137,7 @@ impl Backend {
             #[cfg(feature = "dynamodb")]
             Backend::Dynamo(r) => {
                 let _ = create;
-                r.read(cluster, 1).await.map(|_| ())
+                r.open(cluster).await
             }
         }
     }
@@ -155,15 +156,16 @@ impl Backend {
     }
 
     /// The live rows of `cluster`, at most `limit`, verified. PostgreSQL judges liveness
-    /// by `ttl` on its own clock; DynamoDB by each row's expiry, on this host's clock.
+    /// by `ttl` on its own clock; DynamoDB by each row's signed time and `ttl`, on this
+    /// host's clock.
     pub async fn read(&self, cluster: &str, ttl: Duration, limit: i64) -> Result<Reading> {
         match self {
             #[cfg(feature = "postgres")]
             Backend::Postgres(r) => r.read(cluster, ttl, limit).await,
             #[cfg(feature = "dynamodb")]
             Backend::Dynamo(r) => {
-                let _ = ttl;
-                r.read(cluster, usize::try_from(limit).unwrap_or(0)).await
+                r.read(cluster, ttl, usize::try_from(limit).unwrap_or(0))
+                    .await
             }
         }
     }
@@ -258,6 +260,10 @@ impl RowKey {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         if row.stamp_ms < now_ms.saturating_sub(ttl_ms).saturating_sub(CLOCK_SLACK_MS) {
             return Err("its signed time is older than the ttl (a stale or replayed row)");
+        }
+        // Else a row signed ahead would outlive the ttl when copied back later.
+        if row.stamp_ms > now_ms.saturating_add(CLOCK_SLACK_MS) {
+            return Err("its signed time is in the future (the writer's clock is ahead)");
         }
         node_name_ok(&row.node, &row.address)
     }
@@ -400,6 +406,14 @@ mod tests {
         let mut moved = old.clone();
         moved.stamp_ms = NOW;
         assert_eq!(verify(&key(), &moved, &mac), Err("the MAC does not match"));
+        // Signed ahead, beyond the slack: refused too, or a copy would outlive the ttl.
+        let mut ahead = row();
+        ahead.stamp_ms = NOW + CLOCK_SLACK_MS + 1;
+        let mac = key().sign(&ahead);
+        assert_eq!(
+            verify(&key(), &ahead, &mac),
+            Err("its signed time is in the future (the writer's clock is ahead)")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `last_seen` is stamped by the server's `now()` and liveness is judged by the server
 //! too (`last_seen > now() - ttl`), so only the database's clock matters. The signed
 //! `stamp_ms` is the writer's estimate of that clock (its offset, measured on every
-//! connect and write), checked against the server's `now()` on every read. Every query is
+//! connect and write), checked against the server's clock on every read. Every query is
 //! parameterized; the table name, the one thing that cannot be a parameter, is checked
 //! to be a plain identifier and quoted. A connection that breaks is dropped and made
 //! again on the next call; the caller keeps its last good answer meanwhile.
@@ -61,7 +61,7 @@ enum Listened {
 impl PgRegistry {
     /// Checks the options; connects on first use.
     pub fn new(cfg: PgConfig, key: RowKey) -> Result<Self> {
-        let (url, url_mode, url_root) = tls::split_url(&cfg.url);
+        let (url, url_mode, url_root) = tls::split_url(&cfg.url)?;
         let in_url = cfg.ssl.is_none() && url_mode.is_some();
         let mode =
             TlsMode::parse(cfg.ssl.or(url_mode).as_deref().unwrap_or("prefer")).map_err(|e| {
@@ -205,10 +205,11 @@ impl PgRegistry {
     {
         const FIRST: Duration = Duration::from_millis(200);
         let mut backoff = FIRST;
+        let mut again = false;
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                ended = self.listen_once(&cluster, &mut on_change) => match ended {
+                ended = self.listen_once(&cluster, &mut on_change, again) => match ended {
                     Listened::Stopped => return,
                     Listened::Dropped { was_listening: true } => backoff = FIRST,
                     Listened::Dropped { was_listening: false } => {}
@@ -219,11 +220,14 @@ impl PgRegistry {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
+            again = true;
         }
     }
 
-    /// One LISTEN connection, until it drops or `on_change` asks to stop.
-    async fn listen_once<F>(&self, cluster: &str, on_change: &mut F) -> Listened
+    /// One LISTEN connection, until it drops or `on_change` asks to stop. `again`: an
+    /// earlier one dropped, so joins may have been announced unheard: `on_change` once
+    /// as soon as this one listens.
+    async fn listen_once<F>(&self, cluster: &str, on_change: &mut F, again: bool) -> Listened
     where
         F: FnMut() -> bool + Send,
     {
@@ -252,6 +256,9 @@ impl PgRegistry {
         if client.batch_execute(&listen).await.is_err() {
             return dropped;
         }
+        if again && !on_change() {
+            return Listened::Stopped;
+        }
         while rx.recv().await.is_some() {
             if !on_change() {
                 return Listened::Stopped;
@@ -266,11 +273,13 @@ impl PgRegistry {
     /// The rows of `cluster` seen within `ttl`, each verified (`Reading::offer`) against
     /// the server's clock, until `limit` are kept; refused rows do not count towards it.
     pub async fn read(&self, cluster: &str, ttl: Duration, limit: i64) -> Result<Reading> {
+        // Byte order ("C"), whatever the database's collation: the pages' keys are
+        // compared here too.
         let sql = format!(
             "SELECT cluster, node, address, availability_zone, instance_id, grp, boot_id, \
              version, stamp_ms, mac, {SERVER_MS} FROM {} WHERE cluster = $1 \
-             AND last_seen > now() - $2 * interval '1 millisecond' AND node > $3 \
-             ORDER BY node LIMIT $4",
+             AND last_seen > now() - $2 * interval '1 millisecond' \
+             AND node COLLATE \"C\" > $3 ORDER BY node COLLATE \"C\" LIMIT $4",
             self.table
         );
         let ttl_ms = ttl.as_millis() as f64;
@@ -284,9 +293,21 @@ impl PgRegistry {
                     .await?;
                 let last_page = (rows.len() as i64) < PAGE;
                 for r in rows {
+                    if reading.rows.len() >= limit {
+                        return Ok(Ok(reading));
+                    }
+                    // Keyset paging needs the node and the clock: without them, fail
+                    // rather than page from the start again or skip the age check.
+                    let (Ok(node), Ok(server_ms)) = (r.try_get::<_, String>(1), r.try_get(10))
+                    else {
+                        return Ok(Err(undecodable()));
+                    };
+                    if node <= after {
+                        return Ok(Err(undecodable()));
+                    }
                     let row = Row {
                         cluster: r.try_get(0).unwrap_or_default(),
-                        node: r.try_get(1).unwrap_or_default(),
+                        node,
                         address: r.try_get(2).unwrap_or_default(),
                         availability_zone: r.try_get(3).unwrap_or_default(),
                         instance_id: r.try_get(4).unwrap_or_default(),
@@ -296,13 +317,9 @@ impl PgRegistry {
                         stamp_ms: r.try_get(8).unwrap_or_default(),
                     };
                     let mac: String = r.try_get(9).unwrap_or_default();
-                    let server_ms: i64 = r.try_get(10).unwrap_or_default();
                     after.clone_from(&row.node);
                     if let Err(e) = reading.offer(&self.key, row, &mac, server_ms, ttl) {
                         return Ok(Err(e));
-                    }
-                    if reading.rows.len() >= limit {
-                        return Ok(Ok(reading));
                     }
                 }
                 if last_page {
@@ -432,6 +449,14 @@ impl PgRegistry {
 enum Failed {
     Connect(Error),
     Query(Arc<Client>, tokio_postgres::Error),
+}
+
+fn undecodable() -> Error {
+    Error::new(
+        Reason::BadResponse,
+        "registry read: a row's node or the server's clock did not decode as text and \
+         bigint, or the rows came out of order (is the database's encoding UTF8?)",
+    )
 }
 
 /// The server's clock, ms since the epoch, as a select expression.

@@ -50,125 +50,131 @@ impl TlsMode {
     }
 }
 
-/// The URL without `sslmode` and `sslrootcert`, and their values. Both URL
-/// (`postgres://...?sslmode=verify-full`, values percent-decoded) and key=value
-/// (`host=... sslmode = 'verify-full'`, as libpq reads it) forms. A key=value string
-/// that does not parse is returned whole, for tokio-postgres to refuse.
-pub fn split_url(url: &str) -> (String, Option<String>, Option<String>) {
+/// The URL without `sslmode` and `sslrootcert`, and their values (an empty one counts as
+/// unset, as in libpq). Both URL (`postgres://...?sslmode=verify-full`, values
+/// percent-decoded) and key=value (`host=... sslmode = 'verify-full'`, as libpq reads
+/// it) forms; what is kept of a key=value string is left byte for byte. A key=value
+/// string that does not parse is an error naming `url` (never echoing it): read past,
+/// its sslmode would be silently lost.
+pub fn split_url(url: &str) -> Result<(String, Option<String>, Option<String>)> {
     let mut mode = None;
     let mut root = None;
-    let mut take = |key: &str, value: &str| match key {
-        "sslmode" => {
-            mode = Some(value.to_owned());
-            true
-        }
-        "sslrootcert" => {
-            root = Some(value.to_owned());
-            true
-        }
-        _ => false,
+    let mut take = |key: &str, value: String| {
+        let slot = match key {
+            "sslmode" => &mut mode,
+            "sslrootcert" => &mut root,
+            _ => return false,
+        };
+        *slot = Some(value).filter(|v| !v.is_empty());
+        true
     };
-    let rest = if let Some((base, query)) = url.split_once('?').filter(|_| url.contains("://")) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_owned(), None, None));
+        };
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                !take(k, &percent_decoded(v))
+                !take(k, percent_decoded(v))
             })
             .collect();
-        if kept.is_empty() {
+        let rest = if kept.is_empty() {
             base.to_owned()
         } else {
             format!("{base}?{}", kept.join("&"))
+        };
+        return Ok((rest, mode, root));
+    }
+    let pairs = conninfo_pairs(url).ok_or_else(|| {
+        invalid(
+            "url",
+            "the url is neither postgres://... nor a key=value string libpq would read \
+             (an unclosed quote, a trailing backslash, or a word without =)",
+        )
+    })?;
+    let mut rest = String::with_capacity(url.len());
+    let mut from = 0;
+    for (key, value, span) in pairs {
+        if take(key, value) {
+            rest.push_str(&url[from..span.start]);
+            // The separating whitespace goes with the pair.
+            from = span.end + url[span.end..].len() - url[span.end..].trim_start().len();
         }
-    } else if url.contains("://") {
-        url.to_owned()
-    } else {
-        match conninfo_pairs(url) {
-            Some(pairs) => {
-                let mut rest = String::with_capacity(url.len());
-                let mut from = 0;
-                for (key, value, span) in pairs {
-                    if take(key, &value) {
-                        rest.push_str(&url[from..span.start]);
-                        from = span.end;
-                    }
-                }
-                rest.push_str(&url[from..]);
-                rest.split_whitespace().collect::<Vec<_>>().join(" ")
-            }
-            None => url.to_owned(),
-        }
-    };
-    (rest, mode, root)
+    }
+    rest.push_str(&url[from..]);
+    Ok((rest.trim_end().to_owned(), mode, root))
 }
 
-/// libpq's `key = value` pairs (spaces around `=` allowed; a value single-quoted, with
-/// `\` escapes), each with its value unescaped and its span in `text`.
+/// libpq's `key = value` pairs (whitespace around `=` allowed; a value single-quoted,
+/// with `\` escapes), each with its value unescaped and its byte span in `text`.
 fn conninfo_pairs(text: &str) -> Option<Vec<(&str, String, std::ops::Range<usize>)>> {
-    let bytes = text.as_bytes();
-    let skip_ws = |mut i: usize| {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
+    let mut chars = text.char_indices().peekable();
     let mut pairs = Vec::new();
-    let mut i = skip_ws(0);
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'=' {
-            i += 1;
+    let skip_ws = |chars: &mut std::iter::Peekable<std::str::CharIndices>| {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    let at = |chars: &mut std::iter::Peekable<std::str::CharIndices>| {
+        chars.peek().map_or(text.len(), |(i, _)| *i)
+    };
+    loop {
+        skip_ws(&mut chars);
+        let start = at(&mut chars);
+        if start == text.len() {
+            return Some(pairs);
         }
-        let key = &text[start..i];
-        i = skip_ws(i);
-        if key.is_empty() || bytes.get(i) != Some(&b'=') {
+        while chars
+            .next_if(|(_, c)| !c.is_whitespace() && *c != '=')
+            .is_some()
+        {}
+        let key = &text[start..at(&mut chars)];
+        skip_ws(&mut chars);
+        if key.is_empty() || chars.next_if(|(_, c)| *c == '=').is_none() {
             return None;
         }
-        i = skip_ws(i + 1);
-        let quoted = bytes.get(i) == Some(&b'\'');
-        if quoted {
-            i += 1;
-        }
-        let mut value = Vec::new();
+        skip_ws(&mut chars);
+        let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+        let mut value = String::new();
         loop {
-            match bytes.get(i) {
+            match chars.peek().map(|(_, c)| *c) {
                 None if quoted => return None,
                 None => break,
-                Some(b'\'') if quoted => {
-                    i += 1;
+                Some('\'') if quoted => {
+                    chars.next();
                     break;
                 }
-                Some(b) if !quoted && b.is_ascii_whitespace() => break,
-                Some(b'\\') => {
-                    value.push(*bytes.get(i + 1)?);
-                    i += 2;
+                Some(c) if !quoted && c.is_whitespace() => break,
+                Some('\\') => {
+                    chars.next();
+                    value.push(chars.next()?.1);
                 }
-                Some(b) => {
-                    value.push(*b);
-                    i += 1;
+                Some(c) => {
+                    chars.next();
+                    value.push(c);
                 }
             }
         }
-        pairs.push((key, String::from_utf8(value).ok()?, start..i));
-        i = skip_ws(i);
+        if !quoted && value.is_empty() {
+            return None;
+        }
+        pairs.push((key, value, start..at(&mut chars)));
     }
-    Some(pairs)
 }
 
-/// `%XX` escapes decoded, as libpq reads URL parameters; a bad escape is kept as is.
+/// `%XX` escapes decoded, as libpq reads URL parameters; anything else is kept as is.
 fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(b) => {
-                out.push(b);
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match hex.filter(|_| bytes[i] == b'%') {
+            Some(h) => {
+                out.push(h.iter().fold(0, |n, d| {
+                    n * 16 + (*d as char).to_digit(16).unwrap_or(0) as u8
+                }));
                 i += 3;
             }
             None => {
@@ -284,40 +290,61 @@ impl ServerCertVerifier for Unverified {
 mod tests {
     use super::*;
 
+    fn split(url: &str) -> (String, Option<String>, Option<String>) {
+        split_url(url).expect("parses")
+    }
+
     #[test]
     fn sslmode_and_sslrootcert_come_out_of_both_url_forms() {
         let (url, mode, root) =
-            split_url("postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=/ca.pem&x=1");
+            split("postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=/ca.pem&x=1");
         assert_eq!(url, "postgres://u:p@h:5432/db?x=1");
         assert_eq!(mode.as_deref(), Some("verify-full"));
         assert_eq!(root.as_deref(), Some("/ca.pem"));
-        let (url, mode, _) = split_url("postgres://u:p@h/db?sslmode=require");
+        let (url, mode, _) = split("postgresql://u:p@h/db?sslmode=require");
         assert_eq!(
             (url.as_str(), mode.as_deref()),
-            ("postgres://u:p@h/db", Some("require"))
+            ("postgresql://u:p@h/db", Some("require"))
         );
-        let (url, mode, root) = split_url("host=h user=u sslmode=verify-full sslrootcert=/c");
+        let (url, mode, root) = split("host=h user=u sslmode=verify-full sslrootcert=/c");
         assert_eq!(url, "host=h user=u");
         assert_eq!(
             (mode.as_deref(), root.as_deref()),
             (Some("verify-full"), Some("/c"))
         );
-        assert_eq!(split_url("postgres://h/db").0, "postgres://h/db");
+        assert_eq!(split("postgres://h/db").0, "postgres://h/db");
+        let (_, _, root) = split("postgres://h/db?sslrootcert=%2Fetc%2Fca.pem&x=%+a");
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(percent_decoded("%+a%4"), "%+a%4");
     }
 
     #[test]
     fn key_value_strings_are_read_as_libpq_reads_them() {
         let (url, mode, root) =
-            split_url("host=h password='p w\\'d' sslmode = require  sslrootcert='/a b.pem' port=5");
-        assert_eq!(url, "host=h password='p w\\'d' port=5");
+            split("sslmode = require host=h password='p  w\\'d'\tsslrootcert='/a b.pem' port=5");
+        // What is kept is left byte for byte, quoted whitespace included.
+        assert_eq!(url, "host=h password='p  w\\'d'\tport=5");
         assert_eq!(
             (mode.as_deref(), root.as_deref()),
             (Some("require"), Some("/a b.pem"))
         );
-        // Unparseable: left whole, for tokio-postgres to refuse.
-        assert_eq!(split_url("host=h sslmode").0, "host=h sslmode");
-        let (_, _, root) = split_url("postgres://h/db?sslrootcert=%2Fetc%2Fca.pem");
-        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+        // Empty is unset; a value with :// is still a key=value string.
+        let (url, mode, root) = split("host=h password=a://b sslrootcert='' sslmode=''");
+        assert_eq!(
+            (url.as_str(), mode, root),
+            ("host=h password=a://b", None, None)
+        );
+        // What libpq would not read fails, naming url: and never echoing it.
+        for bad in [
+            "host=h sslmode",
+            "host=h password=ab\\",
+            "host='h",
+            "=x host=h",
+        ] {
+            let e = split_url(bad).expect_err(bad);
+            assert_eq!(e.detail("key"), Some("url"), "{bad}");
+            assert!(!e.message.contains("host"), "{}", e.message);
+        }
     }
 
     #[test]
