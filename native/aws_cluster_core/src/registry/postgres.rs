@@ -11,13 +11,14 @@
 use super::tls::{self, TlsMode};
 use super::{now_ms, Check, Reading, Row, RowKey};
 use crate::{Error, Reason, Result};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config};
+use tokio_postgres::{AsyncMessage, Client, Config, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How to reach the table.
@@ -40,7 +41,7 @@ pub struct PgRegistry {
     channel: String,
     key: RowKey,
     operation_timeout: Duration,
-    client: Mutex<Option<Arc<Client>>>,
+    client: Mutex<Option<Arc<Conn>>>,
     /// The server's clock minus this host's, ms.
     offset_ms: AtomicI64,
 }
@@ -51,6 +52,45 @@ const PAGE: i64 = 500;
 /// After a notification, further ones wait this long: a NOTIFY flood polls at most twice
 /// a second.
 const NOTIFY_GAP: Duration = Duration::from_millis(500);
+
+/// One connection and the statements prepared on it: a heartbeat or a page read is one
+/// round trip, not three (prepare, execute, close).
+struct Conn {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+impl Conn {
+    async fn prepared(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|s| s.get(sql).cloned())
+        {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await?;
+        if let Ok(mut statements) = self.statements.lock() {
+            statements.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
+    }
+
+    /// After a failed query: a table dropped or altered makes a prepared plan stale.
+    fn forget_statements(&self) {
+        if let Ok(mut statements) = self.statements.lock() {
+            statements.clear();
+        }
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
 
 /// How a LISTEN connection ended.
 enum Listened {
@@ -155,9 +195,10 @@ impl PgRegistry {
                 ..row.clone()
             };
             let mac = self.key.sign(&row);
+            let statement = client.prepared(&sql).await?;
             let written = client
                 .query_one(
-                    sql.as_str(),
+                    &statement,
                     &[
                         &row.cluster,
                         &row.node,
@@ -284,12 +325,13 @@ impl PgRegistry {
         );
         let ttl_ms = ttl.as_millis() as f64;
         let limit = usize::try_from(limit).unwrap_or(0);
-        let pages = |client: Arc<Client>| async move {
+        let pages = |client: Arc<Conn>| async move {
             let mut reading = Reading::default();
             let mut after = String::new();
+            let statement = client.prepared(&sql).await?;
             loop {
                 let rows = client
-                    .query(sql.as_str(), &[&cluster, &ttl_ms, &after, &PAGE])
+                    .query(&statement, &[&cluster, &ttl_ms, &after, &PAGE])
                     .await?;
                 let last_page = (rows.len() as i64) < PAGE;
                 for r in rows {
@@ -389,7 +431,7 @@ impl PgRegistry {
     /// broke the connection drops it, so the next call connects again.
     async fn run<'a, T, F, Fut>(&'a self, what: &'static str, query: F) -> Result<T>
     where
-        F: FnOnce(Arc<Client>) -> Fut,
+        F: FnOnce(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>> + 'a,
     {
         let work = async {
@@ -402,6 +444,7 @@ impl PgRegistry {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(Failed::Connect(e))) => Err(e),
             Ok(Err(Failed::Query(client, e))) => {
+                client.forget_statements();
                 if client.is_closed() {
                     *self.client.lock().await = None;
                 }
@@ -420,7 +463,7 @@ impl PgRegistry {
         }
     }
 
-    async fn client(&self) -> Result<Arc<Client>> {
+    async fn client(&self) -> Result<Arc<Conn>> {
         let mut slot = self.client.lock().await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
@@ -440,15 +483,18 @@ impl PgRegistry {
             .await
             .map_err(|e| classify("connect", &e))?;
         self.measured(sent, clock.try_get(0).ok());
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
-        Ok(client)
+        let conn = Arc::new(Conn {
+            client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 }
 
 enum Failed {
     Connect(Error),
-    Query(Arc<Client>, tokio_postgres::Error),
+    Query(Arc<Conn>, tokio_postgres::Error),
 }
 
 fn undecodable() -> Error {
