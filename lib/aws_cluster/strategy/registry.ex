@@ -11,8 +11,18 @@ defmodule AWSCluster.Strategy.Registry do
               type: :non_empty_string,
               doc:
                 "PostgreSQL URL (`postgres://user:password@host:5432/db`) or key=value " <>
-                  "string; required for `:postgres`. A secret: never logged."
+                  "string. A secret: never logged. `:postgres` needs this or `hostname:`."
             ],
+            hostname: [
+              type: :non_empty_string,
+              doc:
+                "Instead of `url:`, the connection as an Ecto repo's config names it: " <>
+                  "`hostname:`, `port:`, `username:`, `password:`, `database:`."
+            ],
+            port: [type: {:integer, 1..65_535}, default: 5_432, doc: "With `hostname:`."],
+            username: [type: :non_empty_string, doc: "With `hostname:`."],
+            password: [type: :non_empty_string, doc: "With `hostname:`. A secret: never logged."],
+            database: [type: :non_empty_string, doc: "With `hostname:`."],
             ssl: [
               type: {:in, [:disable, :prefer, :require, :verify_full]},
               doc:
@@ -133,8 +143,12 @@ defmodule AWSCluster.Strategy.Registry do
              "(#{config.heartbeat_interval} ms), or every row ages out between writes"
          )}
 
-      config.backend == :postgres and config.url == nil ->
-        {:error, AWSCluster.Config.error(:url, "backend: :postgres needs url:")}
+      config.backend == :postgres and config.url == nil and config.hostname == nil ->
+        {:error, AWSCluster.Config.error(:url, "backend: :postgres needs url: or hostname:")}
+
+      config.backend == :postgres and config.url != nil and config.hostname != nil ->
+        {:error,
+         AWSCluster.Config.error(:url, "give url: or hostname: (and its options), not both")}
 
       byte_size(config.secret) < 32 ->
         {:error,
@@ -295,7 +309,7 @@ defmodule AWSCluster.Strategy.Registry do
 
   defp registry(config, cluster) do
     [
-      url: config.url,
+      url: config.url || conninfo(config),
       ssl: config.ssl,
       ssl_ca_file: config.ssl_ca_file,
       table: config.table,
@@ -307,6 +321,22 @@ defmodule AWSCluster.Strategy.Registry do
     |> Enum.reject(fn {_key, value} -> value == nil end)
     |> Registry.new()
   end
+
+  # libpq's key=value form, every value quoted, so any password goes through as it is.
+  defp conninfo(config) do
+    [
+      host: config.hostname,
+      port: config.port,
+      user: config.username,
+      password: config.password,
+      dbname: config.database
+    ]
+    |> Enum.reject(fn {_key, value} -> value == nil end)
+    |> Enum.map_join(" ", fn {key, value} -> "#{key}='#{quote_value(value)}'" end)
+  end
+
+  defp quote_value(value),
+    do: value |> to_string() |> String.replace("\\", "\\\\") |> String.replace("'", "\\'")
 
   @option_keys %{
     "url" => :url,

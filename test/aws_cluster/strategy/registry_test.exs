@@ -359,6 +359,52 @@ defmodule AWSCluster.Strategy.RegistryTest do
     assert Poller.status(plain).last_error.reason == :unreachable
   end
 
+  test "hostname:, port:, username:, password:, database: as an Ecto repo names them, any password quoted",
+       ctx do
+    # Spaces, a quote and a backslash: each would break an unquoted key=value string.
+    password = "a b'c\\d #{ctx.run}"
+    sql_password = String.replace(password, "'", "''")
+
+    # Its own table, which it creates: the other tests' table stays the test user's.
+    user = "odd_#{ctx.run}"
+    table_name = "kw_#{ctx.run}"
+
+    Postgres.query!(
+      ctx.pg,
+      "CREATE USER #{user} PASSWORD '#{sql_password}'; " <>
+        "GRANT USAGE, CREATE ON SCHEMA public TO #{user}"
+    )
+
+    config =
+      ctx
+      |> config(
+        hostname: "127.0.0.1",
+        port: ctx.pg.port,
+        username: user,
+        password: password,
+        database: Postgres.user(),
+        table: table_name
+      )
+      |> Keyword.delete(:url)
+
+    table = Nodes.table()
+
+    log =
+      capture_log(fn ->
+        pid =
+          start_supervised!(
+            {Registry, [topology: :keywords, config: config] ++ Nodes.mfas(self(), table)}
+          )
+
+        assert Wait.until(fn -> Poller.status(pid).health == :healthy end, 10_000),
+               inspect(Poller.status(pid).last_error)
+      end)
+
+    mine = [[Atom.to_string(node())]]
+    assert Wait.until(fn -> Postgres.query!(ctx.pg, "SELECT node FROM #{table_name}") == mine end)
+    refute log =~ password
+  end
+
   test "bad config fails the start, naming the key", ctx do
     for {extra, key} <- [
           {[table: "nodes; DROP TABLE x"], :table},
@@ -367,7 +413,8 @@ defmodule AWSCluster.Strategy.RegistryTest do
           {[url: "postgres://u:pw@/db?sslmode=bogus"], :url},
           {[url: "postgres://u:pw@/db?connect_timeout=soon"], :url},
           {[ssl: :verify_full, ssl_ca_file: "/nonexistent/ca.pem"], :ssl_ca_file},
-          {[backend: :mysql], :backend}
+          {[backend: :mysql], :backend},
+          {[hostname: "127.0.0.1"], :url}
         ] do
       assert {:error, %AWSCluster.Error{reason: :invalid_config} = e} =
                Registry.start_link(topology: :cfg, config: config(ctx, extra)),

@@ -569,7 +569,7 @@ pub fn classify(what: &str, e: &tokio_postgres::Error) -> Error {
         {
             (
                 Reason::Unauthorized,
-                "; check the user and password in url:",
+                "; check the user and password (url:, or username: and password:)",
             )
         }
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => (
