@@ -195,9 +195,12 @@ defmodule AWSCluster.Registry do
         }
 
   @doc """
-  Connects and reports the server version, whether the connection is encrypted, the
-  user's privileges on the table and the live rows (within `ttl` ms), for
-  `mix aws_cluster.doctor` (PostgreSQL). It writes nothing: a missing table is `:not_found`.
+  Reports, for `mix aws_cluster.doctor`, the server version, whether the connection is
+  encrypted, the privileges on the table and the live rows (within `ttl` ms). It writes
+  nothing. PostgreSQL: the user's table privileges; a missing table is `:not_found`.
+  DynamoDB: `select` is `Query` (one read of the live rows), `insert` and `update` are
+  `UpdateItem` and `delete` is `DeleteItem`, each asked under a condition that never
+  holds, which DynamoDB checks only after the permission.
   """
   @spec check(t(), pos_integer()) :: {:ok, check()} | {:error, Error.t()}
   def check(%__MODULE__{} = r, ttl),

@@ -195,21 +195,39 @@ defmodule AWSCluster.Doctor.Topology do
     end
   end
 
+  # The write probes run under a condition that never holds: nothing is written.
   defp backend_checks(label, %{backend: :dynamodb} = config, s) do
-    with {:ok, %{rows: rows}} <- AWSCluster.Registry.read(s.registry, s.ttl, s.limit) do
+    with {:ok, c} <- AWSCluster.Registry.check(s.registry, s.ttl) do
+      denied =
+        for {action, false} <- [
+              {"dynamodb:UpdateItem", c.privileges.update},
+              {"dynamodb:DeleteItem", c.privileges.delete}
+            ],
+            do: action
+
       {:ok,
        [
          check(
            label,
            :pass,
-           "DynamoDB table #{config.table} in #{config.region}: #{length(rows)} live rows; " <>
+           "DynamoDB table #{config.table} in #{config.region}: #{c.live_rows} live rows; " <>
              "dynamodb:Query allowed"
          ),
-         check(
-           "#{label} writes",
-           :warn,
-           "dynamodb:UpdateItem and dynamodb:DeleteItem not checked (the doctor writes nothing)",
-           "allow them on the table for the nodes' role (README's DynamoDB policy)"
+         if(denied == [],
+           do:
+             check(
+               "#{label} writes",
+               :pass,
+               "dynamodb:UpdateItem and dynamodb:DeleteItem allowed (asked under a " <>
+                 "condition that never holds: nothing was written)"
+             ),
+           else:
+             check(
+               "#{label} writes",
+               :fail,
+               "denied: #{Enum.join(denied, ", ")}; this node could not keep its row",
+               "allow #{Enum.join(denied, " and ")} on the table (README's DynamoDB policy)"
+             )
          )
        ]}
     end

@@ -403,7 +403,7 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     refute out =~ pg.password
   end
 
-  test "registry on DynamoDB: the table is read, writes are not probed, a denied Query is named",
+  test "registry on DynamoDB: the table is read, writes are probed writing nothing, a denied Query or UpdateItem is named",
        %{tag: tag} do
     table = "#{tag}-nodes"
     Moto.seed!("dynamodb_table", %{name: table})
@@ -430,9 +430,12 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     {_, out} = run_task(["--no-imds", "--no-connect"])
     assert {"PASS", text, nil} = line(out, "registry [dyn]")
     assert text =~ "DynamoDB table #{table} in us-east-1: 0 live rows"
-    assert {"WARN", _, _} = line(out, "registry [dyn] writes")
+    assert {"PASS", text, nil} = line(out, "registry [dyn] writes")
+    assert text =~ "nothing was written"
+    assert Moto.seed!("dynamodb_items", %{name: table}) == []
 
-    {key, secret} = MotoIAM.user!("#{tag}-dyn", ["dynamodb:UpdateItem"])
+    {key, secret} = MotoIAM.user!("#{tag}-dynr", ["dynamodb:Query", "dynamodb:DeleteItem"])
+    {query_less, query_less_secret} = MotoIAM.user!("#{tag}-dyn", ["dynamodb:UpdateItem"])
     MotoIAM.enforce!()
     on_exit(&MotoIAM.relax!/0)
 
@@ -441,10 +444,20 @@ defmodule Mix.Tasks.AwsCluster.DoctorTest do
     )
 
     {1, out} = run_task(["--no-imds", "--no-connect"])
+    assert {"PASS", _, nil} = line(out, "registry [dyn]")
+    assert {"FAIL", text, fix} = line(out, "registry [dyn] writes")
+    assert text =~ "denied: dynamodb:UpdateItem;"
+    assert fix =~ "allow dynamodb:UpdateItem on the table"
+
+    Application.put_env(:aws_cluster, :topologies,
+      dyn: registry.(access_key_id: query_less, secret_access_key: query_less_secret)
+    )
+
+    {1, out} = run_task(["--no-imds", "--no-connect"])
     assert {"FAIL", text, fix} = line(out, "registry [dyn]")
     assert text =~ "unauthorized"
     assert fix =~ "dynamodb:Query"
-    refute out =~ secret
+    refute out =~ query_less_secret
   end
 
   # ALIVE2_REQ (erl_dist_protocol): registers `name` at `port` for as long as the

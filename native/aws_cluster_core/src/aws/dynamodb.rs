@@ -20,7 +20,12 @@ impl AwsClient {
         }
     }
 
-    /// `DeleteItem`.
+    /// The endpoint DynamoDB calls go to, for messages.
+    pub fn dynamodb_endpoint(&self) -> &str {
+        &self.dynamodb_endpoint
+    }
+
+    /// `DeleteItem`; a failed `ConditionExpression` is fine (nothing to delete).
     pub async fn dynamodb_delete(&self, request: Value) -> Result<()> {
         let call = self.dynamodb_call(Operation::DeleteItem, &request);
         match tokio::time::timeout(self.operation_timeout, call).await {

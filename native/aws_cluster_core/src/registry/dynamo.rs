@@ -9,7 +9,7 @@
 //! signed stamp and their own clock: DynamoDB keeps returning expired items until its
 //! TTL sweep gets to them.
 
-use super::{now_ms, Reading, Row, RowKey, CLOCK_SLACK_MS};
+use super::{now_ms, Check, Reading, Row, RowKey, CLOCK_SLACK_MS};
 use crate::aws::dynamodb::{n, number, s, text};
 use crate::aws::AwsClient;
 use crate::{Error, Reason, Result};
@@ -172,6 +172,47 @@ impl DynamoRegistry {
             "ExpressionAttributeValues": {":boot": s(boot_id)},
         });
         self.client.dynamodb_delete(request).await
+    }
+}
+
+impl DynamoRegistry {
+    /// For the doctor: one read (the live rows), then whether this identity may
+    /// `UpdateItem` and `DeleteItem`, each asked under a condition that can never hold,
+    /// so nothing is written: DynamoDB checks the permission before the condition.
+    pub async fn check(&self, cluster: &str, ttl: Duration) -> Result<Check> {
+        let reading = self.read(cluster, ttl, usize::MAX).await?;
+        let key = json!({"cluster": s(cluster), "node": s("aws_cluster doctor probe")});
+        let never = "attribute_exists(#n) AND attribute_not_exists(#n)";
+        let update = self.client.dynamodb_update(json!({
+            "TableName": self.table, "Key": key, "ConditionExpression": never,
+            "UpdateExpression": "SET probe = :p",
+            "ExpressionAttributeNames": {"#n": "node"},
+            "ExpressionAttributeValues": {":p": n(1)},
+        }));
+        let update = allowed(update.await.map(|written| !written))?;
+        let delete = self.client.dynamodb_delete(json!({
+            "TableName": self.table, "Key": key, "ConditionExpression": never,
+            "ExpressionAttributeNames": {"#n": "node"},
+        }));
+        let delete = allowed(delete.await.map(|()| true))?;
+        let endpoint = self.client.dynamodb_endpoint();
+        Ok(Check {
+            server_version: "DynamoDB".into(),
+            ssl: endpoint.starts_with("https://"),
+            privileges: [true, update, update, delete],
+            live_rows: reading.rows.len() as i64,
+            host: endpoint.to_owned(),
+        })
+    }
+}
+
+/// A probe's answer: `Ok(true)` when the call got as far as the condition, `Ok(false)`
+/// when AWS refused the action; any other failure is the check's error.
+fn allowed(answer: Result<bool>) -> Result<bool> {
+    match answer {
+        Ok(reached) => Ok(reached),
+        Err(e) if e.reason == Reason::Unauthorized => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -109,7 +109,8 @@ impl Reading {
 pub struct Check {
     pub server_version: String,
     pub ssl: bool,
-    /// SELECT, INSERT, UPDATE, DELETE on the table, in that order.
+    /// SELECT, INSERT, UPDATE, DELETE on the table, in that order (DynamoDB: Query,
+    /// UpdateItem twice, DeleteItem).
     pub privileges: [bool; 4],
     pub live_rows: i64,
     pub host: String,
@@ -196,19 +197,13 @@ impl Backend {
         }
     }
 
-    /// The doctor's report (PostgreSQL only so far).
+    /// The doctor's report; it writes nothing.
     pub async fn check(&self, cluster: &str, ttl: Duration) -> Result<Check> {
         match self {
             #[cfg(feature = "postgres")]
             Backend::Postgres(r) => r.check(cluster, ttl).await,
             #[cfg(feature = "dynamodb")]
-            Backend::Dynamo(_) => {
-                let _ = (cluster, ttl);
-                Err(Error::new(
-                    Reason::InvalidArgument,
-                    "the doctor's registry check supports PostgreSQL only",
-                ))
-            }
+            Backend::Dynamo(r) => r.check(cluster, ttl).await,
         }
     }
 }
