@@ -127,12 +127,15 @@ impl DynamoRegistry {
     /// This boot's next `seq`: past the last one and at least the clock (ms), so a
     /// registry made again in this VM starts above what the one before wrote.
     fn next_seq(&self, now: i64) -> i64 {
-        let step = |last: i64| Some(now.max(last + 1));
+        let next = |last: i64| now.max(last + 1);
+        // The closure never refuses, so this is always Ok(the value it replaced).
         let last = self
             .seq
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
-            .unwrap_or(now);
-        now.max(last + 1)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(next(last))
+            })
+            .unwrap_or_else(|last| last);
+        next(last)
     }
 
     /// The live rows of `cluster` (consistent reads, page after page), each verified
@@ -173,9 +176,7 @@ impl DynamoRegistry {
         });
         self.client.dynamodb_delete(request).await
     }
-}
 
-impl DynamoRegistry {
     /// For the doctor: one read (the live rows), then whether this identity may
     /// `UpdateItem` and `DeleteItem`, each asked under a condition that can never hold,
     /// so nothing is written: DynamoDB checks the permission before the condition.

@@ -163,27 +163,9 @@ fn conninfo_pairs(text: &str) -> Option<Vec<(&str, String, std::ops::Range<usize
 
 /// `%XX` escapes decoded, as libpq reads URL parameters; anything else is kept as is.
 fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        match hex.filter(|_| bytes[i] == b'%') {
-            Some(h) => {
-                out.push(h.iter().fold(0, |n, d| {
-                    n * 16 + (*d as char).to_digit(16).unwrap_or(0) as u8
-                }));
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map_or_else(|_| text.to_owned(), |decoded| decoded.into_owned())
 }
 
 /// The connector for `mode`; `ca_file` (PEM) is the trust for verify-full, else the
