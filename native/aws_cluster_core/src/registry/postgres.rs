@@ -188,6 +188,8 @@ impl PgRegistry {
         );
         let channel = self.channel.as_str();
         self.run("heartbeat", |client| async move {
+            // A first prepare is a round trip of its own: stamp and time only the write.
+            let statement = client.prepared(&sql).await?;
             // After client(): the offset is this connection's.
             let sent = now_ms();
             let row = Row {
@@ -195,7 +197,6 @@ impl PgRegistry {
                 ..row.clone()
             };
             let mac = self.key.sign(&row);
-            let statement = client.prepared(&sql).await?;
             let written = client
                 .query_one(
                     &statement,
